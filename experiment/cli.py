@@ -1,0 +1,78 @@
+"""The `experiment` command: each subcommand parses its arguments, builds one validated object and
+calls one library function. Heavy imports (torch, megatron) happen inside the commands, so
+`experiment --help` and `experiment check` stay fast."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from experiment import __version__
+
+app = typer.Typer(
+    name="experiment",
+    help="midtrain-kit: continual pretraining of open LLMs with Megatron-Core, reproducibly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+# Feature modules that add commands: each exposes register(app). Explicit list, no discovery magic.
+COMMAND_MODULES = (
+    "experiment.data.cli",      # experiment data tokenize|count|merge|dedup|signature|sample
+    "experiment.mixture.cli",   # experiment mix
+    "experiment.ckpt.cli",      # experiment ckpt import|export|check
+    "experiment.train.cli",     # experiment run
+    "experiment.lock.cli",      # experiment reproduce, experiment lock ...
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="print the kit's version")) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def check(folder: Path = typer.Argument(..., help="training folder, e.g. training/demo")) -> None:
+    """Validate a training folder and print every problem at once (file, field, fix)."""
+    from experiment.folder import check as check_folder
+
+    loaded, problems = check_folder(folder)
+    if problems:
+        table = Table(title=f"{len(problems)} problem(s) in {folder}", show_lines=True)
+        for col in ("file", "field", "problem", "fix"):
+            table.add_column(col, overflow="fold")
+        for p in problems:
+            table.add_row(p.file, p.field, p.message, p.fix)
+        console.print(table)
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green] {folder}: {loaded.config.name} is a valid training folder")
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

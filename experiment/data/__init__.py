@@ -1,0 +1,1 @@
+"""Raw text -> deduplicated, tokenized, counted Megatron shards -> data signature."""

@@ -1,0 +1,1 @@
+"""Content hashes, the run.lock.json lockfile, and `reproduce`."""

@@ -1,0 +1,1 @@
+"""data_ratio.json + lang_prob.json + excludes + budget -> per-shard Megatron weights."""

@@ -1,0 +1,1 @@
+"""The training runner: folder -> model, data, optimizer, checkpointer, metrics -> loop."""
