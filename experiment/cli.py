@@ -47,13 +47,17 @@ def check(folder: Path = typer.Argument(..., help="training folder, e.g. trainin
     loaded, problems = check_folder(folder)
     if problems:
         table = Table(title=f"{len(problems)} problem(s) in {folder}", show_lines=True)
-        for col in ("file", "field", "problem", "fix"):
+        for col in ("file", "field", "kind", "problem", "fix"):
             table.add_column(col, overflow="fold")
         for p in problems:
-            table.add_row(p.file, p.field, p.message, p.fix)
+            kind = "[yellow]not present yet[/yellow]" if p.missing_artifact else "[red]error[/red]"
+            table.add_row(p.file, p.field, kind, p.message, p.fix)
         console.print(table)
+    if loaded is None or any(not p.missing_artifact for p in problems):
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green] {folder}: {loaded.config.name} is a valid training folder")
+    absent = sum(p.missing_artifact for p in problems)
+    note = f" ({absent} artifact(s) not present yet: `experiment run` needs them)" if absent else ""
+    console.print(f"[green]ok[/green] {folder}: {loaded.config.name} is a valid training folder{note}")
 
 
 def _register_all() -> None:

@@ -38,10 +38,14 @@ class Problem:
     field: str
     message: str
     fix: str
+    # True when the folder itself is well-formed but an artifact it points at (base checkpoint weights,
+    # tokenized shards) is not on this machine yet: `experiment check` warns, `experiment run` refuses.
+    missing_artifact: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.field}" if self.field else self.file
-        return f"{where}: {self.message} -- fix: {self.fix}"
+        kind = "not present yet" if self.missing_artifact else "error"
+        return f"{where}: [{kind}] {self.message} -- fix: {self.fix}"
 
 
 class FolderError(Exception):
@@ -269,6 +273,7 @@ def _json_problems(folder: TrainingFolder) -> list[Problem]:
                 str(folder.path / CONFIG_NAME), "checkpoint.base",
                 f"{target} holds no Megatron checkpoint (no latest_checkpointed_iteration.txt)",
                 "run `experiment ckpt import HF_DIR <base>` first, or correct the path",
+                missing_artifact=True,
             ))
     return problems
 
@@ -298,9 +303,19 @@ def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
     return folder, problems
 
 
-def load(path: str | Path) -> TrainingFolder:
-    """The validated folder, or ``FolderError`` listing every problem."""
+def errors(problems: list[Problem]) -> list[Problem]:
+    """The problems that make a folder invalid (not just not ready)."""
+    return [p for p in problems if not p.missing_artifact]
+
+
+def load(path: str | Path, *, require_artifacts: bool = True) -> TrainingFolder:
+    """The validated folder, or ``FolderError`` listing every problem.
+
+    ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
+    are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.
+    """
     folder, problems = check(path)
-    if problems or folder is None:
-        raise FolderError(problems)
+    blocking = problems if require_artifacts else errors(problems)
+    if blocking or folder is None:
+        raise FolderError(blocking or problems)
     return folder

@@ -92,3 +92,13 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     (tmp_path / "experiment.toml").write_text("name = ")
     _, problems = check(tmp_path)
     assert problems[0].file.endswith("experiment.toml") and "not valid TOML" in problems[0].message
+
+
+def test_absent_artifact_warns_but_blocks_a_run(tmp_path):
+    folder = _folder(tmp_path, VALID.replace("from_scratch = true", 'base = "base_ckpt"'))
+    _, problems = check(folder)
+    base = [p for p in problems if p.field == "checkpoint.base"]
+    assert base and base[0].missing_artifact
+    with pytest.raises(FolderError, match="base_ckpt"):
+        load(folder)
+    assert load(folder, require_artifacts=False).config.checkpoint.base == "base_ckpt"

@@ -38,8 +38,10 @@ class ShardEntry(BaseModel):
     tokens: int = Field(ge=0)
     bin_bytes: int = Field(ge=0)
     idx_bytes: int = Field(ge=0)
-    bin_hash: str
-    idx_hash: str
+    bin_hash: str | None = Field(
+        default=None, description="content hash; None in a recipe's planned signature, before tokenizing"
+    )
+    idx_hash: str | None = None
     dtype: str
 
 
