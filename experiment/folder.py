@@ -258,8 +258,15 @@ def _json_problems(folder: TrainingFolder) -> list[Problem]:
             continue
         target = folder.resolve(rel)
         if not target.is_file():
-            problems.append(Problem(str(folder.path / CONFIG_NAME), field, f"{target} does not exist",
-                                    "create the file or correct the path (relative to the folder)"))
+            if field.startswith("data.signatures"):
+                problems.append(Problem(
+                    str(folder.path / CONFIG_NAME), field, f"{target} does not exist",
+                    "tokenize the data and run `experiment data signature`, or correct the path",
+                    missing_artifact=True,
+                ))
+            else:
+                problems.append(Problem(str(folder.path / CONFIG_NAME), field, f"{target} does not exist",
+                                        "create the file or correct the path (relative to the folder)"))
             continue
         try:
             json.loads(target.read_text())

@@ -73,6 +73,7 @@ def test_missing_files_and_broken_json(tmp_path):
     _, problems = check(folder)
     by_field = {p.field: p for p in problems}
     assert "nope.json" in by_field["data.signatures[0]"].message
+    assert by_field["data.signatures[0]"].missing_artifact  # made by `experiment data signature`
     assert any(p.file.endswith("data_ratio.json") and "not valid JSON" in p.message for p in problems)
 
 
