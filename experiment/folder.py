@@ -73,6 +73,13 @@ class DataSection(_Section):
     )
     max_epochs: float | None = Field(default=None, gt=0, description="cap on repetitions of any source")
     valid_fraction: float = Field(default=0.0002, ge=0, lt=0.5, description="held-out share per source")
+    optional_domains: list[str] = Field(
+        default_factory=list,
+        description="domains, languages or 'lang.domain' keys allowed to be missing from the data or the ratios",
+    )
+    normalize_lang_prob: bool = Field(
+        default=False, description="divide lang_prob.json by its sum (seed 002 did so silently) instead of refusing"
+    )
 
 
 class ModelSection(_Section):
