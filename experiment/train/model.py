@@ -27,6 +27,7 @@ def transformer_config(
     bf16: bool = False,
     deterministic: bool = False,
     on_cpu: bool | None = None,
+    perform_initialization: bool = True,
 ):
     """megatron.core TransformerConfig for a Llama-family decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases).
 
@@ -59,7 +60,7 @@ def transformer_config(
         bf16=bf16,
         pipeline_dtype=params_dtype,
         use_cpu_initialization=on_cpu,
-        perform_initialization=True,
+        perform_initialization=perform_initialization,  # off when weights are loaded right after
         bias_activation_fusion=not on_cpu,
         bias_dropout_fusion=not on_cpu,
         masked_softmax_fusion=not on_cpu,
