@@ -1,0 +1,161 @@
+"""Run a training folder's runner inside the kit's pinned image.
+
+Locally with podman (or docker): the folder (read-write), its data signatures, their shard roots and
+the base checkpoint (read-only) are mounted at the same absolute paths inside the container, so every
+relative path of the folder resolves the same way and nothing is rewritten. On clusters the same
+mounts become an ``apptainer exec --bind`` line or an ``srun --container-image --container-mounts``
+line (pyxis/enroot) for the Slurm/PBS scripts.
+
+The image's ref and digest travel as MIDTRAIN_IMAGE_REF / MIDTRAIN_IMAGE_DIGEST; inside, the kit
+believes them only when its environment hash equals the one the image recorded at build
+(``experiment.lock.environment.image_from_environ``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiment.folder import TrainingFolder
+from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR
+
+ENGINES = ("podman", "docker")
+DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTAINERS_CONF = REPO_ROOT / "env" / "containers.conf"
+STORAGE_CONF = REPO_ROOT / "env" / "storage.conf"
+
+
+class ContainerError(Exception):
+    """No engine, no image, or the container failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    path: Path
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """One validated container invocation (built by the CLI, executed by ``run``)."""
+
+    engine: str
+    image: str
+    mounts: tuple[Mount, ...]
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+
+
+def detect_engine(prefer: str | None = None) -> str | None:
+    for name in ([prefer] if prefer else []) + list(ENGINES):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def engine_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The engine's environment: the repo-local containers/storage settings this machine kind needs."""
+    env = dict(os.environ if base is None else base)
+    if CONTAINERS_CONF.is_file():
+        env.setdefault("CONTAINERS_CONF", os.fspath(CONTAINERS_CONF))
+    if STORAGE_CONF.is_file():
+        env.setdefault("CONTAINERS_STORAGE_CONF", os.fspath(STORAGE_CONF))
+    return env
+
+
+def image_id(engine: str, ref: str, root: str | None = None) -> dict[str, str] | None:
+    """{"id": config digest, "digest": manifest digest} of a local image, or None if it is not there."""
+    args = [engine, *(["--root", root] if root else []), "image", "inspect", "--format", "{{.Id}} {{.Digest}}", ref]
+    res = subprocess.run(args, capture_output=True, text=True, env=engine_env())
+    if res.returncode != 0:
+        return None
+    ident, _, digest = res.stdout.strip().partition(" ")
+    ident = ident if ident.startswith("sha256:") else f"sha256:{ident}"
+    return {"id": ident, "digest": digest or ident}
+
+
+def folder_mounts(folder: TrainingFolder) -> tuple[Mount, ...]:
+    """The folder (rw) and everything it reads (ro), with nested paths folded into their parent."""
+    from experiment.data import signature as sigmod
+
+    wanted: dict[Path, bool] = {folder.path: False}
+    for path in folder.signature_paths:
+        wanted.setdefault(path.parent, True)
+        try:
+            wanted.setdefault(sigmod.read(path).root_path(path), True)
+        except (OSError, ValueError):
+            pass  # a broken signature is reported by `experiment check`; mount what exists
+    base = folder.config.checkpoint.base
+    if base and not folder.config.checkpoint.from_scratch:
+        wanted.setdefault(folder.resolve(base), True)
+    mounts: list[Mount] = []
+    for p in sorted(wanted, key=lambda q: len(q.parts)):
+        if any(p == m.path or m.path in p.parents for m in mounts):
+            if not wanted[p]:  # a rw path inside a ro mount: mount it separately, rw
+                mounts.append(Mount(p, False))
+            continue
+        mounts.append(Mount(p, wanted[p]))
+    return tuple(mounts)
+
+
+def inner_run_command(folder: TrainingFolder, nproc: int | None = None) -> tuple[str, ...]:
+    """What runs inside: the same ``experiment run`` (it detects the pinned image by its env hash)."""
+    cmd = ["experiment", "run", os.fspath(folder.path)]
+    if nproc:
+        cmd += ["--nproc", str(nproc)]
+    return tuple(cmd)
+
+
+def plan(folder: TrainingFolder, image: str = DEFAULT_IMAGE, *, engine: str | None = None,
+         command: tuple[str, ...] | None = None, digest: str | None = None,
+         extra_mounts: tuple[Mount, ...] = ()) -> ContainerRun:
+    found = detect_engine(engine)
+    if found is None:
+        raise ContainerError(
+            f"no container engine ({' or '.join(ENGINES)}) on this machine; install podman "
+            "(apt-get install podman buildah runc) or run on the host with --host"
+        )
+    env = {IMAGE_REF_VAR: image}
+    if digest:
+        env[IMAGE_DIGEST_VAR] = digest
+    return ContainerRun(found, image, folder_mounts(folder) + tuple(extra_mounts),
+                        command or inner_run_command(folder), env, folder.path)
+
+
+def engine_argv(run: ContainerRun) -> list[str]:
+    """``podman run`` argv: --init (Python as PID 1 ignores SIGTERM), host network for torchrun."""
+    argv = [run.engine, "run", "--rm", "--init", "--network", "host", "--ipc", "host"]
+    for m in run.mounts:
+        argv += ["-v", f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}"]
+    for k, v in sorted(run.env.items()):
+        argv += ["-e", f"{k}={v}"]
+    if run.workdir:
+        argv += ["-w", os.fspath(run.workdir)]
+    return argv + [run.image, *run.command]
+
+
+def apptainer_line(run: ContainerRun, sif: str) -> str:
+    """The same run with Apptainer (clusters without Docker): ``apptainer exec --nv --bind ... SIF cmd``."""
+    binds = ",".join(f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}" for m in run.mounts)
+    env = " ".join(f"--env {shlex.quote(f'{k}={v}')}" for k, v in sorted(run.env.items()))
+    return f"apptainer exec --nv --cleanenv {env} --bind {shlex.quote(binds)} {shlex.quote(sif)} " + shlex.join(run.command)
+
+
+def srun_line(run: ContainerRun, squashfs_or_ref: str) -> str:
+    """The same run under Slurm with pyxis/enroot: ``srun --container-image=... --container-mounts=...``."""
+    mounts = ",".join(f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}" for m in run.mounts)
+    env = ",".join(["ALL", *sorted(f"{k}={v}" for k, v in run.env.items())])
+    return (f"srun --export={shlex.quote(env)} --container-image={shlex.quote(squashfs_or_ref)} "
+            f"--container-mounts={shlex.quote(mounts)} --container-workdir={shlex.quote(os.fspath(run.workdir))} "
+            + shlex.join(run.command))
+
+
+def run(run: ContainerRun) -> int:
+    """Execute it, streaming the container's output; returns the exit status."""
+    return subprocess.run(engine_argv(run), env=engine_env()).returncode
