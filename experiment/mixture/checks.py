@@ -1,0 +1,101 @@
+"""Everything about the data mixture that must hold before a run starts, each failure naming file and entry.
+
+Run by ``experiment check`` (listed in ``experiment.folder.SEMANTIC_CHECKS``) and before ``experiment mix``:
+
+* every data signature parses; no shard is listed twice; a count in a shard's name agrees with its signature;
+* every kept shard's ``.bin``/``.idx`` exists (else: an artifact not made yet) and has the signature's size;
+* the planning rules of ``experiment.mixture.plan``: probabilities sum to 1 within each level, every domain
+  of ``data_ratio.json`` is in the data and the reverse (unless optional), no language loses all its shards,
+  no weight so small Megatron never draws it, no blend larger than Megatron can index, and the budget is
+  reachable within ``data.max_epochs``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from pydantic import ValidationError
+
+from experiment.data.naming import ShardNameError, parse
+from experiment.folder import Problem, TrainingFolder
+from experiment.mixture.plan import MixtureEntry, MixtureError, MixturePlan, Shard, plan, spec_from_folder
+
+
+def signature_problems(folder: TrainingFolder) -> tuple[list[Shard], list[Problem]]:
+    """Read every signature; a broken one is a problem, not an exception."""
+    from experiment.data.signature import read
+
+    shards: list[Shard] = []
+    problems: list[Problem] = []
+    for path in folder.signature_paths:
+        if not path.is_file():
+            continue  # folder.check already reports it
+        try:
+            sig = read(path)
+        except (ValidationError, ValueError) as err:
+            first = str(err).splitlines()
+            problems.append(Problem(str(path), "", f"not a valid data signature: {' '.join(first[:3])}",
+                                    "regenerate it with `experiment data signature`"))
+            continue
+        root = sig.root_path(path)
+        for i, e in enumerate(sig.shards):
+            shards.append(Shard(str(root / e.prefix), e.language, e.domain, e.subdomain, e.tokens,
+                                e.bin_bytes, e.idx_bytes, str(path)))
+            problems.extend(_name_problems(str(path), i, e.prefix, e.language, e.domain, e.tokens))
+    return shards, problems
+
+
+def _name_problems(sig: str, i: int, prefix: str, language: str, domain: str, tokens: int) -> list[Problem]:
+    try:
+        name = parse(prefix)
+    except ShardNameError:
+        return []  # names outside the convention are allowed; language/domain come from the signature
+    out = []
+    if name.tokens is not None and name.tokens != tokens:
+        out.append(Problem(sig, f"shards[{i}].tokens", f"{prefix}: the name says tc={name.tokens} but the "
+                           f"signature says {tokens}", "recount the shard (`experiment data count`)"))
+    if (name.language, name.domain) != (language, domain):
+        out.append(Problem(sig, f"shards[{i}]", f"{prefix}: the name says {name.language}/{name.domain} but "
+                           f"the signature says {language}/{domain}", "regenerate the signature"))
+    return out
+
+
+def file_problems(entries: Iterable[MixtureEntry | Shard], signature_of: dict[str, str]) -> list[Problem]:
+    """Each shard's .bin and .idx exist and have the sizes recorded in the signature."""
+    out = []
+    for e in entries:
+        sig = signature_of.get(e.prefix, "")
+        for suffix, expected in ((".bin", e.bin_bytes), (".idx", e.idx_bytes)):
+            path = e.prefix + suffix
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                out.append(Problem(sig, e.name, f"{path} does not exist",
+                                   "tokenize the data (`experiment data tokenize`) or correct the signature root",
+                                   missing_artifact=True))
+                break
+            if size != expected:
+                out.append(Problem(sig, e.name, f"{path} is {size:,} bytes; the signature says {expected:,}",
+                                   "the shard changed since the signature was made: regenerate the signature "
+                                   "(`experiment data signature`) or restore the shard"))
+    return out
+
+
+def check_plan(folder: TrainingFolder, shards: list[Shard]) -> tuple[MixturePlan | None, list[Problem]]:
+    try:
+        spec = spec_from_folder(folder, shards)
+        return plan(shards, spec), []
+    except MixtureError as err:
+        return None, list(err.problems)
+
+
+def check_folder(folder: TrainingFolder) -> list[Problem]:
+    """All mixture problems of a folder at once (schema problems are ``experiment.folder``'s)."""
+    shards, problems = signature_problems(folder)
+    if problems:
+        return problems
+    result, problems = check_plan(folder, shards)
+    if result is not None:
+        problems += file_problems(result.entries, {s.prefix: s.signature for s in shards})
+    return problems

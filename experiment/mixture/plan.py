@@ -1,0 +1,594 @@
+"""Per-shard Megatron weights from a folder's mixing rules (pure functions, no file I/O but `plan_folder`).
+
+Two ways to say what a step is made of:
+
+* **ratio mode** (seed 002, ALLaM's ``data_ratio_from_file.py``; also seed 000's per-source scaling): a
+  multiplier per domain (``data_ratio.json``, flat or per language) and a selection probability per language
+  (``lang_prob.json``). Within a language a shard's weight is proportional to ``tokens x multiplier`` and the
+  language's shards together carry its probability.
+* **proportion mode** (OLMo 2 Dolmino table, seed 003): ``data.target_proportions`` gives each domain's
+  share of the token budget; within a domain shards are weighted by their tokens.
+
+Weights are **per token** and sum to 1. Megatron's ``GPTDataset`` packs documents into samples of exactly
+``seq_length`` tokens, so a per-token weight is also the per-sample weight ``BlendedDataset`` draws with.
+The arithmetic of ratio mode follows the seed script operation for operation, so the same inputs give the
+same floats; where that script is silent or breaks, the planner reports a ``Problem`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiment.folder import FolderError, Problem, TrainingFolder
+
+#: Megatron's BlendedDataset indexes its datasets with int16 (``assert len(datasets) < 32767``).
+MAX_BLEND_DATASETS = 32766
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_BUDGET = re.compile(r"^\s*(?P<num>[0-9][0-9_,]*(?:\.[0-9]+)?)\s*(?P<unit>[KMBGT]?)\s*$", re.IGNORECASE)
+SCALED_BUDGET = "scaled"
+
+
+class MixtureError(FolderError):
+    """The mixture cannot be planned; ``problems`` says why, each naming file and entry."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tokenized shard as the planner sees it (from a data signature)."""
+
+    prefix: str  # absolute Megatron prefix, no .bin/.idx
+    language: str
+    domain: str
+    subdomain: str
+    tokens: int
+    bin_bytes: int = 0
+    idx_bytes: int = 0
+    signature: str = ""  # the signature file that lists it, for messages
+
+    @property
+    def name(self) -> str:
+        return self.prefix.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """The mixing rules, already read from their files; file names are kept for messages only."""
+
+    data_ratio: Mapping[str, Any]
+    lang_prob: Mapping[str, Any] | None = None
+    exclude: Sequence[str] = ()
+    budget_tokens: float = 0
+    budget_from: str = ""
+    target_proportions: Mapping[str, float] | None = None
+    max_epochs: float | None = None
+    optional: Sequence[str] = ()
+    normalize_lang_prob: bool = False
+    seq_length: int = 1
+    ratio_file: str = "data_ratio.json"
+    lang_prob_file: str = "lang_prob.json"
+    exclude_file: str = "exclude_iterator.json"
+    config_file: str = "experiment.toml"
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    """One kept shard: what it holds, its per-token weight, and what a run of ``budget`` tokens sees of it."""
+
+    prefix: str
+    name: str
+    language: str
+    domain: str
+    subdomain: str
+    tokens: int
+    multiplier: float
+    weight: float
+    tokens_seen: float
+    bin_bytes: int = 0
+    idx_bytes: int = 0
+
+    @property
+    def epochs(self) -> float:
+        return self.tokens_seen / self.tokens if self.tokens else 0.0
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A shard listed in a signature that the plan leaves out, and why."""
+
+    name: str
+    language: str
+    domain: str
+    tokens: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class MixturePlan:
+    """The per-shard weights and everything the outputs and the report need."""
+
+    mode: str
+    entries: tuple[MixtureEntry, ...]
+    budget_tokens: float
+    budget_from: str
+    seq_length: int
+    dropped: tuple[Dropped, ...] = ()
+    notes: tuple[str, ...] = ()
+    target_proportions: Mapping[str, float] | None = field(default=None)
+
+    def megatron_blend(self) -> tuple[list[str], list[float]]:
+        """``(prefixes, weights)`` exactly as ``BlendedMegatronDatasetConfig(blend=...)`` takes them."""
+        return [e.prefix for e in self.entries], [e.weight for e in self.entries]
+
+    def domains(self) -> dict[str, list[str]]:
+        """Domain -> its prefixes (sorted by domain), for per-domain eval loss in the runner."""
+        out: dict[str, list[str]] = {}
+        for e in self.entries:
+            out.setdefault(e.domain, []).append(e.prefix)
+        return dict(sorted(out.items()))
+
+    def languages(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for e in self.entries:
+            out.setdefault(e.language, []).append(e.prefix)
+        return dict(sorted(out.items()))
+
+    @property
+    def total_weight(self) -> float:
+        return math.fsum(e.weight for e in self.entries)
+
+    def expected_samples(self, entry: MixtureEntry) -> float:
+        """How many ``seq_length`` samples of this shard a run of ``budget_tokens`` draws, on average."""
+        return entry.weight * self.budget_tokens / self.seq_length
+
+
+def parse_budget(text: str | int) -> int:
+    """'50B' -> 50_000_000_000; also '1.5T', '300M', '12_000', plain integers."""
+    if isinstance(text, int):
+        return text
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a token count; write e.g. 50B, 1.5T, 300M or 123456")
+    number = float(m["num"].replace("_", "").replace(",", "")) if "." in m["num"] else int(
+        m["num"].replace("_", "").replace(",", ""))
+    return int(round(number * _SUFFIX[m["unit"].upper()]))
+
+
+def exclude_keys(entry: str) -> str:
+    """The name an exclude entry means: no folder, no ``.bin``/``.idx`` (the seed needed ``.bin``)."""
+    base = entry.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".bin", ".idx"):
+        base = base.removesuffix(suffix)
+    return base
+
+
+_COUNTS = re.compile(r"_dc=\d+_sc=\d+_tc=\d+$")
+
+
+def _stem(name: str) -> str:
+    return _COUNTS.sub("", name)
+
+
+def is_per_language(data_ratio: Mapping[str, Any]) -> bool:
+    return bool(data_ratio) and all(isinstance(v, Mapping) for v in data_ratio.values())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ratio_problems(spec: MixtureSpec) -> list[Problem]:
+    """data_ratio.json's shape: all numbers (flat) or all {domain: number} (per language), none negative."""
+    out, f = [], spec.ratio_file
+    if not isinstance(spec.data_ratio, Mapping):
+        return [Problem(f, "", "is not a JSON object", 'write {"domain": multiplier} or {"lang": {...}}')]
+    values = list(spec.data_ratio.values())
+    nested = [isinstance(v, Mapping) for v in values]
+    if any(nested) and not all(nested):
+        flat_keys = [k for k, v in spec.data_ratio.items() if not isinstance(v, Mapping)]
+        out.append(Problem(f, ", ".join(flat_keys), "mixes flat domain multipliers with per-language objects",
+                           "use either {domain: multiplier} or {lang: {domain: multiplier}} throughout"))
+        return out
+    items = ([(f"{lang}.{dom}", v) for lang, d in spec.data_ratio.items() for dom, v in d.items()]
+             if all(nested) and values else list(spec.data_ratio.items()))
+    for key, v in items:
+        if not _number(v) or v < 0:
+            out.append(Problem(f, key, f"multiplier {v!r} is not a number >= 0",
+                               "write a multiplier >= 0 (0 leaves the domain out)"))
+    return out
+
+
+def _lang_prob_problems(spec: MixtureSpec) -> list[Problem]:
+    out, f = [], spec.lang_prob_file
+    if spec.lang_prob is None:
+        return out
+    if not isinstance(spec.lang_prob, Mapping):
+        return [Problem(f, "", "is not a JSON object", 'write {"lang": probability, ...}')]
+    bad = False
+    for k, v in spec.lang_prob.items():
+        if not _number(v) or v < 0:
+            out.append(Problem(f, k, f"probability {v!r} is not a number >= 0", "write a number in [0, 1]"))
+            bad = True
+    if bad:
+        return out
+    total = math.fsum(spec.lang_prob.values())
+    if total <= 0:
+        out.append(Problem(f, "", "probabilities sum to 0", "give at least one language a probability > 0"))
+    elif abs(total - 1.0) > 1e-6 and not spec.normalize_lang_prob:
+        out.append(Problem(f, "", f"probabilities sum to {total:.6g}, not 1",
+                           f"divide each by {total:.6g}, or set data.normalize_lang_prob = true in "
+                           "experiment.toml to let the kit do it (as seed 002's script did silently)"))
+    return out
+
+
+def _proportion_problems(spec: MixtureSpec) -> list[Problem]:
+    out, f = [], spec.config_file
+    assert spec.target_proportions is not None
+    total = math.fsum(spec.target_proportions.values())
+    for k, v in spec.target_proportions.items():
+        if v < 0:
+            out.append(Problem(f, f"data.target_proportions.{k}", f"share {v} is negative", "use a share >= 0"))
+    if abs(total - 1.0) > 1e-6:
+        out.append(Problem(f, "data.target_proportions", f"shares sum to {total:.6g}, not 1",
+                           f"divide each by {total:.6g}"))
+    if spec.data_ratio:
+        out.append(Problem(spec.ratio_file, "", "has multipliers but data.target_proportions is also set",
+                           "use one: empty data_ratio.json ({}) for proportions, or drop target_proportions"))
+    if spec.lang_prob is not None:
+        out.append(Problem(f, "data.lang_prob", "is set but data.target_proportions fixes every domain's share",
+                           "remove data.lang_prob, or drop target_proportions"))
+    return out
+
+
+def _multiplier(data_ratio: Mapping[str, Any], per_language: bool, lang: str, domain: str) -> Any:
+    table = data_ratio.get(lang) if per_language else data_ratio
+    if table is None:
+        return None
+    return table.get(domain)
+
+
+def _apply_excludes(shards: Sequence[Shard], spec: MixtureSpec,
+                    problems: list[Problem]) -> tuple[list[Shard], list[Dropped]]:
+    wanted = {exclude_keys(e): e for e in spec.exclude}
+    by_name = {}
+    for s in shards:
+        by_name.setdefault(s.name, s)
+        by_name.setdefault(_stem(s.name), s)
+    used = set()
+    kept, dropped = [], []
+    for s in shards:
+        hit = wanted.get(s.name) and s.name or (wanted.get(_stem(s.name)) and _stem(s.name))
+        if hit:
+            used.add(hit)
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, f"excluded ({wanted[hit]})"))
+        else:
+            kept.append(s)
+    for key, raw in wanted.items():
+        if key not in used:
+            problems.append(Problem(spec.exclude_file, raw, "matches no shard in the data signatures",
+                                    "correct the name (shard name with or without .bin), or remove the entry"))
+    return kept, dropped
+
+
+def _check_budget_and_weights(entries: list[MixtureEntry], spec: MixtureSpec, problems: list[Problem]) -> None:
+    """No weight Megatron would never draw; no shard repeated beyond the cap; a blend Megatron can index."""
+    if len(entries) > MAX_BLEND_DATASETS:
+        problems.append(Problem(spec.config_file, "data.signatures",
+                                f"{len(entries)} shards in one blend; Megatron's BlendedDataset indexes at most "
+                                f"{MAX_BLEND_DATASETS} (int16) and would crash",
+                                "merge small shards (`experiment data merge`) or exclude some"))
+    samples = spec.budget_tokens / spec.seq_length if spec.seq_length else 0
+    rare = [e for e in entries if e.weight * samples < 1.0]
+    if rare and spec.budget_tokens:
+        worst = min(rare, key=lambda e: (e.weight, e.name))
+        problems.append(Problem(
+            spec.ratio_file if spec.target_proportions is None else spec.config_file, worst.name,
+            f"{len(rare)} shard(s) would get less than one {spec.seq_length}-token sample in a "
+            f"{spec.budget_tokens:,.0f}-token run (smallest weight {worst.weight:.3g}), so Megatron would never "
+            "draw them",
+            "raise their domain's multiplier/share, exclude them, or merge them into larger shards"))
+    if spec.max_epochs is not None and spec.budget_tokens:
+        over: dict[str, float] = {}
+        for e in entries:
+            if e.epochs > spec.max_epochs * (1 + 1e-9):
+                over[e.domain] = max(over.get(e.domain, 0.0), e.epochs)
+        for domain, epochs in sorted(over.items()):
+            field_name = (f"data.target_proportions.{domain}" if spec.target_proportions is not None
+                          else "data.max_epochs")
+            problems.append(Problem(
+                spec.config_file, field_name,
+                f"domain {domain!r} would be repeated {epochs:.3g} times to reach the "
+                f"{spec.budget_tokens:,.0f}-token budget ({spec.budget_from}), above max_epochs={spec.max_epochs:g}",
+                "lower the budget or that domain's share/multiplier, add data, or raise data.max_epochs"))
+
+
+def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
+    """Seed 002's rule: w = p(lang) * tc*m / sum over the language's kept shards of tc*m."""
+    problems.extend(_ratio_problems(spec))
+    problems.extend(_lang_prob_problems(spec))
+    if problems:
+        return MixturePlan("ratio", (), spec.budget_tokens, spec.budget_from, spec.seq_length)
+    per_language = is_per_language(spec.data_ratio)
+    optional = set(spec.optional)
+    kept, dropped = _apply_excludes(shards, spec, problems)
+    notes: list[str] = []
+
+    # seed 002: lang_prob normalised to sum 1 first, in the file's key order
+    lang_prob = dict(spec.lang_prob) if spec.lang_prob is not None else None
+    if lang_prob is not None:
+        total = sum(lang_prob.values())
+        lang_prob = {k: v / total for k, v in lang_prob.items()}
+
+    groups: dict[str, list[tuple[Shard, float]]] = {}
+    sampled: dict[str, float] = {}
+    missing_ratio: dict[tuple[str, str], int] = {}
+    missing_lang: dict[str, int] = {}
+    for s in kept:
+        m = _multiplier(spec.data_ratio, per_language, s.language, s.domain)
+        if m is None:
+            missing_ratio[(s.language, s.domain)] = missing_ratio.get((s.language, s.domain), 0) + 1
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "domain not in data_ratio.json"))
+            continue
+        if m == 0:
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "multiplier 0"))
+            continue
+        lang = s.language if lang_prob is not None else "*"
+        if lang_prob is not None and s.language not in lang_prob:
+            missing_lang[s.language] = missing_lang.get(s.language, 0) + 1
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "language not in lang_prob.json"))
+            continue
+        groups.setdefault(lang, []).append((s, m))
+        sampled[lang] = sampled.get(lang, 0) + s.tokens * m
+
+    for (lang, domain), n in sorted(missing_ratio.items()):
+        key = f"{lang}.{domain}" if per_language else domain
+        if domain in optional or key in optional or (per_language and lang in optional
+                                                      and lang not in spec.data_ratio):
+            notes.append(f"{n} shard(s) of {key} left out: not in {spec.ratio_file} (marked optional)")
+            continue
+        where = (f"language {lang!r} has no entry" if per_language and lang not in spec.data_ratio
+                 else f"domain {domain!r} has no multiplier" + (f" under {lang!r}" if per_language else ""))
+        problems.append(Problem(spec.ratio_file, key, f"{where}, but the data has {n} shard(s) of it "
+                                "(seed 002's script dropped them without a word)",
+                                f"add {key!r} with a multiplier (0 to leave it out), or list it in "
+                                "data.optional_domains"))
+    for lang, n in sorted(missing_lang.items()):
+        if lang in optional:
+            notes.append(f"{n} shard(s) of language {lang!r} left out: not in {spec.lang_prob_file} (optional)")
+            continue
+        problems.append(Problem(spec.lang_prob_file, lang, f"language {lang!r} has {n} shard(s) but no "
+                                "probability (seed 002's script crashed with KeyError)",
+                                f"add {lang!r} with a probability (0 to leave it out), or list it in "
+                                "data.optional_domains"))
+
+    # data_ratio entries that match no data
+    present = {(s.language, s.domain) for s in shards}
+    present_domains = {d for _, d in present}
+    present_langs = {lang for lang, _ in present}
+    if per_language:
+        for lang, table in spec.data_ratio.items():
+            if lang not in present_langs:
+                if lang not in optional:
+                    problems.append(Problem(spec.ratio_file, lang, f"language {lang!r} has no shards in the data",
+                                            "remove it, correct the name, or list it in data.optional_domains"))
+                continue
+            for domain in table:
+                key = f"{lang}.{domain}"
+                if (lang, domain) not in present and domain not in optional and key not in optional:
+                    problems.append(Problem(spec.ratio_file, key, f"domain {domain!r} of {lang!r} has no shards "
+                                            "in the data", "remove it, correct the name, or list it in "
+                                            "data.optional_domains"))
+    else:
+        for domain in spec.data_ratio:
+            if domain not in present_domains and domain not in optional:
+                problems.append(Problem(spec.ratio_file, domain, f"domain {domain!r} has no shards in the data",
+                                        "remove it, correct the name, or list it in data.optional_domains"))
+
+    # languages whose probability finds no kept shard: seed 002 left the weights summing below 1
+    if lang_prob is not None:
+        lost = [lang for lang, p in lang_prob.items() if p > 0 and lang not in groups]
+        for lang in lost:
+            if lang in optional:
+                notes.append(f"language {lang!r} has no kept shards; its probability {lang_prob[lang]:.6g} "
+                             "goes to the other languages in proportion (marked optional)")
+                continue
+            problems.append(Problem(
+                spec.lang_prob_file, lang,
+                f"language {lang!r} has probability {lang_prob[lang]:.6g} but no kept shards (all excluded, "
+                "multiplier 0, or none in the data); seed 002's weights would sum to less than 1",
+                "set its probability to 0, un-exclude shards, or list it in data.optional_domains to give "
+                "its share to the other languages"))
+        if any(lang in optional for lang in lost):
+            kept_mass = sum(p for lang, p in lang_prob.items() if lang in groups)
+            if kept_mass > 0:
+                lang_prob = {k: (v / kept_mass if k in groups else 0.0) for k, v in lang_prob.items()}
+    if not groups and not problems:
+        problems.append(Problem(spec.ratio_file, "", "no shard is left to train on",
+                                "check data_ratio.json, lang_prob.json and the exclude list"))
+
+    entries: list[MixtureEntry] = []
+    for lang, members in groups.items():
+        p = lang_prob[lang] if lang_prob is not None else 1.0
+        for s, m in members:
+            w = s.tokens * m / sampled[lang] * p
+            if w <= 0:
+                dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "weight 0 (language probability 0)"))
+                continue
+            entries.append(MixtureEntry(s.prefix, s.name, s.language, s.domain, s.subdomain, s.tokens, m, w,
+                                        w * spec.budget_tokens, s.bin_bytes, s.idx_bytes))
+    if not problems:
+        _check_budget_and_weights(entries, spec, problems)
+    return MixturePlan("ratio", tuple(entries), spec.budget_tokens, spec.budget_from, spec.seq_length,
+                       tuple(sorted(dropped, key=lambda d: d.name)), tuple(notes))
+
+
+def plan_proportions(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
+    """OLMo 2 / seed 003: each domain gets its share of the budget; within it, shards weigh by tokens."""
+    problems.extend(_proportion_problems(spec))
+    targets = dict(spec.target_proportions or {})
+    optional = set(spec.optional)
+    kept, dropped = _apply_excludes(shards, spec, problems)
+    notes: list[str] = []
+    by_domain: dict[str, list[Shard]] = {}
+    for s in kept:
+        if s.domain not in targets:
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "domain not in target_proportions"))
+            continue
+        if targets[s.domain] == 0:
+            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "share 0"))
+            continue
+        by_domain.setdefault(s.domain, []).append(s)
+    unplanned = sorted({d.domain for d in dropped if d.reason == "domain not in target_proportions"})
+    for domain in unplanned:
+        if domain in optional:
+            notes.append(f"domain {domain!r} left out: not in data.target_proportions (marked optional)")
+        else:
+            problems.append(Problem(spec.config_file, f"data.target_proportions.{domain}",
+                                    f"the data has domain {domain!r} but it has no share",
+                                    "give it a share (0 to leave it out), or list it in data.optional_domains"))
+    absent = [d for d, share in targets.items() if share > 0 and d not in by_domain]
+    for domain in absent:
+        if domain in optional:
+            notes.append(f"domain {domain!r} has no kept shards; its share goes to the others in proportion")
+        else:
+            problems.append(Problem(spec.config_file, f"data.target_proportions.{domain}",
+                                    f"domain {domain!r} has a share but no kept shards in the data",
+                                    "correct the name, add its data, or list it in data.optional_domains"))
+    mass = sum(targets[d] for d in by_domain)
+    entries: list[MixtureEntry] = []
+    if mass > 0:
+        for domain, members in by_domain.items():
+            share = targets[domain] / mass
+            total = sum(s.tokens for s in members)
+            for s in members:
+                w = share * s.tokens / total if total else share / len(members)
+                entries.append(MixtureEntry(s.prefix, s.name, s.language, s.domain, s.subdomain, s.tokens, 1.0,
+                                            w, w * spec.budget_tokens, s.bin_bytes, s.idx_bytes))
+    elif not problems:
+        problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",
+                                "check the shares and the exclude list"))
+    if not problems:
+        _check_budget_and_weights(entries, spec, problems)
+    entries.sort(key=lambda e: (e.name, e.prefix))
+    return MixturePlan("proportions", tuple(entries), spec.budget_tokens, spec.budget_from, spec.seq_length,
+                       tuple(sorted(dropped, key=lambda d: d.name)), tuple(notes), targets)
+
+
+def duplicate_problems(shards: Iterable[Shard]) -> list[Problem]:
+    seen: dict[str, Shard] = {}
+    out = []
+    for s in shards:
+        if s.name in seen:
+            other = seen[s.name]
+            out.append(Problem(s.signature, s.name, f"shard name listed twice (also in {other.signature})",
+                               "list each shard once; shard names must be unique across signatures"))
+        else:
+            seen[s.name] = s
+    return out
+
+
+def scaled_budget(shards: Sequence[Shard], spec: MixtureSpec) -> float:
+    """Seed 000's total: the sum of each kept shard's tokens x its multiplier (so a shard sees tc x m)."""
+    per_language = is_per_language(spec.data_ratio)
+    excluded = {exclude_keys(e) for e in spec.exclude}
+    total: list[float] = []
+    for s in shards:
+        if s.name in excluded or _stem(s.name) in excluded:
+            continue
+        m = _multiplier(spec.data_ratio, per_language, s.language, s.domain)
+        if _number(m) and m > 0:
+            total.append(s.tokens * m)
+    return math.fsum(total)
+
+
+def whole_tokens(tokens: float) -> int:
+    """Round a token count up to a whole token (seed 000), ignoring float noise below 1/1000 of a token."""
+    return math.ceil(round(tokens, 3))
+
+
+def plan(shards: Sequence[Shard], spec: MixtureSpec) -> MixturePlan:
+    """Plan the mixture, or raise ``MixtureError`` with every problem. Input order does not matter."""
+    ordered = sorted(shards, key=lambda s: (s.name, s.prefix))  # seed 002 sorted by name
+    problems = duplicate_problems(ordered)
+    if spec.target_proportions is not None:
+        result = plan_proportions(ordered, spec, problems)
+    else:
+        result = plan_ratio(ordered, spec, problems)
+    if problems:
+        raise MixtureError(problems)
+    return result
+
+
+# ---- reading a folder (the only I/O here) -------------------------------------------------------------
+
+def read_exclude(raw: Any, file: str) -> list[str]:
+    """``[name, ...]`` or seed 002's ``{"exclude_iterator_name": [name, ...]}``."""
+    if isinstance(raw, Mapping) and "exclude_iterator_name" in raw:
+        raw = raw["exclude_iterator_name"]
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise MixtureError([Problem(file, "", "is not a list of shard names",
+                                    'write ["name", ...] or {"exclude_iterator_name": ["name.bin", ...]}')])
+    return raw
+
+
+def shards_from_signatures(folder: TrainingFolder) -> list[Shard]:
+    from experiment.data.signature import read
+
+    shards = []
+    for path in folder.signature_paths:
+        sig = read(path)
+        root = sig.root_path(path)
+        for e in sig.shards:
+            shards.append(Shard(str(root / e.prefix), e.language, e.domain, e.subdomain, e.tokens,
+                                e.bin_bytes, e.idx_bytes, str(path)))
+    return shards
+
+
+def training_tokens(folder: TrainingFolder) -> tuple[int, str]:
+    t, seq = folder.config.training, folder.config.model.seq_length
+    if t.train_tokens is not None:
+        return parse_budget(t.train_tokens), "training.train_tokens"
+    assert t.train_iters is not None
+    return t.train_iters * t.global_batch_size * seq, (
+        f"training.train_iters {t.train_iters} x global_batch_size {t.global_batch_size} x seq_length {seq}")
+
+
+def spec_from_folder(folder: TrainingFolder, shards: Sequence[Shard] | None = None) -> MixtureSpec:
+    d = folder.config.data
+    rel = lambda p: str(folder.resolve(p))  # noqa: E731
+    cfg_file = str(folder.path / "experiment.toml")
+    data_ratio = folder.read_json(d.data_ratio)
+    lang_prob = folder.read_json(d.lang_prob) if d.lang_prob else None
+    exclude = read_exclude(folder.read_json(d.exclude_iterator), rel(d.exclude_iterator)) if d.exclude_iterator else []
+    spec = MixtureSpec(
+        data_ratio=data_ratio, lang_prob=lang_prob, exclude=exclude,
+        target_proportions=d.target_proportions, max_epochs=d.max_epochs,
+        optional=tuple(getattr(d, "optional_domains", ()) or ()),
+        normalize_lang_prob=bool(getattr(d, "normalize_lang_prob", False)),
+        seq_length=folder.config.model.seq_length,
+        ratio_file=rel(d.data_ratio), lang_prob_file=rel(d.lang_prob) if d.lang_prob else "lang_prob.json",
+        exclude_file=rel(d.exclude_iterator) if d.exclude_iterator else "exclude_iterator.json",
+        config_file=cfg_file,
+    )
+    if d.token_budget is None:
+        budget, source = training_tokens(folder)
+    elif d.token_budget.strip().lower() == SCALED_BUDGET:
+        if shards is None:
+            shards = shards_from_signatures(folder)
+        budget, source = scaled_budget(shards, spec), "data.token_budget = scaled (sum of tokens x multiplier)"
+    else:
+        try:
+            budget, source = parse_budget(d.token_budget), "data.token_budget"
+        except ValueError as err:
+            raise MixtureError([Problem(cfg_file, "data.token_budget", str(err), "write e.g. 50B")]) from None
+    return MixtureSpec(**{**spec.__dict__, "budget_tokens": budget, "budget_from": source})
+
+
+def plan_folder(folder: TrainingFolder) -> MixturePlan:
+    """The folder's mixture; ``MixtureError`` lists every problem (files named, entries named)."""
+    shards = shards_from_signatures(folder)
+    return plan(shards, spec_from_folder(folder, shards))
