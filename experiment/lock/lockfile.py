@@ -117,6 +117,23 @@ def folder_files(folder: TrainingFolder) -> dict[str, str]:
     return files
 
 
+def folder_content(folder: TrainingFolder, limit: int = 65536) -> dict[str, Any]:
+    """The parsed content of the folder's small JSON/TOML files, so ``reproduce`` can name the key
+    that changed (and a published lock alone can rebuild the folder's description)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for rel in folder_files(folder):
+        p = folder.path / rel
+        if p.suffix not in (".json", ".toml") or p.stat().st_size > limit:
+            continue
+        try:
+            out[rel] = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
 def signature_entries(folder: TrainingFolder) -> list[tuple[str, Path]]:
     """(path as written in experiment.toml, resolved path) for each signature."""
     return [(s, folder.resolve(s)) for s in folder.config.data.signatures]
@@ -357,7 +374,7 @@ def build_run_lock(
         "name": folder.config.name,
         "kit": environment.kit_section(),
         "environment": environment.environment_section(image),
-        "folder": {"files": folder_files(folder)},
+        "folder": {"files": folder_files(folder), "content": folder_content(folder)},
         "signatures": signatures_section(folder),
         "tokenizer": tokenizer_section(folder),
         "data": {**data_section(folder, cache), "blend": blend_section(folder)},
