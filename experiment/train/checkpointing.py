@@ -1,0 +1,308 @@
+"""Training checkpoints: megatron.core ``dist_checkpointing`` in Megatron-LM's folder layout.
+
+``<save>/iter_XXXXXXX/`` holds the shards of ``{"model", "optimizer", "opt_param_scheduler",
+"rng_state", "iteration", "consumed_samples"}`` (the "model" key is what ``experiment ckpt export``
+reads), ``<save>/latest_checkpointed_iteration.txt`` names the newest complete one.
+
+Crash safety: every rank writes into ``iter_XXXXXXX.partial``; only after all ranks finished does rank
+0 write a manifest (file names and sizes), rename the folder into place and then update the marker,
+each through a temporary name. A folder whose files do not match its manifest, or that fails to load,
+is skipped with a warning and the previous complete one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LATEST_NAME = "latest_checkpointed_iteration.txt"
+MANIFEST_NAME = "kit_manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointLoadError(RuntimeError):
+    """No usable checkpoint where one was required; the message names the folder and the fix."""
+
+
+def iteration_dir(save_dir: Path, iteration: int) -> Path:
+    return Path(save_dir) / f"iter_{iteration:07d}"
+
+
+# ---------------------------------------------------------------- folder bookkeeping (pure file ops)
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def is_complete(folder: Path) -> tuple[bool, str]:
+    """Whether a checkpoint folder holds exactly the files (and sizes) its manifest lists."""
+    manifest = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        return False, f"{folder} does not exist"
+    if not manifest.is_file():
+        return False, f"{folder} has no {MANIFEST_NAME} (the save did not finish)"
+    try:
+        expected = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as err:
+        return False, f"{manifest} is unreadable ({err})"
+    actual = _listing(folder)
+    for name, size in expected.items():
+        if name not in actual:
+            return False, f"{folder / name} is missing"
+        if actual[name] != size:
+            return False, f"{folder / name} has {actual[name]} bytes, the manifest says {size}"
+    return True, ""
+
+
+def read_latest(save_dir: Path) -> int | None:
+    marker = Path(save_dir) / LATEST_NAME
+    if not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    return int(text) if text.isdigit() else None
+
+
+def candidates(save_dir: Path) -> list[int]:
+    """Iterations to try, newest first: the marker's, then every older iter_ folder."""
+    save_dir = Path(save_dir)
+    found = sorted(
+        (int(p.name[5:]) for p in save_dir.glob("iter_*") if p.name[5:].isdigit() and p.is_dir()),
+        reverse=True,
+    )
+    latest = read_latest(save_dir)
+    if latest is None:
+        return found
+    return [latest] + [it for it in found if it < latest]
+
+
+def usable_iterations(save_dir: Path) -> tuple[list[int], list[str]]:
+    """Complete checkpoints newest first, and a warning for every newer one that is not."""
+    warnings, good = [], []
+    for it in candidates(save_dir):
+        ok, why = is_complete(iteration_dir(save_dir, it))
+        if ok:
+            good.append(it)
+        else:
+            warnings.append(f"checkpoint iteration {it} is not usable: {why}")
+    return good, warnings
+
+
+# ---------------------------------------------------------------- RNG
+
+def rng_state() -> dict:
+    import torch
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {
+        "random": random.getstate(),
+        "np": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object():
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(
+        "rng_state", [rng_state()],
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(with_context_parallel=True),
+    )
+
+
+# ---------------------------------------------------------------- save / load
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimizer that an exact resume needs."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+
+
+def _strategies():
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        TorchDistLoadShardedStrategy,
+        TorchDistSaveShardedStrategy,
+    )
+
+    # one writer bucket per rank: deterministic file layout, and no extra forked writer on CPU hosts
+    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1), TorchDistLoadShardedStrategy()
+
+
+def _sharded_state(model, optimizer, scheduler, state: TrainState | None, *, is_loading: bool) -> dict:
+    model_sd = model.sharded_state_dict()
+    out = {"model": model_sd}
+    if optimizer is not None:
+        # dp_reshardable: every rank writes its own optimizer shard, no gather (Megatron-LM's default)
+        out["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "dp_reshardable"})
+        out["opt_param_scheduler"] = scheduler.state_dict()
+        out["rng_state"] = _rng_sharded_object()
+    if state is not None:
+        out["iteration"] = state.iteration
+        out["consumed_samples"] = state.consumed_samples
+        out["checkpoint_version"] = 3.0
+    return out
+
+
+def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta_json: str | None = None) -> Path:
+    """Write ``iter_XXXXXXX`` for ``state.iteration`` on all ranks; returns its path. Collective."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    save_dir = Path(save_dir)
+    final = iteration_dir(save_dir, state.iteration)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    rank = dist.get_rank()
+    if rank == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+    dist.barrier()
+    save_strategy, _ = _strategies()
+    dist_checkpointing.save(
+        _sharded_state(model, optimizer, scheduler, state, is_loading=False), str(partial),
+        sharded_strategy=save_strategy,
+    )
+    dist.barrier()
+    if rank == 0:
+        _atomic_write(partial / MANIFEST_NAME,
+                      json.dumps({"iteration": state.iteration, "files": _listing(partial)}, indent=1, sort_keys=True))
+        if final.exists():  # re-saving an iteration (after a fallback): keep the new one only
+            stale = final.with_name(final.name + ".old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
+            os.replace(partial, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(partial, final)
+        _fsync_dir(save_dir)
+        if meta_json is not None:
+            _atomic_write(save_dir / "kit_checkpoint.json", meta_json)
+        _atomic_write(save_dir / LATEST_NAME, f"{state.iteration}\n")
+    dist.barrier()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainState | None, list[str]]:
+    """Resume from the newest complete checkpoint in ``save_dir`` (model, optimizer, schedule, RNG,
+    counters). Returns (None, warnings) when there is none. Collective."""
+    from megatron.core import dist_checkpointing
+
+    good, warnings = usable_iterations(save_dir)
+    for it in good:
+        folder = iteration_dir(save_dir, it)
+        _, load_strategy = _strategies()
+        try:
+            loaded = dist_checkpointing.load(
+                _sharded_state(model, optimizer, scheduler, TrainState(), is_loading=True), str(folder),
+                sharded_strategy=load_strategy,
+            )
+        except Exception as err:  # a shard that passes the size check but does not read
+            warnings.append(f"checkpoint iteration {it} failed to load ({type(err).__name__}: {err})")
+            continue
+        model.load_state_dict(loaded["model"], strict=True)
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+        rng = loaded["rng_state"]
+        set_rng_state(rng[0] if isinstance(rng, list) else rng)
+        return TrainState(int(loaded["iteration"]), int(loaded["consumed_samples"])), warnings
+    return None, warnings
+
+
+def load_base(base_dir: Path, model) -> tuple[int, Path]:
+    """Load only the weights (the "model" key) of a base checkpoint; returns (iteration, folder).
+
+    Any tensor/pipeline layout loads: dist_checkpointing reshards. A missing or broken base is an
+    error (never a silent start from scratch).
+    """
+    from megatron.core import dist_checkpointing
+
+    base_dir = Path(base_dir)
+    good, warnings = usable_iterations(base_dir)
+    latest = read_latest(base_dir)
+    if latest is None:
+        raise CheckpointLoadError(
+            f"{base_dir / LATEST_NAME}: missing; fix: point checkpoint.base at a folder written by "
+            "`experiment ckpt import` or a training run, or set from_scratch = true"
+        )
+    iteration = good[0] if good else latest  # imported checkpoints carry no kit manifest
+    folder = base_dir / ("release" if latest == 0 and (base_dir / "release").is_dir() else f"iter_{iteration:07d}")
+    if not folder.is_dir():
+        raise CheckpointLoadError(f"{folder}: no such folder; fix: check {base_dir / LATEST_NAME}")
+    _, load_strategy = _strategies()
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(folder),
+                                     sharded_strategy=load_strategy)
+    model.load_state_dict(loaded["model"], strict=True)
+    return iteration, folder
+
+
+def content_hash(folder: Path) -> str:
+    """blake3 over the sorted (relative name, size, bytes) of every file of a checkpoint folder."""
+    import blake3
+
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for p in sorted(q for q in Path(folder).rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return "blake3:" + h.hexdigest()
+
+
+def remove_stale_partials(save_dir: Path) -> list[Path]:
+    """Delete ``*.partial`` folders a killed run left behind (rank 0, before training)."""
+    removed = []
+    for p in Path(save_dir).glob(f"iter_*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
