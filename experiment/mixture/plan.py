@@ -31,6 +31,8 @@ MAX_BLEND_DATASETS = 32766
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _BUDGET = re.compile(r"^\s*(?P<num>[0-9][0-9_,]*(?:\.[0-9]+)?)\s*(?P<unit>[KMBGT]?)\s*$", re.IGNORECASE)
 SCALED_BUDGET = "scaled"
+#: Published share tables are rounded (OLMo 2's Dolmino shares sum to 1.0001): within this, normalise and say so.
+PROPORTION_TOLERANCE = 1e-3
 
 
 class MixtureError(FolderError):
@@ -232,7 +234,7 @@ def _proportion_problems(spec: MixtureSpec) -> list[Problem]:
     for k, v in spec.target_proportions.items():
         if v < 0:
             out.append(Problem(f, f"data.target_proportions.{k}", f"share {v} is negative", "use a share >= 0"))
-    if abs(total - 1.0) > 1e-6:
+    if abs(total - 1.0) > PROPORTION_TOLERANCE:
         out.append(Problem(f, "data.target_proportions", f"shares sum to {total:.6g}, not 1",
                            f"divide each by {total:.6g}"))
     if spec.data_ratio:
@@ -458,6 +460,9 @@ def plan_proportions(shards: Sequence[Shard], spec: MixtureSpec, problems: list[
             problems.append(Problem(spec.config_file, f"data.target_proportions.{domain}",
                                     f"domain {domain!r} has a share but no kept shards in the data",
                                     "correct the name, add its data, or list it in data.optional_domains"))
+    total = math.fsum(targets.values())
+    if total > 0 and abs(total - 1.0) > 1e-12 and abs(total - 1.0) <= PROPORTION_TOLERANCE:
+        notes.append(f"data.target_proportions sum to {total:.6g}; each share was divided by that sum")
     mass = sum(targets[d] for d in by_domain)
     entries: list[MixtureEntry] = []
     if mass > 0:
