@@ -1,0 +1,280 @@
+"""Tokenizer backends behind one interface: texts in, (flat token ids, offsets) out.
+
+The *reference* of a tokenizer is its own library: ``sentencepiece`` for a ``.model`` file, HF
+``tokenizers`` for a ``tokenizer.json`` (alone or in a Hugging Face folder). ``gigatoken`` is the
+fast backend: it is used only when it reproduces the reference on a probe of tricky strings (and
+``tokenize`` re-checks the first documents of every input). Otherwise the reference runs.
+
+Literal special-token strings in the text (``<s>``, ``</s>``, ``<|endoftext|>``) are plain text
+everywhere: sentencepiece never maps them to control ids; for ``tokenizers`` we set
+``encode_special_tokens = True``; for gigatoken we load the tokenizer.json without its special
+added tokens (non-special added tokens stay, as in ``tokenizers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from experiment.data.errors import DataError
+
+_FIX_TOKENIZER = "give a Hugging Face tokenizer folder, a tokenizer.json, or a SentencePiece .model file"
+# Common end-of-document tokens, tried in order when no tokenizer_config.json names the eos token.
+_EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+BACKENDS = ("auto", "gigatoken", "reference")
+
+# Strings where tokenizer implementations tend to differ: whitespace runs, control and special-token
+# look-alikes, byte fallback, CJK, full-width forms, combining marks, emoji, code.
+PROBE_TEXTS = (
+    "Hello world", " leading space", "trailing space ", "  two  spaces   three", "\ttab\tand\nnewline\n\n",
+    "<s> </s> <unk> <pad> <|endoftext|> <|im_start|>user<|im_end|> [INST] [/INST] <|begin_of_text|>",
+    "a<s>b</s>c<|endoftext|>d", "\x00\x01\x1f\x7f control", "\u200b\u200d\ufeff zero width", "e\u0301 combining",
+    "日本語のテキストです。全角　スペース", "ｆｕｌｌ　ｗｉｄｔｈ　①②③", "한국어 텍스트", "Ελληνικά κείμενο", "עברית",
+    "emoji 🤗🦀👩‍👩‍👧 flags 🇯🇵", "def f(x):\n    return x ** 2  # comment\r\n", "1234567890 3.14159 1e-9",
+    "http://example.com/a?b=c&d=e", "a" * 300, " " * 17, "\n" * 5, "’“”—…", "İstanbul ǅ ß ﬁ",
+)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Where a tokenizer lives and what kind it is, resolved from one path."""
+
+    path: Path
+    kind: str  # "sentencepiece" | "tokenizers" | "hf"
+    model_file: Path  # the .model or tokenizer.json actually loaded
+    files: tuple[Path, ...] = field(default=())  # every file that defines it (hashed)
+    eod_token: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for file in sorted(self.files, key=lambda p: p.name):
+            digest.update(file.name.encode() + b"\0")
+            digest.update(file.read_bytes())
+        return digest.hexdigest()
+
+
+def resolve_tokenizer(path: str | Path, eod_token: str | None = None) -> TokenizerSpec:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "tokenizer not found", _FIX_TOKENIZER)
+    if path.is_dir():
+        extra = [path / n for n in ("tokenizer_config.json", "special_tokens_map.json") if (path / n).is_file()]
+        if (path / "tokenizer.json").is_file():
+            return TokenizerSpec(path, "hf", path / "tokenizer.json", (path / "tokenizer.json", *extra), eod_token)
+        if (path / "tokenizer.model").is_file():
+            return TokenizerSpec(path, "sentencepiece", path / "tokenizer.model", (path / "tokenizer.model",), eod_token)
+        raise DataError(path, "folder holds neither tokenizer.json nor tokenizer.model", _FIX_TOKENIZER)
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    if path.suffix == ".json" or head.startswith(b"{"):
+        return TokenizerSpec(path, "tokenizers", path, (path,), eod_token)
+    if ".model" in path.suffixes or head[:1] == b"\n":  # a SentencePiece ModelProto starts with field 1
+        return TokenizerSpec(path, "sentencepiece", path, (path,), eod_token)
+    raise DataError(path, "unknown tokenizer file type (neither tokenizer.json nor SentencePiece model)", _FIX_TOKENIZER)
+
+
+class Encoder(Protocol):
+    backend: str
+    vocab_size: int
+    eod_id: int
+
+    def encode(self, texts: "list[str] | object") -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of each text, without EOD: (flat ids, int64 offsets of length n+1)."""
+
+
+def _as_list(texts) -> list[str]:
+    return texts if isinstance(texts, list) else texts.to_pylist()
+
+
+def _flatten(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.uint32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+class SentencePieceEncoder:
+    backend = "sentencepiece"
+
+    def __init__(self, spec: TokenizerSpec, threads: int | None = None) -> None:
+        import sentencepiece as spm
+
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(spec.model_file))
+        except Exception as err:  # sentencepiece raises RuntimeError/OSError on bad files
+            raise DataError(spec.model_file, f"not a SentencePiece model ({err})", _FIX_TOKENIZER) from None
+        self.vocab_size = self.sp.vocab_size()
+        self.threads = threads or os.cpu_count() or 1
+        if spec.eod_token is not None:
+            self.eod_id = self.sp.piece_to_id(spec.eod_token)
+            if self.sp.id_to_piece(self.eod_id) != spec.eod_token:
+                raise DataError(spec.model_file, f"EOD token {spec.eod_token!r} is not in the vocabulary", "pass an existing token to --eod-token")
+        else:
+            self.eod_id = self.sp.eos_id()
+            if self.eod_id < 0:
+                raise DataError(spec.model_file, "the model defines no eos piece to use as EOD", "pass --eod-token")
+
+    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        return _flatten(self.sp.encode(_as_list(texts), num_threads=self.threads))
+
+
+def _tokenizer_json(spec: TokenizerSpec) -> str:
+    try:
+        raw = spec.model_file.read_text(encoding="utf-8")
+        json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(spec.model_file, f"not a tokenizer.json ({err})", _FIX_TOKENIZER) from None
+    return raw
+
+
+def _eod_from_json(spec: TokenizerSpec, config: dict, token_to_id) -> int:
+    wanted = spec.eod_token
+    if wanted is None:
+        cfg_file = spec.model_file.parent / "tokenizer_config.json"
+        if cfg_file.is_file():
+            eos = json.loads(cfg_file.read_text()).get("eos_token")
+            wanted = eos.get("content") if isinstance(eos, dict) else eos
+    candidates = [wanted] if wanted else list(_EOS_CANDIDATES)
+    for token in candidates:
+        token_id = token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise DataError(
+        spec.model_file, f"cannot tell the end-of-document token (tried {', '.join(candidates)})",
+        "pass --eod-token with the tokenizer's eos token",
+    )
+
+
+class TokenizersEncoder:
+    backend = "tokenizers"
+
+    def __init__(self, spec: TokenizerSpec, threads: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        raw = _tokenizer_json(spec)
+        try:
+            self.tk = Tokenizer.from_str(raw)
+        except Exception as err:
+            raise DataError(spec.model_file, f"the tokenizers library cannot load it ({err})", _FIX_TOKENIZER) from None
+        self.tk.encode_special_tokens = True  # literal "<s>" in text is text, not a control token
+        self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
+        self.eod_id = _eod_from_json(spec, json.loads(raw), self.tk.token_to_id)
+
+    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self.tk.encode_batch_fast(_as_list(texts), add_special_tokens=False)
+        return _flatten([e.ids for e in encodings])
+
+
+def _arrow_to_awkward(texts):
+    """Zero-copy view of an Arrow string array as the awkward string array gigatoken reads."""
+    import awkward as ak
+    import pyarrow as pa
+
+    if not pa.types.is_large_string(texts.type):
+        texts = texts.cast(pa.large_string())
+    _, offsets_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    chars = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    layout = ak.contents.ListOffsetArray(
+        ak.index.Index64(offsets),
+        ak.contents.NumpyArray(chars, parameters={"__array__": "char"}),
+        parameters={"__array__": "string"},
+    )
+    return ak.Array(layout)
+
+
+class GigatokenEncoder:
+    backend = "gigatoken"
+
+    def __init__(self, spec: TokenizerSpec, reference: SentencePieceEncoder | TokenizersEncoder) -> None:
+        import gigatoken
+
+        if spec.kind == "sentencepiece":
+            from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
+
+            config = json.loads(sentencepiece_to_tokenizer_json(spec.model_file.read_bytes()))
+        else:
+            config = json.loads(_tokenizer_json(spec))
+        # Special added tokens would be matched in the text as control ids: drop them (see module doc).
+        config["added_tokens"] = [t for t in config.get("added_tokens") or [] if not t.get("special")]
+        self.tok = gigatoken.Tokenizer.from_json(json.dumps(config))
+        self.vocab_size = reference.vocab_size
+        self.eod_id = reference.eod_id
+
+    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        import awkward as ak
+
+        batch = texts if isinstance(texts, list) else _arrow_to_awkward(texts)
+        layout = ak.to_layout(self.tok.encode_batch(batch))
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        flat = np.asarray(layout.content.data)
+        if offsets[0] != 0:
+            flat, offsets = flat[offsets[0] : offsets[-1]], offsets - offsets[0]
+        return flat[: offsets[-1]], offsets
+
+
+def reference_encoder(spec: TokenizerSpec, threads: int | None = None) -> SentencePieceEncoder | TokenizersEncoder:
+    if spec.kind == "sentencepiece":
+        return SentencePieceEncoder(spec, threads)
+    return TokenizersEncoder(spec, threads)
+
+
+def same_ids(a: Encoder, b: Encoder, texts: list[str]) -> list[int]:
+    """Indices of texts where the two encoders disagree (empty list: identical)."""
+    fa, oa = a.encode(texts)
+    fb, ob = b.encode(texts)
+    return [
+        i for i in range(len(texts))
+        if not np.array_equal(fa[oa[i] : oa[i + 1]], fb[ob[i] : ob[i + 1]])
+    ]
+
+
+@dataclass
+class LoadedEncoder:
+    """The encoder to run, the reference it was checked against, and why this backend was chosen."""
+
+    encoder: Encoder
+    reference: Encoder
+    spec: TokenizerSpec
+    note: str
+
+
+def load_encoder(spec: TokenizerSpec, backend: str = "auto", threads: int | None = None) -> LoadedEncoder:
+    """Build the encoder for ``backend`` (auto: gigatoken if it matches the reference on the probe)."""
+    if backend not in BACKENDS:
+        raise DataError(spec.path, f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    reference = reference_encoder(spec, threads)
+    if backend == "reference":
+        return LoadedEncoder(reference, reference, spec, f"{reference.backend} (reference, as asked)")
+    try:
+        fast = GigatokenEncoder(spec, reference)
+    except Exception as err:  # gigatoken refuses some vocabularies (e.g. missing byte tokens)
+        if backend == "gigatoken":
+            raise DataError(spec.model_file, f"gigatoken cannot load this tokenizer: {err}", "use --backend reference") from None
+        return LoadedEncoder(reference, reference, spec, f"{reference.backend} (gigatoken cannot load it: {str(err).splitlines()[0]})")
+    probe = list(PROBE_TEXTS) + _added_token_probe(spec)
+    bad = same_ids(fast, reference, probe)
+    if bad:
+        if backend == "gigatoken":
+            raise DataError(spec.model_file, f"gigatoken ids differ from {reference.backend} on {probe[bad[0]]!r}", "use --backend reference")
+        return LoadedEncoder(reference, reference, spec, f"{reference.backend} (gigatoken differs on {len(bad)} probe texts)")
+    return LoadedEncoder(fast, reference, spec, f"gigatoken (ids identical to {reference.backend} on the probe)")
+
+
+def _added_token_probe(spec: TokenizerSpec) -> list[str]:
+    """Every added token's string inside ordinary text, to prove they are encoded as text."""
+    if spec.kind == "sentencepiece":
+        return []
+    added = json.loads(_tokenizer_json(spec)).get("added_tokens") or []
+    return [f"x {t['content']} y{t['content']}z" for t in added[:200]]

@@ -1,0 +1,20 @@
+"""One error type for bad data input, so every failure names the file, the line and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(Exception):
+    """Bad input or an unusable output place: ``file:line: message`` plus how to fix it.
+
+    ``line`` is 1-based (a JSONL/text line or a Parquet row); 0 means the whole file.
+    """
+
+    def __init__(self, file: str | Path, message: str, fix: str, line: int = 0) -> None:
+        self.file = str(file)
+        self.line = line
+        self.message = message
+        self.fix = fix
+        where = f"{self.file}:{line}" if line else self.file
+        super().__init__(f"{where}: {message}\n  fix: {fix}")

@@ -1,0 +1,269 @@
+"""``experiment data tokenize``: raw text shards -> counted Megatron shards, one per input.
+
+Parallelism lives in the native libraries, so outputs are ordered and deterministic by construction:
+pyarrow parses JSON/Parquet on all cores, the encoder (gigatoken, or the tokenizer's own library)
+encodes each block of documents on all cores, and numpy appends EOD and writes. Each output is
+written under a hidden temporary name and renamed to its counted name
+(``{lang}_{domain}_{sub}_split_{id}_text_document_dc=_sc=_tc=``) when done; re-running skips inputs
+whose output exists, and removes leftovers of a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from experiment.data import naming, shards, sources
+from experiment.data.encoders import LoadedEncoder, load_encoder, resolve_tokenizer, same_ids
+from experiment.data.errors import DataError
+from experiment.data.signature import TokenizerInfo
+
+TOKENIZER_INFO = "tokenizer_info.json"
+SPOT_CHECK_DOCS = 64  # first documents of every input re-encoded by the reference backend
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """One validated tokenize job (built by the CLI)."""
+
+    inputs: list[Path]
+    output: Path
+    tokenizer: Path
+    text_key: str = "text"
+    backend: str = "auto"  # auto | gigatoken | reference
+    language: str | None = None
+    domain: str | None = None
+    subdomain: str | None = None
+    eod_token: str | None = None
+    block_bytes: int = 32 << 20
+    reserve_bytes: int = 0
+    spot_check: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ShardResult:
+    input: Path
+    prefix: Path
+    docs: int
+    sentences: int
+    tokens: int
+    input_bytes: int
+    seconds: float
+    skipped: bool = False
+    empty_docs: int = 0
+
+
+@dataclass
+class TokenizeReport:
+    backend_note: str
+    shards: list[ShardResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def output_name(path: Path, index: int, cfg: TokenizeConfig) -> naming.ShardName:
+    """The uncounted shard name of an input: from its file name, or from --language/--domain."""
+    stem = sources.stem_of(path)
+    if cfg.language is None and cfg.domain is None and cfg.subdomain is None:
+        candidate = stem if stem.endswith("_text_document") else f"{stem}_text_document"
+        try:
+            name = naming.parse(candidate)
+        except naming.ShardNameError:
+            raise DataError(
+                path, "cannot read language/domain from the file name",
+                "name inputs {lang}_{domain}_{subdomain}_split_{id}.jsonl or pass --language and --domain",
+            ) from None
+        return naming.make(name.language, name.domain, name.subdomain, name.split)
+    if not (cfg.language and cfg.domain):
+        raise DataError(path, "--language and --domain must be given together", "pass both (and optionally --subdomain)")
+    sub = cfg.subdomain or "".join(c if c.isalnum() or c in ".-" else "-" for c in stem)
+    try:
+        return naming.make(cfg.language, cfg.domain, sub, f"{index:04d}")
+    except naming.ShardNameError as err:
+        raise DataError(path, str(err), "pass valid --language/--domain/--subdomain") from None
+
+
+def find_finished(output: Path, stem: str) -> Path | None:
+    """The counted prefix of a finished output for ``stem`` (both .bin and .idx present), if any."""
+    for idx in sorted(output.glob(f"{stem}_dc=*_sc=*_tc=*.idx")):
+        name = naming.parse(idx.name)
+        if name.stem == stem and idx.with_suffix(".bin").is_file():
+            return idx.with_suffix("")
+    return None
+
+
+def _clean_leftovers(output: Path, stem: str) -> None:
+    for p in output.glob(f".{stem}.tmp*"):
+        p.unlink()
+    for p in output.glob(f"{stem}_dc=*_sc=*_tc=*.bin"):  # a .bin renamed before its .idx
+        if not p.with_suffix(".idx").is_file():
+            p.unlink()
+
+
+def tokenizer_info(loaded: LoadedEncoder) -> TokenizerInfo:
+    spec = loaded.spec
+    return TokenizerInfo(
+        kind=spec.kind, name=spec.name, sha256=spec.sha256(), vocab_size=loaded.reference.vocab_size, eod_id=loaded.reference.eod_id
+    )
+
+
+def _claim_output(output: Path, info: TokenizerInfo) -> None:
+    """Record the tokenizer of this folder; refuse to mix shards of two tokenizers in one folder."""
+    path = output / TOKENIZER_INFO
+    if path.is_file():
+        old = TokenizerInfo.model_validate_json(path.read_text())
+        if old.sha256 != info.sha256 or old.eod_id != info.eod_id:
+            raise DataError(
+                path, f"this folder holds shards of another tokenizer ({old.name}, {old.sha256[:12]})",
+                "choose an empty --output folder for this tokenizer",
+            )
+        return
+    tmp = output / f".{TOKENIZER_INFO}.tmp"
+    tmp.write_text(json.dumps(info.model_dump(), indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _estimated_output_bytes(path: Path, itemsize: int) -> int:
+    size = path.stat().st_size
+    fmt = sources.format_of(path)
+    raw = size * 4 if fmt in ("jsonl.gz", "jsonl.zst", "parquet") else size
+    return raw * itemsize // 2  # text is >= 2 bytes per token in practice
+
+
+def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None) -> ShardResult:
+    """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there)."""
+    import pyarrow.compute as pc
+
+    stem = name.stem
+    start = time.perf_counter()
+    done = find_finished(cfg.output, stem)
+    input_bytes = path.stat().st_size
+    if done is not None:
+        counted = naming.parse(done.name)
+        if on_bytes:
+            on_bytes(input_bytes)
+        return ShardResult(path, done, counted.docs, counted.sentences, counted.tokens, input_bytes, 0.0, skipped=True)
+    _clean_leftovers(cfg.output, stem)
+    dtype = shards.optimal_dtype(loaded.reference.vocab_size)
+    shards.check_space(cfg.output, _estimated_output_bytes(path, np.dtype(dtype).itemsize), cfg.reserve_bytes)
+    tmp = cfg.output / f".{stem}.tmp-{os.getpid()}"
+    writer = shards.ShardWriter(tmp, dtype, loaded.encoder.eod_id, cfg.reserve_bytes)
+    empty = 0
+    checked = not cfg.spot_check or loaded.encoder is loaded.reference
+    try:
+        for texts in sources.read_batches(path, cfg.text_key, cfg.block_bytes):
+            keep = pc.greater(pc.binary_length(texts), 0)
+            n_empty = len(texts) - pc.sum(keep).as_py() if len(texts) else 0
+            if n_empty:
+                texts = texts.filter(keep)
+                empty += n_empty
+            if not checked and len(texts):
+                sample = texts.slice(0, SPOT_CHECK_DOCS).to_pylist()
+                bad = same_ids(loaded.encoder, loaded.reference, sample)
+                if bad:
+                    raise DataError(
+                        path, f"{loaded.encoder.backend} ids differ from {loaded.reference.backend} on document {bad[0] + 1}",
+                        "re-run with --backend reference (and report the text to gigatoken)",
+                    )
+                checked = True
+            flat, offsets = loaded.encoder.encode(texts)
+            writer.append(flat, offsets)
+            if on_bytes:
+                on_bytes(texts.nbytes)
+        counts = writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
+    if counts.docs == 0:
+        writer.discard()
+        raise DataError(path, "every document is empty", "remove the file from the inputs")
+    final = cfg.output / name.with_counts(counts.docs, counts.sentences, counts.tokens).format()
+    shards.commit(tmp, final)
+    return ShardResult(path, final, counts.docs, counts.sentences, counts.tokens, input_bytes, time.perf_counter() - start, empty_docs=empty)
+
+
+def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
+    """Tokenize every input (sorted) into ``cfg.output``; progress bar and summary table on ``console``."""
+    started = time.perf_counter()
+    inputs = sources.find_inputs(cfg.inputs)
+    names = [output_name(p, i, cfg) for i, p in enumerate(inputs)]
+    seen: dict[str, Path] = {}
+    for path, name in zip(inputs, names):
+        if name.stem in seen:
+            raise DataError(path, f"gives the same shard name {name.stem} as {seen[name.stem]}", "rename one of the inputs")
+        seen[name.stem] = path
+    spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
+    loaded = load_encoder(spec, cfg.backend)
+    try:
+        cfg.output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(cfg.output, f"cannot create the output folder ({err.strerror})", "choose a writable --output folder") from None
+    if not os.access(cfg.output, os.W_OK):
+        raise DataError(cfg.output, "the output folder is not writable", "choose a writable --output folder")
+    _claim_output(cfg.output, tokenizer_info(loaded))
+    report = TokenizeReport(loaded.note)
+    progress = _progress(console) if cfg.progress and console is not None else None
+    total = sum(p.stat().st_size for p in inputs)
+    with progress or _Null():
+        task = progress.add_task("tokenize", total=total) if progress else None
+        for path, name in zip(inputs, names):
+            if progress:
+                progress.update(task, description=f"{path.name[:40]}")
+            before = [0]
+
+            def advance(n: int, _b=before, _size=path.stat().st_size) -> None:  # text bytes, capped at the file's
+                step = min(n, _size - _b[0])
+                _b[0] += step
+                if progress:
+                    progress.advance(task, step)
+
+            result = tokenize_file(path, name, loaded, cfg, on_bytes=advance)
+            if progress:
+                progress.advance(task, path.stat().st_size - before[0])
+            report.shards.append(result)
+    report.seconds = time.perf_counter() - started
+    if console is not None:
+        console.print(summary_table(report))
+    return report
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(console):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    )
+
+
+def summary_table(report: TokenizeReport):
+    from rich.table import Table
+
+    table = Table(title=f"tokenized with {report.backend_note}")
+    for col in ("shard", "docs", "tokens", "MB in", "tokens/s", "status"):
+        table.add_column(col, justify="left" if col in ("shard", "status") else "right")
+    docs = tokens = nbytes = 0
+    work = 0.0
+    for s in report.shards:
+        rate = f"{s.tokens / s.seconds / 1e6:.2f} M" if s.seconds > 0 else "-"
+        status = "skipped (done)" if s.skipped else ("ok" if not s.empty_docs else f"ok, {s.empty_docs} empty docs dropped")
+        table.add_row(s.prefix.name, f"{s.docs:,}", f"{s.tokens:,}", f"{s.input_bytes / 1e6:.1f}", rate, status)
+        docs, tokens, nbytes = docs + s.docs, tokens + s.tokens, nbytes + s.input_bytes
+        work += s.seconds
+    new_tokens = sum(s.tokens for s in report.shards if not s.skipped)
+    rate = f"{new_tokens / report.seconds / 1e6:.2f} M" if report.seconds > 0 and new_tokens else "-"
+    table.add_row("total", f"{docs:,}", f"{tokens:,}", f"{nbytes / 1e6:.1f}", rate, f"{report.seconds:.1f} s", style="bold")
+    return table
