@@ -88,6 +88,12 @@ def _short(h: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ verify
 
+def load_folder(path: Path) -> TrainingFolder:
+    """The folder as far as verification needs it: a missing or renamed shard is a finding to name,
+    not a reason to stop, so artifacts are not required here (the re-run requires them)."""
+    return load(path, require_artifacts=False)
+
+
 def check_code(lock: dict) -> list[Finding]:
     want, have = lock["kit"], environment.kit_section()
     out = []
@@ -215,11 +221,13 @@ def check_tokenizer(lock: dict, folder: TrainingFolder) -> list[Finding]:
 
 
 def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: Path | None,
-               blend_now: list | None) -> list[Finding]:
-    """Every locked shard's bytes; a shard that is gone under its name is looked for by content."""
+               blend_now: list | None) -> tuple[list[Finding], dict[str, str]]:
+    """Every locked shard's bytes; a shard that is gone under its name is looked for by content.
+    Returns the findings and the renames found ({locked shard key: its new key})."""
     want = lock["data"]["shards"]
     now = lockfile.shard_files(folder, data_root)
     out: list[Finding] = []
+    renames: dict[str, str] = {}
     present: dict[str, Path] = {}
     for key, info in now.items():
         for ext in (".bin", ".idx"):
@@ -255,6 +263,7 @@ def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: 
                                    "no shard with these bytes is listed; restore it or pass --data-root"))
                 continue
             old, new = key, twin.rsplit(".", 1)[0]
+            renames[old] = new
             same_place = locked_blend.get(old) is not None and locked_blend.get(old) == new_blend.get(new)
             out.append(Finding(
                 "data", name, f"{old}.{ext}", f"renamed to {new}.{ext} (same bytes)", not same_place,
@@ -262,11 +271,13 @@ def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: 
                 if same_place else
                 "same bytes, but the name sets language/domain/token count and its place in the sorted blend: "
                 f"blend entry {locked_blend.get(old)} -> {new_blend.get(new)}"))
-    return out
+    return out, renames
 
 
-def check_blend(lock: dict, blend_now: list | None) -> list[Finding]:
-    want = lock["data"]["blend"].get("entries", [])
+def check_blend(lock: dict, blend_now: list | None, renames: Mapping[str, str] | None = None) -> list[Finding]:
+    """The blend given to Megatron, entry by entry (a renamed shard compared under its new name)."""
+    renames = renames or {}
+    want = [[renames.get(n, n), w] for n, w in lock["data"]["blend"].get("entries", [])]
     if not lock["data"]["blend"].get("available") or blend_now is None:
         return []
     if want == blend_now:
@@ -322,21 +333,25 @@ def verify(lock: dict, folder: TrainingFolder, *, cache: HashCache, data_root: P
            image: environment.ImageInfo | None = None) -> list[Finding]:
     """Every difference between the lock and this machine's code, environment and inputs."""
     environ = environ or {}
-    blend_now = None
+    blend_now, plan_error = None, None
     try:
         blend = lockfile.blend_section(folder, data_root)
         blend_now = blend["entries"] if blend["available"] else None
     except (FolderError, ValueError, OSError) as err:
-        findings_blend = [Finding("blend", "plan", "a plan", "none", True, f"the mixture cannot be planned: {err}")]
+        plan_error = err
+    findings_data, renames = check_data(lock, folder, cache, data_root, blend_now)
+    if plan_error is not None:
+        findings_blend = [Finding("blend", "plan", "a plan", "none", True,
+                                  f"the mixture cannot be planned: {plan_error}")]
     else:
-        findings_blend = check_blend(lock, blend_now)
+        findings_blend = check_blend(lock, blend_now, renames)
     return [
         *check_code(lock),
         *check_environment(lock, image),
         *check_folder(lock, folder, not findings_blend and blend_now is not None),
         *check_signatures(lock, folder),
         *check_tokenizer(lock, folder),
-        *check_data(lock, folder, cache, data_root, blend_now),
+        *findings_data,
         *findings_blend,
         *check_base(lock, folder, cache, base),
         *check_determinism(lock, folder, environ),
@@ -464,7 +479,7 @@ def main(options: ReproduceOptions, console) -> int:
 
     lock = lockfile.read(options.lockfile)
     folder_path = options.folder or Path(options.lockfile).resolve().parent
-    folder = load(folder_path)
+    folder = load_folder(folder_path)
     cache = HashCache(options.hash_cache)
     image = environment.image_from_environ(options.environ)
     findings = verify(lock, folder, cache=cache, data_root=options.data_root, base=options.base,
