@@ -57,3 +57,17 @@ def folder(tmp: Path, shards: list[tuple[str, int]], data_ratio, *, lang_prob=No
     (tmp / "data_ratio.json").write_text(json.dumps(data_ratio))
     (tmp / "sig.json").write_text((sig or signature(shards)).to_json())
     return tmp
+
+
+def write_shard(prefix: Path, docs: list) -> tuple[int, int]:
+    """Write a real Megatron .bin/.idx pair with megatron.core's IndexedDatasetBuilder; returns their sizes."""
+    import numpy
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
+    for doc in docs:
+        builder.add_document(torch.as_tensor(numpy.asarray(doc, dtype=numpy.int64)), [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    return Path(f"{prefix}.bin").stat().st_size, Path(f"{prefix}.idx").stat().st_size
