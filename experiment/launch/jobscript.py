@@ -1,0 +1,96 @@
+"""Render a Slurm or PBS job script from its template (templates/*.sh.j2) for one launch.
+
+The script exports the run's environment, finds the first node for the c10d rendezvous, and starts one
+torchrun per node (``srun`` on Slurm, ``mpirun`` one-per-node on PBS), optionally inside the kit's
+image through the container runtime's cluster line. It is written into the folder as
+``launch/<kind>.sh`` (the run directory keeps what was submitted) and submitted with sbatch/qsub.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiment.launch.local import Launch, torchrun_argv
+
+TEMPLATES = Path(__file__).parent / "templates"
+SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
+RDZV_PORT = 29500
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Scheduler settings from the folder's ``[launch]`` section."""
+
+    kind: str  # slurm | pbs
+    job_name: str
+    walltime: str
+    partition: str | None = None
+    account: str | None = None
+    gpus: bool = True
+    container_prefix: str | None = None  # e.g. "apptainer exec --nv --bind ... image.sif"
+
+
+def torchrun_line(launch: Launch, kind: str) -> str:
+    """The exact torchrun command each node runs (shell variables expand on the node)."""
+    rdzv_id = "$SLURM_JOB_ID" if kind == "slurm" else "$PBS_JOBID"
+    argv = torchrun_argv(launch, rdzv_endpoint="__ENDPOINT__", rdzv_id="__ID__")
+    line = shlex.join(argv)
+    return line.replace("__ENDPOINT__", '"$MASTER_ADDR:$MASTER_PORT"').replace("__ID__", f'"{rdzv_id}"')
+
+
+def render(launch: Launch, settings: ClusterSettings) -> str:
+    import jinja2
+
+    if settings.kind not in SUBMIT:
+        raise ValueError(f"unknown launcher {settings.kind!r}; use slurm or pbs")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    command = torchrun_line(launch, settings.kind)
+    if settings.container_prefix:
+        command = f"{settings.container_prefix} {command}"
+    return env.get_template(f"{settings.kind}.sh.j2").render(
+        job_name=settings.job_name, nnodes=launch.nnodes, nproc=launch.nproc_per_node,
+        walltime=settings.walltime, partition=settings.partition, account=settings.account,
+        gpus=settings.gpus, log_dir=shlex.quote(os.fspath(launch.folder / "logs")),
+        folder=shlex.quote(os.fspath(launch.folder)),
+        exports=[f"export {k}={shlex.quote(v)}" for k, v in launch.env], env_names=[k for k, _ in launch.env],
+        rdzv_port=RDZV_PORT,
+        command=command,
+    )
+
+
+def write(folder: Path, kind: str, text: str) -> Path:
+    """``<folder>/launch/<kind>.sh``, written atomically, executable."""
+    out_dir = folder / "launch"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{kind}.sh"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(path)
+    return path
+
+
+def check_syntax(path: Path) -> None:
+    """``bash -n``: the script parses (raises with bash's message if not)."""
+    res = subprocess.run(["bash", "-n", os.fspath(path)], capture_output=True, text=True)
+    if res.returncode:
+        raise ValueError(f"{path}: bash -n failed: {res.stderr.strip()}")
+
+
+def submit(path: Path, kind: str) -> str:
+    """Submit with sbatch/qsub; returns the scheduler's answer (the job id)."""
+    import shutil
+
+    tool = SUBMIT[kind]
+    if shutil.which(tool) is None:
+        raise FileNotFoundError(f"{tool} is not on this machine; the script is at {path}: copy it to a "
+                                f"login node and run `{tool} {path.name}`, or use --dry-run to print it")
+    res = subprocess.run([tool, os.fspath(path)], capture_output=True, text=True, cwd=path.parent)
+    if res.returncode:
+        raise RuntimeError(f"{tool} {path} failed: {res.stderr.strip()}")
+    return res.stdout.strip()
