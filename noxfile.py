@@ -4,6 +4,8 @@ into its own virtual environment with the pinned CPU torch, so a fresh machine n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -25,3 +27,29 @@ def tests(session: nox.Session) -> None:
     """The whole test suite (unit + real torchrun/megatron integration runs) on CPU."""
     install_kit(session)
     session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHON)
+def lock(session: nox.Session) -> None:
+    """Re-resolve env/cpu.lock.txt and env/gpu.lock.txt (with hashes) from pyproject.toml using uv."""
+    import sys
+
+    session.install("uv", "packaging")
+    sys.path.insert(0, ".")
+    from experiment.lock import envlock
+
+    for flavor, spec in envlock.FLAVORS.items():
+        session.run(*envlock.compile_command(flavor, spec["lock"]), env={"UV_NATIVE_TLS": "1"}, external=False)
+        if flavor == "gpu":
+            path = Path(spec["lock"])
+            path.write_text(envlock.drop_provided(path.read_text()))
+        problems = envlock.disagreements(Path("pyproject.toml"), Path(spec["lock"]).read_text(), flavor)
+        if problems:
+            session.error("\n".join(problems))
+
+
+@nox.session(python=PYTHON, name="build_image")
+def build_image(session: nox.Session) -> None:
+    """Build the kit's image (`-- --flavor cpu|gpu`) with the engine present; record it in env/image.lock."""
+    session.install("-e", ".")
+    session.run("python", "-m", "experiment.lock.image", *session.posargs)
