@@ -136,6 +136,7 @@ def troff_to_text(raw: str) -> str:
     for esc, rep in _TROFF_ESC.items():
         text = text.replace(esc, rep)
     text = re.sub(r"\\\(..", "", text)
+    text = re.sub(r"\\s[-+]?\d+|\\[{}]|\\\*\(..|\\\*.", "", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
 

@@ -152,8 +152,11 @@ def read_shard(prefix: str | Path) -> ShardInfo:
     ids including EOD (what training consumes). A .bin shorter than its index says is an error.
     """
     import logging
+    import warnings
 
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    with warnings.catch_warnings():  # "Transformer Engine and Apex are not installed": irrelevant here
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     prefix = Path(prefix)
     bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")

@@ -67,3 +67,77 @@ class DataSignature(BaseModel):
 
 def read(path: str | Path) -> DataSignature:
     return DataSignature.model_validate_json(Path(path).read_text())
+
+
+# --- building a signature -------------------------------------------------------------------------
+
+HASH_CHUNK = 16 << 20
+
+
+def hash_file(path: str | Path, algorithm: str = "blake3") -> str:
+    """Content hash of one file: blake3 (multi-threaded, default) or xxh3_128."""
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        hasher = blake3(max_threads=blake3.AUTO)
+        hasher.update_mmap(str(path))
+        return hasher.hexdigest()
+    if algorithm == "xxh3":
+        import xxhash
+
+        hasher = xxhash.xxh3_128()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+    raise ValueError(f"unknown hash algorithm {algorithm!r} (blake3 or xxh3)")
+
+
+def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: TokenizerInfo, algorithm: str = "blake3") -> DataSignature:
+    """Describe every counted shard in ``shard_dir`` (counts from megatron.core, hashes of the bytes).
+
+    ``root`` is stored relative to the signature file when possible, so a repository that holds both
+    moves as one. A shard whose name's counts disagree with its contents is refused (run ``count``).
+    """
+    from experiment.data import naming, shards
+    from experiment.data.errors import DataError
+
+    shard_dir, out_dir = Path(shard_dir).resolve(), Path(out_dir).resolve()
+    prefixes = shards.find_prefixes([shard_dir])
+    if not prefixes:
+        raise DataError(shard_dir, "no .bin/.idx pairs found", "tokenize first, or give the folder that holds the shards")
+    entries = []
+    for prefix in prefixes:
+        try:
+            parsed = naming.parse(prefix.name)
+        except naming.ShardNameError as err:
+            raise DataError(f"{prefix}.idx", str(err), "run `experiment data count` on the folder first") from None
+        info = shards.read_shard(prefix)
+        c = info.counts
+        if (parsed.docs, parsed.sentences, parsed.tokens) != (c.docs, c.sentences, c.tokens):
+            raise DataError(
+                f"{prefix}.idx", f"the name says dc={parsed.docs} sc={parsed.sentences} tc={parsed.tokens}, the data has "
+                f"dc={c.docs} sc={c.sentences} tc={c.tokens}", "run `experiment data count` on the folder",
+            )
+        entries.append(ShardEntry(
+            prefix=prefix.name, language=parsed.language, domain=parsed.domain, subdomain=parsed.subdomain,
+            docs=c.docs, sentences=c.sentences, tokens=c.tokens, bin_bytes=info.bin_bytes, idx_bytes=info.idx_bytes,
+            bin_hash=hash_file(f"{prefix}.bin", algorithm), idx_hash=hash_file(f"{prefix}.idx", algorithm), dtype=info.dtype,
+        ))
+    import os
+
+    root = os.path.relpath(shard_dir, out_dir) if shard_dir.anchor == out_dir.anchor else str(shard_dir)
+    return DataSignature(name=name, root=root, hash_algorithm=algorithm, tokenizer=tokenizer, shards=entries)
+
+
+def write(signature: DataSignature, out_dir: str | Path) -> Path:
+    """Write ``out_dir/<name>.json`` atomically (temporary name, then rename)."""
+    import os
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{signature.name}.json"
+    tmp = out_dir / f".{signature.name}.json.tmp-{os.getpid()}"
+    tmp.write_text(signature.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,173 @@
+"""``experiment data tokenize|count|merge|dedup|signature|sample``: parse, build one object, call one function.
+
+Bad input ends with a ``DataError`` printed as ``file:line: problem`` plus its fix, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+data_app = typer.Typer(help="Data pipeline: raw text -> counted, signed Megatron shards.", no_args_is_help=True)
+
+
+def _friendly(fn):
+    """Print DataError as file:line + fix instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from experiment.data.errors import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except DataError as err:
+            where = f"{err.file}:{err.line}" if err.line else err.file
+            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@data_app.command()
+@_friendly
+def tokenize(
+    inputs: list[Path] = typer.Argument(..., help="input files or folders (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the .bin/.idx shards"),
+    tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="HF tokenizer folder, tokenizer.json or SentencePiece .model"),
+    text_key: str = typer.Option("text", help="JSON key / Parquet column holding the text"),
+    backend: str = typer.Option("auto", help="auto (gigatoken when proven identical), gigatoken, or reference"),
+    language: str = typer.Option(None, help="language part of the shard names (else read from input names)"),
+    domain: str = typer.Option(None, help="domain part of the shard names"),
+    subdomain: str = typer.Option(None, help="subdomain part (default: the input file's stem)"),
+    eod_token: str = typer.Option(None, help="end-of-document token (default: the tokenizer's eos)"),
+    reserve_mb: float = typer.Option(0.0, help="keep at least this much space free on the output disk"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+) -> None:
+    """Tokenize each input shard into one counted Megatron shard (EOD appended, restartable)."""
+    from experiment.data.tokenize import TokenizeConfig, run
+
+    cfg = TokenizeConfig(
+        inputs=list(inputs), output=output, tokenizer=tokenizer, text_key=text_key, backend=backend,
+        language=language, domain=domain, subdomain=subdomain, eod_token=eod_token,
+        reserve_bytes=int(reserve_mb * 1e6), progress=not no_progress,
+    )
+    run(cfg, console=console)
+
+
+@data_app.command()
+@_friendly
+def count(
+    paths: list[Path] = typer.Argument(..., help="folders or prefixes of .bin/.idx pairs (any tool's)"),
+    language: str = typer.Option(None, help="for names outside the convention"),
+    domain: str = typer.Option(None, help="for names outside the convention"),
+    subdomain: str = typer.Option(None, help="for names outside the convention (default: the file name)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the new names, rename nothing"),
+) -> None:
+    """Recount .bin/.idx pairs with megatron.core and rename them ..._dc=_sc=_tc=."""
+    from rich.table import Table
+
+    from experiment.data.count import count as run_count
+
+    results = run_count(list(paths), language, domain, subdomain, dry_run)
+    table = Table(title=f"{len(results)} shard(s){' (dry run)' if dry_run else ''}")
+    for col in ("shard", "docs", "sentences", "tokens", "change"):
+        table.add_column(col, justify="left" if col in ("shard", "change") else "right")
+    for r in results:
+        change = "unchanged" if not r.renamed else ("fixed wrong counts" if r.name_was_wrong else "renamed")
+        table.add_row(r.new.name, f"{r.counts.docs:,}", f"{r.counts.sentences:,}", f"{r.counts.tokens:,}", change)
+    console.print(table)
+
+
+@data_app.command()
+@_friendly
+def merge(
+    inputs: list[Path] = typer.Argument(..., help="JSONL shards or folders"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the merged shards"),
+    target_mb: float = typer.Option(256.0, help="target shard size in MB"),
+    text_key: str = typer.Option("text", help="key that must hold the text in every record"),
+    language: str = typer.Option(None), domain: str = typer.Option(None), subdomain: str = typer.Option(None),
+) -> None:
+    """Merge many small JSONL shards into shards of about --target-mb, per language/domain/subdomain."""
+    from rich.table import Table
+
+    from experiment.data.merge import merge as run_merge
+
+    groups = run_merge(list(inputs), output, target_mb, text_key, language, domain, subdomain)
+    table = Table(title=f"merged into {output}")
+    for col in ("group", "inputs", "outputs", "records", "MB"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g in groups:
+        table.add_row(g.stem, str(len(g.inputs)), str(len(g.outputs)), f"{g.records:,}", f"{g.bytes / 1e6:.1f}")
+    console.print(table)
+
+
+@data_app.command()
+@_friendly
+def dedup(
+    input_dir: Path = typer.Argument(..., help="folder of .jsonl shards"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the deduplicated shards (same names)"),
+    text_key: str = typer.Option("text"),
+    num_perm: int = typer.Option(64, help="MinHash permutations (seed 004: 64)"),
+    threshold: float = typer.Option(0.85, help="Jaccard threshold (seed 004: 0.85)"),
+    ngram: int = typer.Option(5, help="words per shingle"),
+) -> None:
+    """MinHash near-duplicate removal across all shards (datatrove's minhash pipeline)."""
+    from experiment.data.dedup import dedup as run_dedup
+
+    report = run_dedup(input_dir, output, text_key, num_perm, threshold, ngram)
+    console.print(
+        f"[green]dedup[/green] LSH {report.bands} bands x {report.rows} rows: kept {report.kept:,}, "
+        f"removed {report.removed:,} near-duplicates -> {output}"
+    )
+
+
+@data_app.command()
+@_friendly
+def signature(
+    shard_dir: Path = typer.Argument(..., help="folder of counted .bin/.idx shards"),
+    name: str = typer.Option(..., "--name", "-n", help="signature name: data_signatures/<name>.json"),
+    out_dir: Path = typer.Option(Path("data_signatures"), "--out-dir", help="where signatures live"),
+    tokenizer: Path = typer.Option(None, "--tokenizer", "-t", help="tokenizer (default: the folder's tokenizer_info.json)"),
+    algorithm: str = typer.Option("blake3", help="content hash: blake3 or xxh3"),
+) -> None:
+    """Write a data signature: every shard's counts, sizes and content hashes, plus the tokenizer's hash."""
+    from experiment.data import signature as sig
+    from experiment.data.errors import DataError
+
+    if tokenizer is not None:
+        from experiment.data.encoders import load_encoder, resolve_tokenizer
+        from experiment.data.tokenize import tokenizer_info
+
+        info = tokenizer_info(load_encoder(resolve_tokenizer(tokenizer), "reference"))
+    else:
+        from experiment.data.tokenize import TOKENIZER_INFO
+
+        path = shard_dir / TOKENIZER_INFO
+        if not path.is_file():
+            raise DataError(path, "no record of the tokenizer these shards were made with", "pass --tokenizer")
+        info = sig.TokenizerInfo.model_validate_json(path.read_text())
+    built = sig.build(shard_dir, name, out_dir, info, algorithm)
+    written = sig.write(built, out_dir)
+    tokens = sum(s.tokens for s in built.shards)
+    console.print(f"[green]signature[/green] {written}: {len(built.shards)} shards, {tokens:,} tokens, tokenizer {info.name}")
+
+
+@data_app.command()
+@_friendly
+def sample(
+    out: Path = typer.Argument(..., help="folder for the JSONL sample shards"),
+    mb: float = typer.Option(1.0, "--mb", help="megabytes of text to collect"),
+    shard_mb: float = typer.Option(16.0, help="maximum shard size in MB"),
+) -> None:
+    """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
+    from experiment.data.corpus import build_sample
+
+    build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
