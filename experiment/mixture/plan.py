@@ -319,10 +319,11 @@ def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Proble
     kept, dropped = _apply_excludes(shards, spec, problems)
     notes: list[str] = []
 
-    # seed 002: lang_prob normalised to sum 1 first, in the file's key order
-    lang_prob = dict(spec.lang_prob) if spec.lang_prob is not None else None
+    # seed 002: lang_prob divided by its sum first. The kit sums exactly (fsum), so the file's key order
+    # cannot change a bit of the result; seed 002 summed in key order (the same float whenever that is exact)
+    lang_prob = dict(sorted(spec.lang_prob.items())) if spec.lang_prob is not None else None
     if lang_prob is not None:
-        total = sum(lang_prob.values())
+        total = math.fsum(lang_prob.values())
         lang_prob = {k: v / total for k, v in lang_prob.items()}
 
     groups: dict[str, list[tuple[Shard, float]]] = {}
