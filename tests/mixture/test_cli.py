@@ -89,7 +89,7 @@ def test_mix_refuses_a_broken_folder(tmp_path):
     (path / "lang_prob.json").write_text(json.dumps({"en": 1.0}))
     result = CliRunner().invoke(app, ["mix", str(path)])
     assert result.exit_code == 1
-    assert "no probability" in result.output
+    assert "1 problem(s)" in result.output
     assert not (path / "mixture").exists()
 
 
@@ -98,4 +98,4 @@ def test_check_command_reports_mixture_problems(tmp_path):
     (path / "data_ratio.json").write_text(json.dumps({"en": {"web": 1, "code": 2.5}, "ar": {"news": 1.5, "web": 1}}))
     result = CliRunner().invoke(app, ["check", str(path)])
     assert result.exit_code == 1
-    assert "en.books" in result.output and "data_ratio.json" in result.output
+    assert "1 problem(s)" in result.output  # the table itself is test_checks' business
