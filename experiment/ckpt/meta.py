@@ -83,6 +83,7 @@ def write(ckpt_dir: str | Path, meta: CheckpointMeta) -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; this file is meant to be read
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

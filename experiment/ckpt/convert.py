@@ -1,0 +1,420 @@
+"""Import (Hugging Face -> Megatron-Core distributed checkpoint) and export (back), streaming.
+
+Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds only its
+own GPTModel slice (``experiment.train.model.build_gpt_model``, no random init), fills it tensor by tensor
+from the safetensors shards (``safe_open``, one HF tensor at a time, transformed by
+``experiment.ckpt.mapping``) and saves its shards with ``megatron.core.dist_checkpointing`` (torch_dist),
+which any other TP/PP layout can load. Everything goes to ``.<out>.importing`` first and is renamed at
+the end, so a killed import leaves no checkpoint behind and is simply re-run.
+
+Export needs no model: it asks ``dist_checkpointing.load`` for one layer at a time (global, unsharded
+tensors: the checkpoint is resharded on read, whatever TP/PP it was saved with), maps it back to
+Hugging Face names and writes safetensors shards as they fill up. Peak memory: about one shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiment.ckpt import mapping
+from experiment.ckpt.meta import (
+    LATEST_NAME,
+    META_NAME,
+    TOKENIZER_DIR,
+    CheckpointError,
+    CheckpointMeta,
+    atomic_write_text,
+    iteration_dirname,
+    iteration_path,
+    read,
+    write,
+)
+from experiment.ckpt.source import HFSource, content_hash, open_hf
+from experiment.presets import ModelShape
+from experiment.train.model import ParallelLayout, padded_vocab_size
+
+IMPORT_ITERATION = 1
+MANIFEST_NAME = "kit_manifest.json"  # same file the training checkpointer writes (experiment.train.checkpointing)
+
+
+@dataclass(frozen=True)
+class ConvertStats:
+    tensors: int
+    bytes: int
+    seconds: float
+    out: Path
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+def _strategies():
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        TorchDistLoadShardedStrategy,
+        TorchDistSaveShardedStrategy,
+    )
+
+    _in_process_results_queue()
+    # synchronous, one writer bucket per rank (the same strategies as experiment.train.checkpointing)
+    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1), TorchDistLoadShardedStrategy()
+
+
+def _in_process_results_queue() -> None:
+    """Our saves are synchronous: the writer's results are put and read in this process, so a plain
+    queue will do. megatron otherwise starts a spawn-context Manager process, which re-imports
+    ``__main__`` (several seconds; fails outright when the caller is stdin or a notebook)."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def refuse_existing_output(out_dir: Path, what: str) -> None:
+    """An output folder must be absent or empty: conversion never overwrites or mixes into one."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise CheckpointError(f"{out_dir}: exists and is a file; fix: choose another output path")
+        content = sorted(p.name for p in out_dir.iterdir())
+        if content:
+            holds = "a checkpoint" if {LATEST_NAME, META_NAME, "config.json"} & set(content) else "files"
+            raise CheckpointError(
+                f"{out_dir}: already holds {holds} ({', '.join(content[:5])}); fix: delete it or choose another {what}"
+            )
+
+
+def plan_import(hf_dir: str | Path, out_dir: str | Path, layout: ParallelLayout) -> HFSource:
+    """All checks of an import, reading headers only; nothing is written."""
+    out_dir = Path(out_dir)
+    refuse_existing_output(out_dir, "OUT_DIR")
+    source = open_hf(hf_dir)
+    mapping.check_layout(source.shape, layout.tensor_parallel, layout.pipeline_parallel,
+                         str(source.path / "config.json"))
+    return source
+
+
+def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLayout, *,
+                      show_progress: bool = True) -> ConvertStats:
+    """Write the Megatron checkpoint of ``source`` to ``out_dir``. Collective over the TP x PP ranks
+    (``experiment.train.distributed.initialize(layout)`` must have run)."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+
+    from experiment.train.model import build_gpt_model
+
+    out_dir = Path(out_dir).absolute()
+    world = dist.get_world_size()
+    if world != layout.tensor_parallel * layout.pipeline_parallel:
+        raise CheckpointError(
+            f"import with --tp {layout.tensor_parallel} --pp {layout.pipeline_parallel} needs exactly "
+            f"{layout.tensor_parallel * layout.pipeline_parallel} processes, got {world}; "
+            "fix: let `experiment ckpt import` start torchrun, or pass --nproc-per-node tp*pp"
+        )
+    rank = dist.get_rank()
+    shape, tp = source.shape, layout.tensor_parallel
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    padded = padded_vocab_size(shape.vocab_size, tp)
+    tmp = out_dir.parent / f".{out_dir.name}.importing"
+    start = time.perf_counter()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed earlier attempt
+        (tmp / iteration_dirname(IMPORT_ITERATION)).mkdir(parents=True)
+    dist.barrier()
+
+    dtype = getattr(torch, source.dtype)
+    model = build_gpt_model(
+        shape, seq_length=1, layout=layout, padded_vocab_size=padded, params_dtype=dtype,
+        bf16=dtype == torch.bfloat16, perform_initialization=False,
+    )
+    params = list(model.named_parameters())
+    tensors, nbytes = 0, 0
+    with _progress(show_progress and rank == 0, "import", len(params)) as advance:
+        for name, param in params:
+            rule, layer = _rule_for(model, name, shape)
+            hf = [source.get(n.format(i=layer)) for n in rule.hf]
+            full = mapping.to_mcore(rule, hf, shape, padded)
+            part = mapping.tp_slice(rule, full, tp, tp_rank)
+            if tuple(part.shape) != tuple(param.shape):
+                raise CheckpointError(f"internal: {name} expects {tuple(param.shape)}, mapping gave {tuple(part.shape)}")
+            with torch.no_grad():
+                param.copy_(part)
+            tensors += len(hf)
+            nbytes += sum(t.numel() * t.element_size() for t in hf)
+            del hf, full, part
+            advance(name)
+    source.close()
+    save_strategy, _ = _strategies()
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
+                            sharded_strategy=save_strategy)
+    del model, params
+    dist.barrier()
+    if rank == 0:
+        _finish_import(source, tmp, out_dir, layout, padded)
+    dist.barrier()
+    totals = torch.tensor([tensors, nbytes], dtype=torch.float64)
+    dist.all_reduce(totals)
+    return ConvertStats(int(totals[0]), int(totals[1]), time.perf_counter() - start, out_dir)
+
+
+def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelLayout, padded: int) -> None:
+    it_dir = tmp / iteration_dirname(IMPORT_ITERATION)
+    files = {str(p.relative_to(it_dir)): p.stat().st_size for p in sorted(it_dir.rglob("*")) if p.is_file()}
+    atomic_write_text(it_dir / MANIFEST_NAME, json.dumps({"iteration": IMPORT_ITERATION, "files": files},
+                                                         indent=1, sort_keys=True))
+    tok = tmp / TOKENIZER_DIR
+    tok.mkdir()
+    side = source.side_files()
+    for f in side:
+        shutil.copy2(f, tok / f.name)
+    meta = CheckpointMeta(
+        shape=source.shape, vocab_size=source.shape.vocab_size, padded_vocab_size=padded,
+        family=source.family.name, hf_architecture=source.family.architecture, hf_config=source.config,
+        dtype=source.dtype, source=str(source.path.absolute()), source_hash=content_hash(source.files),
+        saved_layout={"tensor_parallel": layout.tensor_parallel, "pipeline_parallel": layout.pipeline_parallel},
+        has_tokenizer=any(f.name.startswith("tokenizer") for f in side),
+    )
+    write(tmp, meta)
+    atomic_write_text(tmp / LATEST_NAME, f"{IMPORT_ITERATION}\n")
+    _fsync_tree(tmp)
+    if out_dir.exists():
+        out_dir.rmdir()  # empty (checked by plan_import)
+    os.replace(tmp, out_dir)
+
+
+def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | None]:
+    """The mapping rule of a GPTModel parameter and its global layer index."""
+    if name == "output_layer.weight" and shape.tie_embeddings:
+        name = "embedding.word_embeddings.weight"  # last pipeline stage's copy of the tied embedding
+    if name.startswith("decoder.layers."):
+        _, _, local, rest = name.split(".", 3)
+        layer = model.decoder.layers[int(local)].layer_number - 1
+        template = "decoder.layers.{i}." + rest
+    else:
+        layer, template = None, name
+    for rule in mapping.RULES:
+        if rule.mcore == template:
+            return rule, layer
+    raise CheckpointError(f"internal: GPTModel parameter {name!r} has no mapping rule in experiment/ckpt/mapping.py")
+
+
+# ---------------------------------------------------------------- export
+
+def global_shape(rule: mapping.Rule, shape: ModelShape, padded: int) -> tuple[int, ...]:
+    """Shape of one layer's (or a global) tensor in the checkpoint, unsharded."""
+    h, d, f = shape.hidden_size, shape.kv_channels, shape.ffn_hidden_size
+    qkv = (shape.num_attention_heads + 2 * shape.num_query_groups) * d
+    return {
+        "embedding.word_embeddings.weight": (padded, h),
+        "output_layer.weight": (padded, h),
+        "decoder.final_layernorm.weight": (h,),
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (h,),
+        "decoder.layers.self_attention.linear_qkv.weight": (qkv, h),
+        "decoder.layers.self_attention.linear_qkv.bias": (qkv,),
+        "decoder.layers.self_attention.linear_proj.weight": (h, shape.num_attention_heads * d),
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (h,),
+        "decoder.layers.mlp.linear_fc1.weight": (2 * f, h),
+        "decoder.layers.mlp.linear_fc2.weight": (h, f),
+    }[rule.ckpt]
+
+
+def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[mapping.Rule],
+               layer: int | None) -> dict[str, object]:
+    """Hugging Face tensors for ``rules`` at ``layer`` (None: the non-layer tensors), read from the
+    checkpoint's "model" entries only, one box of the stored global tensors each.
+
+    Read with torch.distributed.checkpoint (the torch_dist format underneath megatron's
+    dist_checkpointing) and a planner that asks for a sub-box: megatron's own ``load`` describes a
+    partial request as shards owned by other ranks, which a single process cannot express.
+    """
+    import torch
+
+    shape = meta.shape
+    request = {}
+    for rule in rules:
+        dtype = stored[rule.ckpt].properties.dtype
+        full = global_shape(rule, shape, meta.padded_vocab_size)
+        if layer is None:
+            request[rule.ckpt] = ((0,) * len(full), torch.empty(full, dtype=dtype))
+        else:
+            request[rule.ckpt] = ((layer,) + (0,) * len(full), torch.empty((1, *full), dtype=dtype))
+    read_boxes(it_dir, request)
+    out = {}
+    for rule in rules:
+        t = request[rule.ckpt][1]
+        parts = mapping.from_mcore(rule, t[0] if layer is not None else t, shape, meta.vocab_size)
+        for name, part in zip(rule.hf, parts):
+            out[name.format(i=layer)] = part.contiguous()
+    return out
+
+
+def read_boxes(it_dir: Path, request: dict[str, tuple[tuple[int, ...], object]]) -> None:
+    """Fill each ``tensor`` of ``request[key] = (global offsets, tensor)`` from the checkpoint in place."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+    from torch.distributed.checkpoint.planner import LoadPlan
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+    class BoxPlanner(DefaultLoadPlanner):
+        def create_local_plan(self) -> LoadPlan:
+            items = []
+            for key, (offsets, tensor) in request.items():
+                chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=tensor.shape)
+                items += create_read_items_for_chunk_list(key, self.metadata.state_dict_metadata[key], [chunk])
+            return LoadPlan(items)
+
+        def lookup_tensor(self, index):
+            return request[index.fqn][1]  # dest offsets of the read items are relative to this box
+
+    state = {key: tensor for key, (_, tensor) in request.items()}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(it_dir)), planner=BoxPlanner(), no_dist=True)
+
+
+def stored_tensors(it_dir: Path) -> dict:
+    """Key -> TensorStorageMetadata (global size, dtype) of a checkpoint, without reading data."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        md = dcp.FileSystemReader(str(it_dir)).read_metadata()
+    except (FileNotFoundError, OSError) as err:
+        raise CheckpointError(f"{it_dir}: not a torch_dist checkpoint ({err}); fix: export a folder written by "
+                              "`experiment ckpt import` or the kit's training runner") from err
+    return {k: v for k, v in md.state_dict_metadata.items() if hasattr(v, "chunks")}
+
+
+def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
+                      max_shard_bytes: int = 1 << 30, show_progress: bool = True) -> ConvertStats:
+    """Write a Hugging Face folder (safetensors shards + config + tokenizer files) from a kit
+    checkpoint, of any TP/PP layout, training checkpoints included (only "model" is read).
+    Needs a (single-process) torch.distributed group: ``experiment.train.distributed.initialize()``."""
+    from safetensors.torch import save_file
+
+    ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()
+    meta = read(ckpt_dir)
+    it_dir = iteration_path(ckpt_dir, iteration)
+    refuse_existing_output(hf_dir, "HF_DIR")
+    shape = meta.shape
+    rules = mapping.rules_for(shape)
+    stored = stored_tensors(it_dir)
+    for rule in rules:
+        if rule.ckpt not in stored:
+            raise CheckpointError(f"{it_dir}: tensor {rule.ckpt!r} is not in the checkpoint; fix: export a checkpoint "
+                                  f"written by `experiment ckpt import` or the kit's training runner")
+        want = global_shape(rule, shape, meta.padded_vocab_size)
+        have = tuple(stored[rule.ckpt].size)[-len(want):]
+        if have != want:
+            raise CheckpointError(f"{it_dir}: tensor {rule.ckpt!r} has shape {list(have)}, {META_NAME} implies "
+                                  f"{list(want)}; fix: the checkpoint and {ckpt_dir / META_NAME} do not belong together")
+
+    tmp = hf_dir.parent / f".{hf_dir.name}.exporting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    layer_rules = [r for r in rules if r.per_layer]
+    other_rules = [r for r in rules if not r.per_layer]
+    groups: list[int | None] = [None, *range(shape.num_layers)]
+    written: list[tuple[str, list[str]]] = []
+    buffer: dict = {}
+    buffered, nbytes, ntensors = 0, 0, 0
+    dtype_name = str(stored[rules[0].ckpt].properties.dtype).removeprefix("torch.")
+
+    def flush() -> None:
+        nonlocal buffer, buffered
+        if buffer:
+            name = f"part-{len(written):05d}.safetensors"
+            save_file(buffer, str(tmp / name), metadata={"format": "pt"})
+            written.append((name, list(buffer)))
+            buffer, buffered = {}, 0
+
+    try:
+        with _progress(show_progress, "export", len(groups)) as advance:
+            for layer in groups:
+                tensors = load_group(it_dir, meta, stored, other_rules if layer is None else layer_rules, layer)
+                size = sum(t.numel() * t.element_size() for t in tensors.values())
+                if buffered and buffered + size > max_shard_bytes:
+                    flush()
+                buffer.update(tensors)
+                buffered += size
+                nbytes += size
+                ntensors += len(tensors)
+                del tensors
+                advance("non-layer tensors" if layer is None else f"layer {layer}")
+            flush()
+        _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertStats(ntensors, nbytes, time.perf_counter() - start, hf_dir)
+
+
+def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta, written, dtype: str,
+                   nbytes: int) -> None:
+    n = len(written)
+    weight_map = {}
+    for k, (old, names) in enumerate(written):
+        new = "model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        os.replace(tmp / old, tmp / new)
+        weight_map |= {name: new for name in names}
+    if n > 1:
+        index = {"metadata": {"total_size": nbytes}, "weight_map": dict(sorted(weight_map.items()))}
+        atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+    config = dict(meta.hf_config)
+    config.pop("quantization_config", None)  # a GGUF source's loader note, not a property of these weights
+    if "torch_dtype" in config and "dtype" not in config:
+        config["torch_dtype"] = dtype
+    else:
+        config["dtype"] = dtype
+    atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok = ckpt_dir / TOKENIZER_DIR
+    if tok.is_dir():
+        for f in sorted(tok.iterdir()):
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    _fsync_tree(tmp)
+    if hf_dir.exists():
+        hf_dir.rmdir()
+    os.replace(tmp, hf_dir)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _fsync_tree(folder: Path) -> None:
+    for p in [*folder.rglob("*"), folder]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _progress:
+    """A rich progress bar on the process that reports, a no-op elsewhere."""
+
+    def __init__(self, enabled: bool, label: str, total: int):
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda _desc: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[item]}"), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total, item="")
+        return lambda desc: self.bar.update(task, advance=1, item=desc)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False

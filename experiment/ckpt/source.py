@@ -1,0 +1,171 @@
+"""A local Hugging Face model folder, opened for streaming: config, shard index, one tensor at a time.
+
+Everything that can be wrong with the folder (unsupported architecture, a shard the index names but
+that is missing, a tensor that is absent or has the wrong shape, mixed dtypes) is found here, by
+reading headers only, before the conversion writes a byte.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiment.ckpt import mapping
+from experiment.ckpt.meta import CheckpointError
+from experiment.presets import ModelShape
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+INDEX_NAME = "model.safetensors.index.json"
+SKIP_FILES = {"config.json", INDEX_NAME}
+
+
+@dataclass
+class HFSource:
+    path: Path
+    config: dict
+    family: mapping.Family
+    shape: ModelShape
+    dtype: str
+    files: list[Path]
+    where: dict[str, Path]  # tensor name -> safetensors file
+    _handles: dict = field(default_factory=dict, repr=False)
+
+    def get(self, name: str):
+        """One tensor, read from its shard (the shard's header is parsed once, the data per call)."""
+        from safetensors import safe_open
+
+        file = self.where[name]
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = self._handles[file] = safe_open(str(file), framework="pt")
+        return handle.get_tensor(name)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def side_files(self) -> list[Path]:
+        """Tokenizer, generation config, chat template: what export must put back beside the weights."""
+        return sorted(
+            p for p in self.path.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.name not in SKIP_FILES
+            and not p.name.endswith(WEIGHT_SUFFIXES)
+        )
+
+
+def open_hf(path: str | Path) -> HFSource:
+    """Open and validate a Hugging Face folder; raises CheckpointError naming file, field and fix."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a folder; fix: pass a Hugging Face model folder (config.json + *.safetensors) or a .gguf file")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing; fix: pass a Hugging Face model folder (save_pretrained output)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{cfg_path}: line {err.lineno}: invalid JSON ({err.msg}); fix: repair the file") from err
+    family, shape = mapping.shape_from_config(config, str(cfg_path))
+
+    index = path / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        files = sorted({path / f for f in weight_map.values()})
+        for f in files:
+            if not f.is_file():
+                names = [n for n, v in weight_map.items() if path / v == f]
+                raise CheckpointError(
+                    f"{index}: shard {f.name} is missing ({len(names)} tensors, e.g. {names[0]}); "
+                    "fix: download the complete model (every file the index names)"
+                )
+    else:
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            others = sorted(p.name for p in path.iterdir() if p.name.endswith((".bin", ".pt", ".pth")))
+            hint = f" (found {others}: re-save with save_pretrained(safe_serialization=True))" if others else ""
+            raise CheckpointError(f"{path}: no *.safetensors weights{hint}; fix: provide safetensors weights")
+
+    where: dict[str, Path] = {}
+    dtypes: dict[str, list[str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                where[name] = f
+                sl = fh.get_slice(name)
+                shapes[name] = tuple(sl.get_shape())
+                dtypes.setdefault(str(sl.get_dtype()), []).append(name)
+
+    expected = _expected_shapes(shape)
+    for name, want in expected.items():
+        if name == "lm_head.weight" and shape.tie_embeddings:
+            continue
+        if name not in where:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is missing from the weights; fix: the folder is incomplete or not a "
+                f"{family.architecture} checkpoint"
+            )
+        if shapes[name] != want:
+            raise CheckpointError(
+                f"{where[name]}: tensor {name!r} has shape {list(shapes[name])}, config.json implies {list(want)}; "
+                "fix: use the config.json that belongs to these weights"
+            )
+    if len(dtypes) != 1:
+        summary = ", ".join(f"{d}: {len(n)} tensors (e.g. {n[0]})" for d, n in sorted(dtypes.items()))
+        raise CheckpointError(
+            f"{path}: dtype mismatch between tensors ({summary}); fix: re-save the model in one dtype"
+        )
+    dtype = _torch_dtype_name(next(iter(dtypes)))
+    declared = config.get("dtype", config.get("torch_dtype"))
+    if declared and declared != dtype:
+        raise CheckpointError(
+            f"{cfg_path}: field 'dtype' = {declared!r} but the weights are {dtype}; "
+            f"fix: set \"dtype\": \"{dtype}\" in config.json (or re-save the weights as {declared})"
+        )
+    if not hasattr(torch, dtype) or dtype not in ("float32", "bfloat16", "float16"):
+        raise CheckpointError(f"{path}: weights are {dtype}; fix: only float32/bfloat16/float16 weights convert")
+    return HFSource(path, config, family, shape, dtype, files, where)
+
+
+def _torch_dtype_name(safetensors_dtype: str) -> str:
+    return {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(
+        safetensors_dtype, safetensors_dtype.lower()
+    )
+
+
+def _expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    h, d = shape.hidden_size, shape.kv_channels
+    q, kv, f = shape.num_attention_heads * d, shape.num_query_groups * d, shape.ffn_hidden_size
+    per_layer = {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f),
+    }
+    if shape.qkv_bias:
+        per_layer |= {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)}
+    out = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,),
+           "lm_head.weight": (shape.vocab_size, h)}
+    for i in range(shape.num_layers):
+        out |= {f"model.layers.{i}.{k}": v for k, v in per_layer.items()}
+    return out
+
+
+def content_hash(files: list[Path]) -> str:
+    """blake3 over (name, size, bytes) of the weight files, in name order."""
+    import blake3
+
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for p in sorted(files, key=lambda p: p.name):
+        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return "blake3:" + h.hexdigest()
