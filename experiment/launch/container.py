@@ -6,9 +6,11 @@ relative path of the folder resolves the same way and nothing is rewritten. On c
 mounts become an ``apptainer exec --bind`` line or an ``srun --container-image --container-mounts``
 line (pyxis/enroot) for the Slurm/PBS scripts.
 
-The image's ref and digest travel as MIDTRAIN_IMAGE_REF / MIDTRAIN_IMAGE_DIGEST; inside, the kit
-believes them only when its environment hash equals the one the image recorded at build
-(``experiment.lock.environment.image_from_environ``).
+The image's ref and digest (looked up with the engine when not given) travel in a small read-only file
+mounted at /run/midtrain-kit/image-ref.json (and as MIDTRAIN_IMAGE_REF / MIDTRAIN_IMAGE_DIGEST for job
+scripts); inside, the kit believes them only when its environment hash equals the one the image
+recorded at build (``experiment.lock.environment.detect_image``), and the lockfile then records
+``containerized: true`` with that ref and digest.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment.folder import TrainingFolder
-from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR
+from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR, RUN_IMAGE_PATH
 
 ENGINES = ("podman", "docker")
 DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
@@ -38,6 +40,10 @@ class ContainerError(Exception):
 class Mount:
     path: Path
     read_only: bool = True
+    target: Path | None = None  # where it appears inside (default: the same path)
+
+    def spec(self) -> str:
+        return f"{self.path}:{self.target or self.path}:{'ro' if self.read_only else 'rw'}"
 
 
 @dataclass(frozen=True)
@@ -121,18 +127,35 @@ def plan(folder: TrainingFolder, image: str = DEFAULT_IMAGE, *, engine: str | No
             f"no container engine ({' or '.join(ENGINES)}) on this machine; install podman "
             "(apt-get install podman buildah runc) or run on the host with --host"
         )
-    env = {IMAGE_REF_VAR: image}
-    if digest:
-        env[IMAGE_DIGEST_VAR] = digest
-    return ContainerRun(found, image, folder_mounts(folder) + tuple(extra_mounts),
-                        command or inner_run_command(folder), env, folder.path)
+    if digest is None:
+        ident = image_id(found, image)
+        if ident is None:
+            raise ContainerError(f"image {image} is not in {found}'s local store; build it with "
+                                 "`nox -s build_image -- --flavor cpu` (or pull it)")
+        digest = ident["id"]
+    env = {IMAGE_REF_VAR: image, IMAGE_DIGEST_VAR: digest}
+    ref_file = _ref_file(folder, image, digest)
+    mounts = folder_mounts(folder) + (Mount(ref_file, True, RUN_IMAGE_PATH),) + tuple(extra_mounts)
+    return ContainerRun(found, image, mounts, command or inner_run_command(folder), env, folder.path)
+
+
+def _ref_file(folder: TrainingFolder, image: str, digest: str) -> Path:
+    """A small file naming the image as started; mounted read-only where detect_image reads it."""
+    import json
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / "midtrain-kit-image-refs"
+    d.mkdir(exist_ok=True)
+    path = d / f"{folder.config.name}-{os.getpid()}.json"
+    path.write_text(json.dumps({"ref": image, "digest": digest}, sort_keys=True) + "\n")
+    return path
 
 
 def engine_argv(run: ContainerRun) -> list[str]:
     """``podman run`` argv: --init (Python as PID 1 ignores SIGTERM), host network for torchrun."""
     argv = [run.engine, "run", "--rm", "--init", "--network", "host", "--ipc", "host"]
     for m in run.mounts:
-        argv += ["-v", f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}"]
+        argv += ["-v", m.spec()]
     for k, v in sorted(run.env.items()):
         argv += ["-e", f"{k}={v}"]
     if run.workdir:
@@ -142,14 +165,14 @@ def engine_argv(run: ContainerRun) -> list[str]:
 
 def apptainer_line(run: ContainerRun, sif: str) -> str:
     """The same run with Apptainer (clusters without Docker): ``apptainer exec --nv --bind ... SIF cmd``."""
-    binds = ",".join(f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}" for m in run.mounts)
+    binds = ",".join(m.spec() for m in run.mounts)
     env = " ".join(f"--env {shlex.quote(f'{k}={v}')}" for k, v in sorted(run.env.items()))
     return f"apptainer exec --nv --cleanenv {env} --bind {shlex.quote(binds)} {shlex.quote(sif)} " + shlex.join(run.command)
 
 
 def srun_line(run: ContainerRun, squashfs_or_ref: str) -> str:
     """The same run under Slurm with pyxis/enroot: ``srun --container-image=... --container-mounts=...``."""
-    mounts = ",".join(f"{m.path}:{m.path}:{'ro' if m.read_only else 'rw'}" for m in run.mounts)
+    mounts = ",".join(m.spec() for m in run.mounts)
     env = ",".join(["ALL", *sorted(f"{k}={v}" for k, v in run.env.items())])
     return (f"srun --export={shlex.quote(env)} --container-image={shlex.quote(squashfs_or_ref)} "
             f"--container-mounts={shlex.quote(mounts)} --container-workdir={shlex.quote(os.fspath(run.workdir))} "

@@ -20,6 +20,8 @@ import experiment
 from experiment.lock.hashing import hash_bytes
 
 IMAGE_INFO_PATH = Path("/etc/midtrain-kit/image.json")
+# mounted read-only by experiment.launch.container: the ref and digest the image was started as
+RUN_IMAGE_PATH = Path("/run/midtrain-kit/image-ref.json")
 KIT_DISTRIBUTION = "midtrain-kit"
 _SOURCE_SUFFIXES = (".py", ".j2", ".sh", ".json", ".toml")
 
@@ -164,6 +166,19 @@ def environment_section(image: ImageInfo | None) -> dict:
 
 IMAGE_REF_VAR = "MIDTRAIN_IMAGE_REF"
 IMAGE_DIGEST_VAR = "MIDTRAIN_IMAGE_DIGEST"
+
+
+def detect_image(info_path: Path = IMAGE_INFO_PATH, run_path: Path = RUN_IMAGE_PATH) -> ImageInfo | None:
+    """The pinned image this process runs in, or None (a host, or an image whose environment was changed).
+
+    Believed only when this environment's hash equals the one the image recorded at build; the ref and
+    digest come from the file the launcher mounts (the image cannot know its own digest)."""
+    info = read_image_info(info_path)
+    if not info or info.get("env_hash") != environment_hash():
+        return None
+    started = read_image_info(run_path) or {}
+    return ImageInfo(ref=started.get("ref") or info.get("ref", "unknown"), digest=started.get("digest"),
+                     flavor=info.get("flavor"), env_hash=info.get("env_hash"))
 
 
 def image_from_environ(environ: Mapping[str, str], info_path: Path = IMAGE_INFO_PATH) -> ImageInfo | None:

@@ -5,8 +5,9 @@ Called by ``experiment run`` (the parent process, after torchrun exits 0)::
     from experiment.lock.lockfile import write_run_lock
     write_run_lock(
         folder,                       # experiment.folder.TrainingFolder
-        image=None,                   # experiment.lock.environment.ImageInfo when run in the pinned image,
-                                      #   None for a host run (recorded as containerized: false)
+        image="detect",               # default: the pinned image if this process runs in it (its recorded
+                                      #   environment hash matches), else a host run (containerized: false);
+                                      #   or an experiment.lock.environment.ImageInfo, or None for "host"
         launch={"launcher": "local", "nnodes": 1, "nproc_per_node": 2},   # how it was started
         determinism_env={"CUBLAS_WORKSPACE_CONFIG": ":4096:8", ...},      # what the runner set
         resolved_args={"train_iters": 4, ...},   # arguments the runner derived (optional)
@@ -360,7 +361,7 @@ def launch_section(folder: TrainingFolder, launch: Mapping | None) -> dict:
 def build_run_lock(
     folder: TrainingFolder,
     *,
-    image: environment.ImageInfo | None = None,
+    image: environment.ImageInfo | None | str = "detect",
     launch: Mapping | None = None,
     determinism_env: Mapping[str, str] | None = None,
     resolved_args: Mapping | None = None,
@@ -368,6 +369,8 @@ def build_run_lock(
     tensors: bool = True,
 ) -> dict:
     """The lock as a dict (see the module docstring); ``write_run_lock`` writes it."""
+    if image == "detect":
+        image = environment.detect_image()
     cache = HashCache(Path(hash_cache).expanduser() if hash_cache else None)
     return {
         "lock_version": LOCK_VERSION,
@@ -389,7 +392,7 @@ def build_run_lock(
 def write_run_lock(
     folder: TrainingFolder,
     *,
-    image: environment.ImageInfo | None = None,
+    image: environment.ImageInfo | None | str = "detect",
     launch: Mapping | None = None,
     determinism_env: Mapping[str, str] | None = None,
     resolved_args: Mapping | None = None,

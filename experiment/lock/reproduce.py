@@ -304,27 +304,29 @@ def check_base(lock: dict, folder: TrainingFolder, cache: HashCache, base: Path 
                     str(have["files"].get(k, "absent")), True, "the base weights differ") for k in diff]
 
 
-def determinism_now(folder: TrainingFolder, environ: Mapping[str, str]) -> dict[str, str]:
-    """What the runner would apply now: its recipe, with values already in the environment winning."""
+def determinism_now(folder: TrainingFolder) -> dict[str, str]:
+    """What a run of this folder exports now (the runner's recipe for its ``training.deterministic``)."""
     try:
         from experiment.train import determinism
     except ModuleNotFoundError:
         return {}
-    recipe = determinism.environment(folder.config.training.deterministic)
-    out = {k: environ.get(k, v) for k, v in recipe.items()}
-    if recipe:
-        out["torch.use_deterministic_algorithms"] = "True"
-    return out
+    return dict(sorted(determinism.environment(folder.config.training.deterministic).items()))
 
 
 def check_determinism(lock: dict, folder: TrainingFolder, environ: Mapping[str, str]) -> list[Finding]:
-    want, have = lock.get("determinism", {}), determinism_now(folder, environ)
+    """The locked determinism variables against the recipe a run would export now (blocking), and
+    against this shell's environment (named; the launcher exports the recipe over it, so not in force)."""
+    want, have = lock.get("determinism", {}), determinism_now(folder)
     out = []
     for key in sorted(set(want) | set(have)):
         if want.get(key) != have.get(key):
-            source = "your environment sets it" if key in environ else "the kit's recipe changed"
             out.append(Finding("determinism", key, str(want.get(key)), str(have.get(key)), True,
-                               f"{source}; unset it or export {key}={want.get(key)}"))
+                               "a run of this folder now exports another value (training.deterministic or the "
+                               "kit's recipe changed)"))
+        elif key in environ and environ[key] != want[key]:
+            out.append(Finding("determinism", key, want[key], f"{environ[key]} (your environment)", False,
+                               f"`experiment run` exports {key}={want[key]} for the run over your environment's "
+                               "value, so the locked value is in force"))
     return out
 
 
@@ -481,7 +483,7 @@ def main(options: ReproduceOptions, console) -> int:
     folder_path = options.folder or Path(options.lockfile).resolve().parent
     folder = load_folder(folder_path)
     cache = HashCache(options.hash_cache)
-    image = environment.image_from_environ(options.environ)
+    image = environment.detect_image()
     findings = verify(lock, folder, cache=cache, data_root=options.data_root, base=options.base,
                       environ=options.environ, image=image)
     blocking = [f for f in findings if f.blocking]

@@ -17,7 +17,7 @@ def _folder(project: Path):
 
 def _lock(project: Path) -> dict:
     folder = _folder(project)
-    det = reproduce.determinism_now(folder, {})
+    det = reproduce.determinism_now(folder)
     path = lockfile.write_run_lock(folder, determinism_env=det, launch={"launcher": "local"})
     return lockfile.read(path)
 
@@ -135,11 +135,24 @@ def test_renamed_shard_that_moves_in_the_blend_blocks(project):
     assert any(f.area == "blend" for f in findings)
 
 
-def test_changed_determinism_variable_is_named(project):
+def test_determinism_variable_in_the_shell_is_named_and_not_in_force(project):
     lock = _lock(project)
     findings = _verify(project, lock, environ={"NCCL_ALGO": "Tree", "HOME": "/root"})
-    assert [(f.area, f.what, f.expected, f.found) for f in findings] == [("determinism", "NCCL_ALGO", "Ring", "Tree")]
-    assert findings[0].blocking and "export NCCL_ALGO=Ring" in findings[0].why
+    assert [(f.area, f.what, f.expected, f.found) for f in findings] == [
+        ("determinism", "NCCL_ALGO", "Ring", "Tree (your environment)")]
+    assert not findings[0].blocking and "exports NCCL_ALGO=Ring" in findings[0].why
+
+
+def test_determinism_switched_off_names_each_variable(project):
+    lock = _lock(project)
+    toml = project / "training/tiny/experiment.toml"
+    toml.write_text(toml.read_text().replace("deterministic = true", "deterministic = false"))
+    findings = _verify(project, lock)
+    folder = [f for f in findings if f.area == "folder"]
+    assert len(folder) == 1 and "training.deterministic: true -> false" in folder[0].why
+    det = {f.what: f for f in findings if f.area == "determinism"}
+    assert det["NCCL_ALGO"].expected == "Ring" and det["NCCL_ALGO"].found == "None" and det["NCCL_ALGO"].blocking
+    assert set(det) == set(lock["determinism"]) and lock["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_mirror_keeps_the_toml_and_resolves_every_path(project, tmp_path):
