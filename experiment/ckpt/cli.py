@@ -1,0 +1,177 @@
+"""``experiment ckpt import|export|check``: Hugging Face <-> Megatron-Core conversion and the logits check.
+
+Each command validates its inputs (all of them, before writing anything), then calls one function of
+``experiment.ckpt.convert`` / ``experiment.ckpt.compare`` and prints a short summary table.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+ckpt_app = typer.Typer(help="Checkpoints: Hugging Face <-> Megatron-Core, any TP/PP layout, with a logits check.",
+                       no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ckpt_app, name="ckpt")
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error[/red]: {err}")
+    raise typer.Exit(2)
+
+
+def _quiet() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # "Apex is not installed" etc.
+
+
+def _summary(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+@ckpt_app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="Hugging Face model folder (config.json + safetensors), or a .gguf file"),
+    out_dir: Path = typer.Argument(..., help="new kit checkpoint folder (must not hold a checkpoint)"),
+    tp: int = typer.Option(1, "--tp", help="tensor-parallel size of the saving ranks"),
+    pp: int = typer.Option(1, "--pp", help="pipeline-parallel size of the saving ranks"),
+    gguf_cache: Path | None = typer.Option(None, help="where a .gguf source is dequantized to a HF folder "
+                                           "(default: <OUT_DIR's parent>/<gguf name>-hf); reused when complete"),
+) -> None:
+    """Hugging Face (or GGUF) -> Megatron-Core distributed checkpoint (iter_0000001/ + kit_checkpoint.json).
+
+    TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
+    from experiment.ckpt import convert, gguf
+    from experiment.ckpt.meta import CheckpointError
+    from experiment.train.model import ParallelLayout
+
+    _quiet()
+    layout = ParallelLayout(tp, pp)
+    under_torchrun = "WORLD_SIZE" in os.environ  # set by torchrun; the CLI is the one place that reads it
+    try:
+        convert.refuse_existing_output(out_dir, "OUT_DIR")
+        if source.suffix == ".gguf":
+            cache = gguf_cache or out_dir.absolute().parent / f"{source.stem}-hf"
+            if not under_torchrun:
+                console.print(f"dequantizing {source} -> {cache}")
+            source = gguf.materialize(source, cache)
+        src = convert.plan_import(source, out_dir, layout)
+    except CheckpointError as err:
+        _fail(err)
+    if tp * pp > 1 and not under_torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp * pp),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
+               "-m", "experiment.cli", "ckpt", "import", str(source), str(out_dir), "--tp", str(tp), "--pp", str(pp)]
+        console.print(f"starting {tp * pp} ranks: {' '.join(cmd[2:])}")
+        raise typer.Exit(subprocess.call(cmd))
+
+    from experiment.train import distributed
+
+    distributed.initialize(layout)
+    try:
+        stats = convert.import_checkpoint(src, out_dir, layout)
+    except CheckpointError as err:
+        _fail(err)
+    finally:
+        distributed.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        shape = src.shape
+        _summary(f"imported {src.family.architecture}", [
+            ("source", str(src.path)), ("checkpoint", str(stats.out)),
+            ("layers / hidden / heads / kv", f"{shape.num_layers} / {shape.hidden_size} / "
+                                             f"{shape.num_attention_heads} / {shape.num_query_groups}"),
+            ("vocab (padded)", f"{shape.vocab_size} ({stats.out and _padded(stats.out)})"),
+            ("layout saved", f"TP={tp} PP={pp}"), ("dtype", src.dtype),
+            ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
+            ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)"),
+        ])
+
+
+def _padded(ckpt_dir: Path) -> int:
+    from experiment.ckpt.meta import read
+
+    return read(ckpt_dir).padded_vocab_size
+
+
+@ckpt_app.command("export")
+def export_cmd(
+    ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder (import or training output)"),
+    hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
+    iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
+    max_shard_mb: int = typer.Option(1024, help="safetensors shard size in MB (also bounds the memory used)"),
+) -> None:
+    """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
+    from experiment.ckpt import convert
+    from experiment.ckpt.meta import CheckpointError
+    from experiment.train import distributed
+
+    _quiet()
+    distributed.initialize()
+    try:
+        stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, max_shard_bytes=max_shard_mb * 1_000_000)
+    except CheckpointError as err:
+        _fail(err)
+    finally:
+        distributed.shutdown()
+    _summary("exported", [("checkpoint", str(ckpt_dir)), ("Hugging Face folder", str(stats.out)),
+                          ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
+                          ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)")])
+
+
+@ckpt_app.command("check")
+def check_cmd(
+    hf_dir: Path = typer.Argument(..., help="the Hugging Face folder the checkpoint came from"),
+    ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder"),
+    text: Path | None = typer.Option(None, help="UTF-8 text file to tokenize (default: PEP 20, shipped with Python)"),
+    seq_length: int = typer.Option(128, min=2),
+    batches: int = typer.Option(4, min=1),
+    iteration: int | None = typer.Option(None),
+    max_abs_diff: float = typer.Option(1e-3, help="tolerance on the max |logit difference|"),
+    min_top1: float = typer.Option(0.99, help="minimum share of tokens with the same argmax"),
+    max_kl: float = typer.Option(1e-5, help="tolerance on the mean KL(HF || Megatron) per token"),
+) -> None:
+    """Run both models on the same token batches; exit 1 when they disagree beyond the tolerances."""
+    from experiment.ckpt import compare
+    from experiment.ckpt.meta import CheckpointError
+    from experiment.train import distributed
+
+    _quiet()
+    try:
+        body = text.read_text(encoding="utf-8") if text else compare.default_text()
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(CheckpointError(f"{text}: cannot read it as UTF-8 text ({err}); fix: pass a text file"))
+    distributed.initialize()
+    try:
+        report = compare.check(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches, iteration=iteration)
+    except CheckpointError as err:
+        _fail(err)
+    finally:
+        distributed.shutdown()
+    tol = compare.Tolerance(max_abs_diff, min_top1, max_kl)
+    ok = report.passes(tol)
+    table = Table(title=f"logits check: {'[green]pass[/green]' if ok else '[red]FAIL[/red]'}")
+    for col in ("metric", "value", "tolerance"):
+        table.add_column(col)
+    table.add_row("tokens", str(report.tokens), "")
+    table.add_row("max |logit diff|", f"{report.max_abs_diff:.3e}", f"<= {tol.max_abs_diff:g}")
+    table.add_row("mean KL(HF||mcore)", f"{report.mean_kl:.3e}", f"<= {tol.max_kl:g}")
+    table.add_row("top-1 agreement", f"{report.top1_agreement:.4f}", f">= {tol.min_top1:g}")
+    table.add_row("max |logit| (scale)", f"{report.logit_scale:.2f}", "")
+    Console().print(table)
+    if not ok:
+        raise typer.Exit(1)
