@@ -26,7 +26,7 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except DataError as err:
             where = f"{err.file}:{err.line}" if err.line else err.file
-            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False)
+            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -13,6 +13,7 @@ added tokens (non-special added tokens stay, as in ``tokenizers``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -251,7 +252,16 @@ class LoadedEncoder:
 
 
 def load_encoder(spec: TokenizerSpec, backend: str = "auto", threads: int | None = None) -> LoadedEncoder:
-    """Build the encoder for ``backend`` (auto: gigatoken if it matches the reference on the probe)."""
+    """Build the encoder for ``backend`` (auto: gigatoken if it matches the reference on the probe).
+
+    Cached per (tokenizer files' hash, backend): loading and probing costs seconds, and one process
+    (the demo, the tests) tokenizes several times with the same tokenizer.
+    """
+    return _load_encoder(spec, spec.sha256(), backend, threads)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_encoder(spec: TokenizerSpec, sha256: str, backend: str, threads: int | None) -> LoadedEncoder:
     if backend not in BACKENDS:
         raise DataError(spec.path, f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
     reference = reference_encoder(spec, threads)

@@ -251,16 +251,16 @@ def _txt_batches(path: Path, block_bytes: int) -> Iterator["pa.Array"]:
                     continue
             chunk, pending = data[:cut], data[cut:]
             if chunk:
-                nul = chunk.find(b"\x00")
-                if nul >= 0:
-                    _decode(b"\x00", path, line + chunk.count(b"\n", 0, nul))
                 try:
                     text = chunk.decode("utf-8")
+                    first_bad = chunk.find(b"\x00")
                 except UnicodeDecodeError as err:
-                    bad_line = line + chunk.count(b"\n", 0, err.start)
-                    start = chunk.rfind(b"\n", 0, err.start) + 1
-                    _decode(chunk[start : chunk.find(b"\n", err.start) % (len(chunk) + 1)], path, bad_line)
-                    raise
+                    nul = chunk.find(b"\x00", 0, err.start)
+                    first_bad = nul if nul >= 0 else err.start
+                if first_bad >= 0:  # re-check just that line to name the problem
+                    start = chunk.rfind(b"\n", 0, first_bad) + 1
+                    end = chunk.find(b"\n", first_bad)
+                    _decode(chunk[start : end if end >= 0 else len(chunk)], path, line + chunk.count(b"\n", 0, first_bad))
                 lines = text.split("\n")
                 if text.endswith("\n"):
                     lines.pop()
