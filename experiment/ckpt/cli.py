@@ -114,6 +114,7 @@ def export_cmd(
     hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
     iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
     max_shard_mb: int = typer.Option(1024, help="safetensors shard size in MB (also bounds the memory used)"),
+    dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     from experiment.ckpt import convert
@@ -123,7 +124,8 @@ def export_cmd(
     _quiet()
     distributed.initialize()
     try:
-        stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, max_shard_bytes=max_shard_mb * 1_000_000)
+        stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
+                                          max_shard_bytes=max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:

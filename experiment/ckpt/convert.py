@@ -293,10 +293,15 @@ def stored_tensors(it_dir: Path) -> dict:
 
 
 def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
-                      max_shard_bytes: int = 1 << 30, show_progress: bool = True) -> ConvertStats:
+                      dtype: str | None = None, max_shard_bytes: int = 1 << 30,
+                      show_progress: bool = True) -> ConvertStats:
     """Write a Hugging Face folder (safetensors shards + config + tokenizer files) from a kit
     checkpoint, of any TP/PP layout, training checkpoints included (only "model" is read).
+
+    Tensors are written in ``dtype`` (default: the imported source's dtype, so an import -> export
+    round trip is bit-identical although megatron keeps norm weights in float32).
     Needs a (single-process) torch.distributed group: ``experiment.train.distributed.initialize()``."""
+    import torch
     from safetensors.torch import save_file
 
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()
@@ -316,6 +321,10 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
             raise CheckpointError(f"{it_dir}: tensor {rule.ckpt!r} has shape {list(have)}, {META_NAME} implies "
                                   f"{list(want)}; fix: the checkpoint and {ckpt_dir / META_NAME} do not belong together")
 
+    dtype_name = dtype or meta.dtype
+    if dtype_name not in ("float32", "bfloat16", "float16"):
+        raise CheckpointError(f"--dtype {dtype_name}: fix: use float32, bfloat16 or float16")
+    out_dtype = getattr(torch, dtype_name)
     tmp = hf_dir.parent / f".{hf_dir.name}.exporting"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -326,7 +335,6 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
     written: list[tuple[str, list[str]]] = []
     buffer: dict = {}
     buffered, nbytes, ntensors = 0, 0, 0
-    dtype_name = str(stored[rules[0].ckpt].properties.dtype).removeprefix("torch.")
 
     def flush() -> None:
         nonlocal buffer, buffered
@@ -340,6 +348,7 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
         with _progress(show_progress, "export", len(groups)) as advance:
             for layer in groups:
                 tensors = load_group(it_dir, meta, stored, other_rules if layer is None else layer_rules, layer)
+                tensors = {k: v.to(out_dtype) for k, v in tensors.items()}
                 size = sum(t.numel() * t.element_size() for t in tensors.values())
                 if buffered and buffered + size > max_shard_bytes:
                     flush()
