@@ -28,10 +28,11 @@ def register(app: typer.Typer) -> None:
               no_cache: bool = typer.Option(False, help="hash every file again")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
         from experiment.folder import load
-        from experiment.lock.environment import image_from_environ
         from experiment.lock.lockfile import write_run_lock
+        from experiment.lock.reproduce import determinism_now
 
-        path = write_run_lock(load(folder), image=image_from_environ(os.environ), hash_cache=_cache_path(no_cache))
+        loaded = load(folder)
+        path = write_run_lock(loaded, determinism_env=determinism_now(loaded), hash_cache=_cache_path(no_cache))
         console.print(f"[green]wrote[/green] {path}")
 
     @app.command()

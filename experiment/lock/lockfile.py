@@ -275,7 +275,7 @@ def tensor_hashes(ckpt_dir: Path) -> dict[str, str]:
 
 
 def read_losses(path: Path) -> list[list]:
-    """[[step, loss as hex float string], ...] from the runner's per-step JSONL."""
+    """[[step, loss, grad norm, lr], ...] (hex float strings) from the runner's per-step JSONL."""
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -285,10 +285,8 @@ def read_losses(path: Path) -> list[list]:
         except json.JSONDecodeError as err:
             raise LockError(f"{path}: line {n}: not JSON ({err.msg}); the run's log is damaged") from err
         step = rec.get("step", rec.get("iteration"))
-        loss = rec.get("loss", rec.get("lm_loss"))
-        if isinstance(loss, float):
-            loss = loss.hex()
-        rows.append([step, loss])
+        values = [rec.get("loss", rec.get("lm_loss")), rec.get("grad_norm"), rec.get("lr")]
+        rows.append([step, *(v.hex() if isinstance(v, float) else v for v in values)])
     return rows
 
 
@@ -304,8 +302,10 @@ def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tens
     logs = folder.path / "logs"
     losses_file = logs / "losses.jsonl"
     eval_file = logs / "eval.jsonl"
+    top = sorted(p for p in save.glob("*") if p.is_file()) if save.is_dir() else []
     return {
         "latest_iteration": latest,
+        "checkpoint_files": {p.name: hash_file(p, FILE_HASH) for p in top},
         "checkpoints": checkpoints,
         "losses": {
             "file": "logs/losses.jsonl",

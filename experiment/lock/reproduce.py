@@ -433,9 +433,15 @@ def compare_outputs(want: dict, have: dict, steps: int | None = None) -> Diverge
                               compared_steps=i)
         got = h_steps[i]
         if got != expected:
-            field_ = "loss" if expected[:2] != got[:2] else "grad_norm/lr"
+            field_ = next((n for n, a, b in zip(("step", "loss", "grad_norm", "lr"), expected, got) if a != b),
+                          "record")
             return Divergence(step=expected[0], field=field_, expected=_fmt_row(expected), found=_fmt_row(got),
                               compared_steps=i)
+    w_top, h_top = want.get("checkpoint_files", {}), have.get("checkpoint_files", {})
+    top_bad = tuple(sorted(k for k in set(w_top) | set(h_top) if k != "latest_checkpointed_iteration.txt"
+                           and w_top.get(k) != h_top.get(k)))
+    if top_bad and steps is None:
+        return Divergence(checkpoint="(checkpoint folder)", files=top_bad, compared_steps=len(w_steps))
     names = tuple(n for n in sorted(want["checkpoints"])
                   if steps is None or int(n.removeprefix("iter_")) <= steps)
     for name in names:
@@ -463,16 +469,15 @@ def _fmt_row(row: list) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 
-def findings_table(findings: list[Finding], title: str):
-    from rich.table import Table
-
-    table = Table(title=title, show_lines=True)
-    for col in ("area", "what", "expected", "found", "blocks", "why"):
-        table.add_column(col, overflow="fold")
+def print_findings(findings: list[Finding], title: str, console) -> None:
+    """One block per finding (long hashes and reasons stay readable in a log, unlike a narrow table)."""
+    console.print(f"[bold]{title}[/bold]")
     for f in findings:
-        table.add_row(f.area, f.what, _short(f.expected), _short(f.found),
-                      "[red]yes[/red]" if f.blocking else "[green]no[/green]", f.why)
-    return table
+        mark = "[red]BLOCKS[/red]" if f.blocking else "[green]harmless[/green]"
+        console.print(f"  {mark} [bold]{f.area}[/bold] {f.what}", soft_wrap=True)
+        console.print(f"      expected: {f.expected}", soft_wrap=True, highlight=False)
+        console.print(f"      found:    {f.found}", soft_wrap=True, highlight=False)
+        console.print(f"      why:      {f.why}", soft_wrap=True, highlight=False)
 
 
 def main(options: ReproduceOptions, console) -> int:
@@ -488,8 +493,8 @@ def main(options: ReproduceOptions, console) -> int:
                       environ=options.environ, image=image)
     blocking = [f for f in findings if f.blocking]
     if findings:
-        console.print(findings_table(findings, f"{len(findings)} difference(s) from {options.lockfile} "
-                                               f"({len(blocking)} blocking)"))
+        print_findings(findings, f"{len(findings)} difference(s) from {options.lockfile} "
+                                 f"({len(blocking)} blocking)", console)
     else:
         console.print(f"[green]inputs match[/green] {options.lockfile}: code, environment, data, tokenizer, "
                       "base weights and determinism")
