@@ -13,76 +13,75 @@ Run by ``experiment check`` (listed in ``experiment.folder.SEMANTIC_CHECKS``) an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 from pydantic import ValidationError
 
 from experiment.data.naming import ShardNameError, parse
 from experiment.folder import Problem, TrainingFolder
-from experiment.mixture.plan import MixtureEntry, MixtureError, MixturePlan, Shard, plan, spec_from_folder
+from experiment.mixture.plan import (MixtureError, MixturePlan, ShardTable, plan, read_signature_shards,
+                                     spec_from_folder)
 
 
-def signature_problems(folder: TrainingFolder) -> tuple[list[Shard], list[Problem]]:
+def signature_problems(folder: TrainingFolder) -> tuple[ShardTable, list[Problem]]:
     """Read every signature; a broken one is a problem, not an exception."""
-    from experiment.data.signature import read
-
-    shards: list[Shard] = []
+    tables: list[ShardTable] = []
     problems: list[Problem] = []
     for path in folder.signature_paths:
         if not path.is_file():
             continue  # folder.check already reports it
         try:
-            sig = read(path)
+            listed = read_signature_shards(path)
         except (ValidationError, ValueError) as err:
             first = str(err).splitlines()
             problems.append(Problem(str(path), "", f"not a valid data signature: {' '.join(first[:3])}",
                                     "regenerate it with `experiment data signature`"))
             continue
-        root = sig.root_path(path)
-        for i, e in enumerate(sig.shards):
-            shards.append(Shard(str(root / e.prefix), e.language, e.domain, e.subdomain, e.tokens,
-                                e.bin_bytes, e.idx_bytes, str(path)))
-            problems.extend(_name_problems(str(path), i, e.prefix, e.language, e.domain, e.tokens))
-    return shards, problems
+        # cheap screen (string operations) before the full parse: tc= in the name, lang_domain_ prefix
+        for i, (base, lang, domain, tokens) in enumerate(zip(listed.name, listed.language, listed.domain,
+                                                             listed.tokens)):
+            _, sep, tc = base.rpartition("_tc=")
+            if (sep and tc != str(tokens)) or not base.startswith(f"{lang}_{domain}_"):
+                problems.extend(_name_problems(str(path), i, listed.row(i)))
+        tables.append(listed)
+    return ShardTable.concat(tables) if tables else ShardTable.from_shards([]), problems
 
 
-def _name_problems(sig: str, i: int, prefix: str, language: str, domain: str, tokens: int) -> list[Problem]:
+def _name_problems(sig: str, i: int, s) -> list[Problem]:
     try:
-        name = parse(prefix)
+        name = parse(s.name)
     except ShardNameError:
         return []  # names outside the convention are allowed; language/domain come from the signature
     out = []
-    if name.tokens is not None and name.tokens != tokens:
-        out.append(Problem(sig, f"shards[{i}].tokens", f"{prefix}: the name says tc={name.tokens} but the "
-                           f"signature says {tokens}", "recount the shard (`experiment data count`)"))
-    if (name.language, name.domain) != (language, domain):
-        out.append(Problem(sig, f"shards[{i}]", f"{prefix}: the name says {name.language}/{name.domain} but "
-                           f"the signature says {language}/{domain}", "regenerate the signature"))
+    if name.tokens is not None and name.tokens != s.tokens:
+        out.append(Problem(sig, f"shards[{i}].tokens", f"{s.name}: the name says tc={name.tokens} but the "
+                           f"signature says {s.tokens}", "recount the shard (`experiment data count`)"))
+    if (name.language, name.domain) != (s.language, s.domain):
+        out.append(Problem(sig, f"shards[{i}]", f"{s.name}: the name says {name.language}/{name.domain} but "
+                           f"the signature says {s.language}/{s.domain}", "regenerate the signature"))
     return out
 
 
-def file_problems(entries: Iterable[MixtureEntry | Shard], signature_of: dict[str, str]) -> list[Problem]:
+def file_problems(t: ShardTable) -> list[Problem]:
     """Each shard's .bin and .idx exist and have the sizes recorded in the signature."""
     out = []
-    for e in entries:
-        sig = signature_of.get(e.prefix, "")
-        for suffix, expected in ((".bin", e.bin_bytes), (".idx", e.idx_bytes)):
-            path = e.prefix + suffix
+    for prefix, name, bin_bytes, idx_bytes, sig in zip(t.prefix, t.name, t.bin_bytes, t.idx_bytes, t.signature):
+        for suffix, expected in ((".bin", bin_bytes), (".idx", idx_bytes)):
+            path = prefix + suffix
             try:
                 size = os.stat(path).st_size
             except FileNotFoundError:
-                out.append(Problem(sig, e.name, f"{path} does not exist",
+                out.append(Problem(sig, name, f"{path} does not exist",
                                    "tokenize the data (`experiment data tokenize`) or correct the signature root",
                                    missing_artifact=True))
                 break
             if size != expected:
-                out.append(Problem(sig, e.name, f"{path} is {size:,} bytes; the signature says {expected:,}",
+                out.append(Problem(sig, name, f"{path} is {size:,} bytes; the signature says {expected:,}",
                                    "the shard changed since the signature was made: regenerate the signature "
                                    "(`experiment data signature`) or restore the shard"))
     return out
 
 
-def check_plan(folder: TrainingFolder, shards: list[Shard]) -> tuple[MixturePlan | None, list[Problem]]:
+def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan | None, list[Problem]]:
     try:
         spec = spec_from_folder(folder, shards)
         return plan(shards, spec), []
@@ -97,5 +96,5 @@ def check_folder(folder: TrainingFolder) -> list[Problem]:
         return problems
     result, problems = check_plan(folder, shards)
     if result is not None:
-        problems += file_problems(result.entries, {s.prefix: s.signature for s in shards})
+        problems += file_problems(result.table)
     return problems

@@ -11,8 +11,12 @@ Two ways to say what a step is made of:
 
 Weights are **per token** and sum to 1. Megatron's ``GPTDataset`` packs documents into samples of exactly
 ``seq_length`` tokens, so a per-token weight is also the per-sample weight ``BlendedDataset`` draws with.
-The arithmetic of ratio mode follows the seed script operation for operation, so the same inputs give the
-same floats; where that script is silent or breaks, the planner reports a ``Problem`` instead.
+The arithmetic of ratio mode follows the seed script operation for operation (numpy's ``bincount`` adds in
+input order, like the script's ``+=``), so the same inputs give the same floats; where that script is silent
+or breaks, the planner reports a ``Problem`` instead.
+
+Shards travel as columns (``ShardTable``), not one object each: a 100,000-shard plan is a few list and numpy
+operations per column, and the per-rule work happens once per (language, domain) pair.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+import numpy
 
 from experiment.folder import FolderError, Problem, TrainingFolder
 
@@ -39,8 +48,7 @@ class MixtureError(FolderError):
     """The mixture cannot be planned; ``problems`` says why, each naming file and entry."""
 
 
-@dataclass(frozen=True)
-class Shard:
+class Shard(NamedTuple):
     """One tokenized shard as the planner sees it (from a data signature)."""
 
     prefix: str  # absolute Megatron prefix, no .bin/.idx
@@ -54,7 +62,52 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return self.prefix.rsplit("/", 1)[-1]
+        return self.prefix.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class ShardTable:
+    """Shards as columns, one row per shard (what the planner works on)."""
+
+    prefix: list[str]
+    name: list[str]
+    language: list[str]
+    domain: list[str]
+    subdomain: list[str]
+    tokens: list[int]
+    bin_bytes: list[int]
+    idx_bytes: list[int]
+    signature: list[str]
+
+    @classmethod
+    def from_shards(cls, shards: Iterable[Shard]) -> "ShardTable":
+        rows = list(shards)
+        cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in Shard._fields]
+        prefix = cols[0]
+        return cls(prefix, [p.rpartition("/")[2] for p in prefix], *cols[1:])
+
+    @classmethod
+    def concat(cls, tables: Sequence["ShardTable"]) -> "ShardTable":
+        if len(tables) == 1:
+            return tables[0]
+        return cls(*([x for t in tables for x in getattr(t, f)] for f in _TABLE_FIELDS))
+
+    def __len__(self) -> int:
+        return len(self.prefix)
+
+    def take(self, rows: Sequence[int]) -> "ShardTable":
+        return ShardTable(*([col[i] for i in rows] for col in (getattr(self, f) for f in _TABLE_FIELDS)))
+
+    def row(self, i: int) -> Shard:
+        return Shard(self.prefix[i], self.language[i], self.domain[i], self.subdomain[i], self.tokens[i],
+                     self.bin_bytes[i], self.idx_bytes[i], self.signature[i])
+
+    def __iter__(self):
+        return map(Shard._make, zip(self.prefix, self.language, self.domain, self.subdomain, self.tokens,
+                                    self.bin_bytes, self.idx_bytes, self.signature))
+
+
+_TABLE_FIELDS = ("prefix", "name", "language", "domain", "subdomain", "tokens", "bin_bytes", "idx_bytes", "signature")
 
 
 @dataclass(frozen=True)
@@ -77,8 +130,7 @@ class MixtureSpec:
     config_file: str = "experiment.toml"
 
 
-@dataclass(frozen=True)
-class MixtureEntry:
+class MixtureEntry(NamedTuple):
     """One kept shard: what it holds, its per-token weight, and what a run of ``budget`` tokens sees of it."""
 
     prefix: str
@@ -98,8 +150,7 @@ class MixtureEntry:
         return self.tokens_seen / self.tokens if self.tokens else 0.0
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(NamedTuple):
     """A shard listed in a signature that the plan leaves out, and why."""
 
     name: str
@@ -111,10 +162,12 @@ class Dropped:
 
 @dataclass(frozen=True)
 class MixturePlan:
-    """The per-shard weights and everything the outputs and the report need."""
+    """The per-shard weights (in Megatron's blend order) and everything the outputs and the report need."""
 
     mode: str
-    entries: tuple[MixtureEntry, ...]
+    table: ShardTable  # the kept shards, in blend order
+    multiplier: list[float]
+    weight: list[float]
     budget_tokens: float
     budget_from: str
     seq_length: int
@@ -122,30 +175,38 @@ class MixturePlan:
     notes: tuple[str, ...] = ()
     target_proportions: Mapping[str, float] | None = field(default=None)
 
+    @cached_property
+    def entries(self) -> tuple[MixtureEntry, ...]:
+        t, b = self.table, self.budget_tokens
+        return tuple(map(MixtureEntry._make, zip(t.prefix, t.name, t.language, t.domain, t.subdomain, t.tokens,
+                                                 self.multiplier, self.weight, [w * b for w in self.weight],
+                                                 t.bin_bytes, t.idx_bytes)))
+
     def megatron_blend(self) -> tuple[list[str], list[float]]:
         """``(prefixes, weights)`` exactly as ``BlendedMegatronDatasetConfig(blend=...)`` takes them."""
-        return [e.prefix for e in self.entries], [e.weight for e in self.entries]
+        return list(self.table.prefix), list(self.weight)
 
     def domains(self) -> dict[str, list[str]]:
         """Domain -> its prefixes (sorted by domain), for per-domain eval loss in the runner."""
-        out: dict[str, list[str]] = {}
-        for e in self.entries:
-            out.setdefault(e.domain, []).append(e.prefix)
-        return dict(sorted(out.items()))
+        return _group(self.table.domain, self.table.prefix)
 
     def languages(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for e in self.entries:
-            out.setdefault(e.language, []).append(e.prefix)
-        return dict(sorted(out.items()))
+        return _group(self.table.language, self.table.prefix)
 
     @property
     def total_weight(self) -> float:
-        return math.fsum(e.weight for e in self.entries)
+        return math.fsum(self.weight)
 
     def expected_samples(self, entry: MixtureEntry) -> float:
         """How many ``seq_length`` samples of this shard a run of ``budget_tokens`` draws, on average."""
         return entry.weight * self.budget_tokens / self.seq_length
+
+
+def _group(keys: list[str], values: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in zip(keys, values):
+        out.setdefault(k, []).append(v)
+    return dict(sorted(out.items()))
 
 
 def parse_budget(text: str | int) -> int:
@@ -168,11 +229,10 @@ def exclude_keys(entry: str) -> str:
     return base
 
 
-_COUNTS = re.compile(r"_dc=\d+_sc=\d+_tc=\d+$")
-
-
 def _stem(name: str) -> str:
-    return _COUNTS.sub("", name)
+    """The name without its ``_dc=.._sc=.._tc=..`` counts."""
+    head, sep, _ = name.rpartition("_dc=")
+    return head if sep else name
 
 
 def is_per_language(data_ratio: Mapping[str, Any]) -> bool:
@@ -253,70 +313,78 @@ def _multiplier(data_ratio: Mapping[str, Any], per_language: bool, lang: str, do
     return table.get(domain)
 
 
-def _apply_excludes(shards: Sequence[Shard], spec: MixtureSpec,
-                    problems: list[Problem]) -> tuple[list[Shard], list[Dropped]]:
+def _empty(mode: str, spec: MixtureSpec) -> MixturePlan:
+    return MixturePlan(mode, ShardTable.from_shards([]), [], [], spec.budget_tokens, spec.budget_from,
+                       spec.seq_length)
+
+
+def _apply_excludes(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> tuple[list[int], list[Dropped]]:
+    """Rows kept after the exclude list; an entry may be a name or stem, with or without folder and .bin."""
     wanted = {exclude_keys(e): e for e in spec.exclude}
-    by_name = {}
-    for s in shards:
-        by_name.setdefault(s.name, s)
-        by_name.setdefault(_stem(s.name), s)
-    used = set()
-    kept, dropped = [], []
-    for s in shards:
-        hit = wanted.get(s.name) and s.name or (wanted.get(_stem(s.name)) and _stem(s.name))
-        if hit:
-            used.add(hit)
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, f"excluded ({wanted[hit]})"))
-        else:
-            kept.append(s)
+    if not wanted:
+        return list(range(len(t))), []
+    by_stem = any("_dc=" not in k for k in wanted)  # entries without counts match a shard's stem
+    keys = [nm if nm in wanted or not by_stem else _stem(nm) for nm in t.name]
+    hits = [i for i, k in enumerate(keys) if k in wanted]
+    dropped = [Dropped(t.name[i], t.language[i], t.domain[i], t.tokens[i], f"excluded ({wanted[keys[i]]})")
+               for i in hits]
+    used = {keys[i] for i in hits}
     for key, raw in wanted.items():
         if key not in used:
             problems.append(Problem(spec.exclude_file, raw, "matches no shard in the data signatures",
                                     "correct the name (shard name with or without .bin), or remove the entry"))
-    return kept, dropped
+    hit_set = set(hits)
+    return [i for i in range(len(t)) if i not in hit_set], dropped
 
 
-def _check_budget_and_weights(entries: list[MixtureEntry], spec: MixtureSpec, problems: list[Problem]) -> None:
+def _check_budget_and_weights(plan: MixturePlan, spec: MixtureSpec, problems: list[Problem]) -> None:
     """No weight Megatron would never draw; no shard repeated beyond the cap; a blend Megatron can index."""
-    if len(entries) > MAX_BLEND_DATASETS:
+    n = len(plan.weight)
+    if n > MAX_BLEND_DATASETS:
         problems.append(Problem(spec.config_file, "data.signatures",
-                                f"{len(entries)} shards in one blend; Megatron's BlendedDataset indexes at most "
+                                f"{n} shards in one blend; Megatron's BlendedDataset indexes at most "
                                 f"{MAX_BLEND_DATASETS} (int16) and would crash",
                                 "merge small shards (`experiment data merge`) or exclude some"))
-    samples = spec.budget_tokens / spec.seq_length if spec.seq_length else 0
-    rare = [e for e in entries if e.weight * samples < 1.0]
-    if rare and spec.budget_tokens:
-        worst = min(rare, key=lambda e: (e.weight, e.name))
+    if not n or not spec.budget_tokens:
+        return
+    w = numpy.asarray(plan.weight)
+    samples = spec.budget_tokens / spec.seq_length
+    rare = numpy.flatnonzero(w * samples < 1.0)
+    if rare.size:
+        worst = int(rare[numpy.argmin(w[rare])])
         problems.append(Problem(
-            spec.ratio_file if spec.target_proportions is None else spec.config_file, worst.name,
-            f"{len(rare)} shard(s) would get less than one {spec.seq_length}-token sample in a "
-            f"{spec.budget_tokens:,.0f}-token run (smallest weight {worst.weight:.3g}), so Megatron would never "
+            spec.ratio_file if spec.target_proportions is None else spec.config_file, plan.table.name[worst],
+            f"{rare.size} shard(s) would get less than one {spec.seq_length}-token sample in a "
+            f"{spec.budget_tokens:,.0f}-token run (smallest weight {w[worst]:.3g}), so Megatron would never "
             "draw them",
             "raise their domain's multiplier/share, exclude them, or merge them into larger shards"))
-    if spec.max_epochs is not None and spec.budget_tokens:
+    if spec.max_epochs is not None:
+        tokens = numpy.asarray(plan.table.tokens, dtype=numpy.float64)
+        with numpy.errstate(divide="ignore", invalid="ignore"):
+            epochs = numpy.where(tokens > 0, w * spec.budget_tokens / tokens, 0.0)
         over: dict[str, float] = {}
-        for e in entries:
-            if e.epochs > spec.max_epochs * (1 + 1e-9):
-                over[e.domain] = max(over.get(e.domain, 0.0), e.epochs)
-        for domain, epochs in sorted(over.items()):
+        for i in numpy.flatnonzero(epochs > spec.max_epochs * (1 + 1e-9)):
+            d = plan.table.domain[i]
+            over[d] = max(over.get(d, 0.0), float(epochs[i]))
+        for domain, ep in sorted(over.items()):
             field_name = (f"data.target_proportions.{domain}" if spec.target_proportions is not None
                           else "data.max_epochs")
             problems.append(Problem(
                 spec.config_file, field_name,
-                f"domain {domain!r} would be repeated {epochs:.3g} times to reach the "
+                f"domain {domain!r} would be repeated {ep:.3g} times to reach the "
                 f"{spec.budget_tokens:,.0f}-token budget ({spec.budget_from}), above max_epochs={spec.max_epochs:g}",
                 "lower the budget or that domain's share/multiplier, add data, or raise data.max_epochs"))
 
 
-def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
+def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
     """Seed 002's rule: w = p(lang) * tc*m / sum over the language's kept shards of tc*m."""
     problems.extend(_ratio_problems(spec))
     problems.extend(_lang_prob_problems(spec))
     if problems:
-        return MixturePlan("ratio", (), spec.budget_tokens, spec.budget_from, spec.seq_length)
+        return _empty("ratio", spec)
     per_language = is_per_language(spec.data_ratio)
     optional = set(spec.optional)
-    kept, dropped = _apply_excludes(shards, spec, problems)
+    rows, dropped = _apply_excludes(t, spec, problems)
     notes: list[str] = []
 
     # seed 002: lang_prob divided by its sum first. The kit sums exactly (fsum), so the file's key order
@@ -326,26 +394,31 @@ def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Proble
         total = math.fsum(lang_prob.values())
         lang_prob = {k: v / total for k, v in lang_prob.items()}
 
-    groups: dict[str, list[tuple[Shard, float]]] = {}
-    sampled: dict[str, float] = {}
-    missing_ratio: dict[tuple[str, str], int] = {}
-    missing_lang: dict[str, int] = {}
-    for s in kept:
-        m = _multiplier(spec.data_ratio, per_language, s.language, s.domain)
+    # every rule is decided once per (language, domain) pair, then applied to the rows
+    pairs = list(zip(t.language, t.domain))
+    verdict: dict[tuple[str, str], Any] = {}  # pair -> multiplier, or the reason it is left out
+    for pair in set(pairs[i] for i in rows):
+        lang, domain = pair
+        m = _multiplier(spec.data_ratio, per_language, lang, domain)
         if m is None:
-            missing_ratio[(s.language, s.domain)] = missing_ratio.get((s.language, s.domain), 0) + 1
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "domain not in data_ratio.json"))
-            continue
-        if m == 0:
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "multiplier 0"))
-            continue
-        lang = s.language if lang_prob is not None else "*"
-        if lang_prob is not None and s.language not in lang_prob:
-            missing_lang[s.language] = missing_lang.get(s.language, 0) + 1
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "language not in lang_prob.json"))
-            continue
-        groups.setdefault(lang, []).append((s, m))
-        sampled[lang] = sampled.get(lang, 0) + s.tokens * m
+            verdict[pair] = "domain not in data_ratio.json"
+        elif m == 0:
+            verdict[pair] = "multiplier 0"
+        elif lang_prob is not None and lang not in lang_prob:
+            verdict[pair] = "language not in lang_prob.json"
+        else:
+            verdict[pair] = m
+    kept, missing_ratio, missing_lang = [], {}, {}
+    for i in rows:
+        v = verdict[pairs[i]]
+        if type(v) is str:
+            dropped.append(Dropped(t.name[i], t.language[i], t.domain[i], t.tokens[i], v))
+            if v == "domain not in data_ratio.json":
+                missing_ratio[pairs[i]] = missing_ratio.get(pairs[i], 0) + 1
+            elif v == "language not in lang_prob.json":
+                missing_lang[t.language[i]] = missing_lang.get(t.language[i], 0) + 1
+        else:
+            kept.append(i)
 
     for (lang, domain), n in sorted(missing_ratio.items()):
         key = f"{lang}.{domain}" if per_language else domain
@@ -369,7 +442,7 @@ def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Proble
                                 "data.optional_domains"))
 
     # data_ratio entries that match no data
-    present = {(s.language, s.domain) for s in shards}
+    present = set(pairs)
     present_domains = {d for _, d in present}
     present_langs = {lang for lang, _ in present}
     if per_language:
@@ -391,9 +464,14 @@ def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Proble
                 problems.append(Problem(spec.ratio_file, domain, f"domain {domain!r} has no shards in the data",
                                         "remove it, correct the name, or list it in data.optional_domains"))
 
+    # the language groups, in order of first appearance (seed 002's output order)
+    group_of = (lambda i: t.language[i]) if lang_prob is not None else (lambda i: "*")
+    codes: dict[str, int] = {}
+    code = [codes.setdefault(group_of(i), len(codes)) for i in kept]
+
     # languages whose probability finds no kept shard: seed 002 left the weights summing below 1
     if lang_prob is not None:
-        lost = [lang for lang, p in lang_prob.items() if p > 0 and lang not in groups]
+        lost = [lang for lang, p in lang_prob.items() if p > 0 and lang not in codes]
         for lang in lost:
             if lang in optional:
                 notes.append(f"language {lang!r} has no kept shards; its probability {lang_prob[lang]:.6g} "
@@ -406,55 +484,63 @@ def plan_ratio(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Proble
                 "set its probability to 0, un-exclude shards, or list it in data.optional_domains to give "
                 "its share to the other languages"))
         if any(lang in optional for lang in lost):
-            kept_mass = sum(p for lang, p in lang_prob.items() if lang in groups)
+            kept_mass = sum(p for lang, p in lang_prob.items() if lang in codes)
             if kept_mass > 0:
-                lang_prob = {k: (v / kept_mass if k in groups else 0.0) for k, v in lang_prob.items()}
-    if not groups and not problems:
+                lang_prob = {k: (v / kept_mass if k in codes else 0.0) for k, v in lang_prob.items()}
+    if not kept and not problems:
         problems.append(Problem(spec.ratio_file, "", "no shard is left to train on",
                                 "check data_ratio.json, lang_prob.json and the exclude list"))
+    if problems or not kept:
+        return _empty("ratio", spec)
 
-    entries: list[MixtureEntry] = []
-    for lang, members in groups.items():
-        p = lang_prob[lang] if lang_prob is not None else 1.0
-        for s, m in members:
-            w = s.tokens * m / sampled[lang] * p
-            if w <= 0:
-                dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "weight 0 (language probability 0)"))
-                continue
-            entries.append(MixtureEntry(s.prefix, s.name, s.language, s.domain, s.subdomain, s.tokens, m, w,
-                                        w * spec.budget_tokens, s.bin_bytes, s.idx_bytes))
-    if not problems:
-        _check_budget_and_weights(entries, spec, problems)
-    return MixturePlan("ratio", tuple(entries), spec.budget_tokens, spec.budget_from, spec.seq_length,
-                       tuple(sorted(dropped, key=lambda d: d.name)), tuple(notes))
+    # w = tc*m / (sum of the language's tc*m) * p, with seed 002's operation order
+    order = sorted(range(len(kept)), key=code.__getitem__)  # stable: grouped by language, names sorted within
+    kept = [kept[j] for j in order]
+    code_arr = numpy.asarray([code[j] for j in order], dtype=numpy.int64)
+    mult = [verdict[pairs[i]] for i in kept]
+    tm = numpy.asarray([t.tokens[i] for i in kept], dtype=numpy.float64) * numpy.asarray(mult, dtype=numpy.float64)
+    sampled = numpy.bincount(code_arr, weights=tm, minlength=len(codes))  # in row order, like `+=`
+    group_p = numpy.asarray([lang_prob[g] if lang_prob is not None else 1.0 for g in codes], dtype=numpy.float64)
+    w = tm / sampled[code_arr] * group_p[code_arr]
+    zero = numpy.flatnonzero(w <= 0)
+    for j in zero:
+        i = kept[j]
+        dropped.append(Dropped(t.name[i], t.language[i], t.domain[i], t.tokens[i],
+                               "weight 0 (language probability 0)"))
+    if zero.size:
+        keep = numpy.flatnonzero(w > 0)
+        kept, mult, w = [kept[j] for j in keep], [mult[j] for j in keep], w[keep]
+    result = MixturePlan("ratio", t.take(kept), [float(m) for m in mult], w.tolist(), spec.budget_tokens,
+                         spec.budget_from, spec.seq_length, tuple(sorted(dropped)), tuple(notes))
+    _check_budget_and_weights(result, spec, problems)
+    return result
 
 
-def plan_proportions(shards: Sequence[Shard], spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
+def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> MixturePlan:
     """OLMo 2 / seed 003: each domain gets its share of the budget; within it, shards weigh by tokens."""
     problems.extend(_proportion_problems(spec))
     targets = dict(spec.target_proportions or {})
     optional = set(spec.optional)
-    kept, dropped = _apply_excludes(shards, spec, problems)
+    rows, dropped = _apply_excludes(t, spec, problems)
     notes: list[str] = []
-    by_domain: dict[str, list[Shard]] = {}
-    for s in kept:
-        if s.domain not in targets:
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "domain not in target_proportions"))
-            continue
-        if targets[s.domain] == 0:
-            dropped.append(Dropped(s.name, s.language, s.domain, s.tokens, "share 0"))
-            continue
-        by_domain.setdefault(s.domain, []).append(s)
-    unplanned = sorted({d.domain for d in dropped if d.reason == "domain not in target_proportions"})
-    for domain in unplanned:
+    kept = []
+    for i in rows:
+        d = t.domain[i]
+        if d not in targets:
+            dropped.append(Dropped(t.name[i], t.language[i], d, t.tokens[i], "domain not in target_proportions"))
+        elif targets[d] == 0:
+            dropped.append(Dropped(t.name[i], t.language[i], d, t.tokens[i], "share 0"))
+        else:
+            kept.append(i)
+    for domain in sorted({d.domain for d in dropped if d.reason == "domain not in target_proportions"}):
         if domain in optional:
             notes.append(f"domain {domain!r} left out: not in data.target_proportions (marked optional)")
         else:
             problems.append(Problem(spec.config_file, f"data.target_proportions.{domain}",
                                     f"the data has domain {domain!r} but it has no share",
                                     "give it a share (0 to leave it out), or list it in data.optional_domains"))
-    absent = [d for d, share in targets.items() if share > 0 and d not in by_domain]
-    for domain in absent:
+    present = {t.domain[i] for i in kept}
+    for domain in [d for d, share in targets.items() if share > 0 and d not in present]:
         if domain in optional:
             notes.append(f"domain {domain!r} has no kept shards; its share goes to the others in proportion")
         else:
@@ -464,50 +550,56 @@ def plan_proportions(shards: Sequence[Shard], spec: MixtureSpec, problems: list[
     total = math.fsum(targets.values())
     if total > 0 and abs(total - 1.0) > 1e-12 and abs(total - 1.0) <= PROPORTION_TOLERANCE:
         notes.append(f"data.target_proportions sum to {total:.6g}; each share was divided by that sum")
-    mass = sum(targets[d] for d in by_domain)
-    entries: list[MixtureEntry] = []
-    if mass > 0:
-        for domain, members in by_domain.items():
-            share = targets[domain] / mass
-            total = sum(s.tokens for s in members)
-            for s in members:
-                w = share * s.tokens / total if total else share / len(members)
-                entries.append(MixtureEntry(s.prefix, s.name, s.language, s.domain, s.subdomain, s.tokens, 1.0,
-                                            w, w * spec.budget_tokens, s.bin_bytes, s.idx_bytes))
-    elif not problems:
-        problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",
-                                "check the shares and the exclude list"))
+    mass = sum(targets[d] for d in present)
+    if not kept or mass <= 0:
+        if not problems:
+            problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",
+                                    "check the shares and the exclude list"))
+        return _empty("proportions", spec)
+    domain_tokens: dict[str, int] = {}
+    domain_count: dict[str, int] = {}
+    for i in kept:
+        domain_tokens[t.domain[i]] = domain_tokens.get(t.domain[i], 0) + t.tokens[i]
+        domain_count[t.domain[i]] = domain_count.get(t.domain[i], 0) + 1
+    w = []
+    for i in kept:
+        d = t.domain[i]
+        share = targets[d] / mass
+        w.append(share * t.tokens[i] / domain_tokens[d] if domain_tokens[d] else share / domain_count[d])
+    result = MixturePlan("proportions", t.take(kept), [1.0] * len(kept), w, spec.budget_tokens, spec.budget_from,
+                         spec.seq_length, tuple(sorted(dropped)), tuple(notes), targets)
     if not problems:
-        _check_budget_and_weights(entries, spec, problems)
-    entries.sort(key=lambda e: (e.name, e.prefix))
-    return MixturePlan("proportions", tuple(entries), spec.budget_tokens, spec.budget_from, spec.seq_length,
-                       tuple(sorted(dropped, key=lambda d: d.name)), tuple(notes), targets)
+        _check_budget_and_weights(result, spec, problems)
+    return result
 
 
-def duplicate_problems(shards: Iterable[Shard]) -> list[Problem]:
-    seen: dict[str, Shard] = {}
+def duplicate_problems(t: ShardTable) -> list[Problem]:
+    """Shard names are unique across signatures (``t`` is sorted by name, so duplicates are neighbours)."""
     out = []
-    for s in shards:
-        if s.name in seen:
-            other = seen[s.name]
-            out.append(Problem(s.signature, s.name, f"shard name listed twice (also in {other.signature})",
+    names = t.name
+    for i in range(1, len(names)):
+        if names[i] == names[i - 1]:
+            out.append(Problem(t.signature[i], names[i], f"shard name listed twice (also in {t.signature[i - 1]})",
                                "list each shard once; shard names must be unique across signatures"))
-        else:
-            seen[s.name] = s
     return out
 
 
-def scaled_budget(shards: Sequence[Shard], spec: MixtureSpec) -> float:
+def as_table(shards: Iterable[Shard] | ShardTable) -> ShardTable:
+    return shards if isinstance(shards, ShardTable) else ShardTable.from_shards(shards)
+
+
+def scaled_budget(shards: Iterable[Shard] | ShardTable, spec: MixtureSpec) -> float:
     """Seed 000's total: the sum of each kept shard's tokens x its multiplier (so a shard sees tc x m)."""
+    t = as_table(shards)
     per_language = is_per_language(spec.data_ratio)
     excluded = {exclude_keys(e) for e in spec.exclude}
     total: list[float] = []
-    for s in shards:
-        if s.name in excluded or _stem(s.name) in excluded:
+    for nm, lang, domain, tokens in zip(t.name, t.language, t.domain, t.tokens):
+        if nm in excluded or _stem(nm) in excluded:
             continue
-        m = _multiplier(spec.data_ratio, per_language, s.language, s.domain)
+        m = _multiplier(spec.data_ratio, per_language, lang, domain)
         if _number(m) and m > 0:
-            total.append(s.tokens * m)
+            total.append(tokens * m)
     return math.fsum(total)
 
 
@@ -516,14 +608,20 @@ def whole_tokens(tokens: float) -> int:
     return math.ceil(round(tokens, 3))
 
 
-def plan(shards: Sequence[Shard], spec: MixtureSpec) -> MixturePlan:
+def plan(shards: Iterable[Shard] | ShardTable, spec: MixtureSpec) -> MixturePlan:
     """Plan the mixture, or raise ``MixtureError`` with every problem. Input order does not matter."""
-    ordered = sorted(shards, key=lambda s: (s.name, s.prefix))  # seed 002 sorted by name
-    problems = duplicate_problems(ordered)
-    if spec.target_proportions is not None:
-        result = plan_proportions(ordered, spec, problems)
+    t = as_table(shards)
+    names = t.name
+    if len(set(names)) == len(names):
+        order = sorted(range(len(names)), key=names.__getitem__)  # seed 002 sorted by name
     else:
-        result = plan_ratio(ordered, spec, problems)
+        order = sorted(range(len(names)), key=lambda i: (names[i], t.prefix[i], t.signature[i]))
+    t = t.take(order)
+    problems = duplicate_problems(t)
+    if spec.target_proportions is not None:
+        result = plan_proportions(t, spec, problems)
+    else:
+        result = plan_ratio(t, spec, problems)
     if problems:
         raise MixtureError(problems)
     return result
@@ -541,17 +639,55 @@ def read_exclude(raw: Any, file: str) -> list[str]:
     return raw
 
 
-def shards_from_signatures(folder: TrainingFolder) -> list[Shard]:
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """The fields of a signature entry the planner reads (the rest, e.g. hashes, are skipped unparsed)."""
+
+    prefix: str
+    language: str
+    domain: str
+    subdomain: str
+    tokens: _Count
+    bin_bytes: _Count
+    idx_bytes: _Count
+
+
+class _Listing(msgspec.Struct):
+    root: str
+    shards: list[_Entry]
+
+
+_DECODE = msgspec.json.Decoder(_Listing)
+
+
+def read_signature_shards(path: Path) -> ShardTable:
+    """The shards of one data signature, with absolute prefixes.
+
+    A typed msgspec decoder reads only the fields the planner uses, checking their types and signs (about
+    5x faster than a full pydantic validation of a 100,000-shard signature); if it fails, the full
+    ``experiment.data.signature.read`` runs, whose error names the entry and field."""
     from experiment.data.signature import read
 
-    shards = []
-    for path in folder.signature_paths:
-        sig = read(path)
-        root = sig.root_path(path)
-        for e in sig.shards:
-            shards.append(Shard(str(root / e.prefix), e.language, e.domain, e.subdomain, e.tokens,
-                                e.bin_bytes, e.idx_bytes, str(path)))
-    return shards
+    try:
+        listing = _DECODE.decode(path.read_bytes())
+    except msgspec.MsgspecError as err:
+        read(path)  # raises pydantic's ValidationError, naming the entry and the field
+        raise ValueError(f"{path}: {err}") from None
+    root = Path(listing.root)
+    root = root if root.is_absolute() else (path.parent / root).resolve()
+    head = str(root).rstrip("/") + "/"
+    entries = listing.shards
+    rel = [e.prefix for e in entries]
+    return ShardTable([head + p for p in rel], [p.rpartition("/")[2] for p in rel],
+                      [e.language for e in entries], [e.domain for e in entries], [e.subdomain for e in entries],
+                      [e.tokens for e in entries], [e.bin_bytes for e in entries], [e.idx_bytes for e in entries],
+                      [str(path)] * len(entries))
+
+
+def shards_from_signatures(folder: TrainingFolder) -> ShardTable:
+    return ShardTable.concat([read_signature_shards(p) for p in folder.signature_paths])
 
 
 def training_tokens(folder: TrainingFolder) -> tuple[int, str]:
@@ -563,7 +699,7 @@ def training_tokens(folder: TrainingFolder) -> tuple[int, str]:
         f"training.train_iters {t.train_iters} x global_batch_size {t.global_batch_size} x seq_length {seq}")
 
 
-def spec_from_folder(folder: TrainingFolder, shards: Sequence[Shard] | None = None) -> MixtureSpec:
+def spec_from_folder(folder: TrainingFolder, shards: ShardTable | None = None) -> MixtureSpec:
     d = folder.config.data
     rel = lambda p: str(folder.resolve(p))  # noqa: E731
     cfg_file = str(folder.path / "experiment.toml")
