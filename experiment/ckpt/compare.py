@@ -69,17 +69,17 @@ def hf_logits(hf_dir: str | Path, batches: list[list[int]]):
         return torch.cat([model(torch.tensor([b])).logits.float() for b in batches], dim=1)[0]
 
 
-def load_megatron(ckpt_dir: str | Path, iteration: int | None = None, seq_length: int = 4096):
-    """The GPTModel of a kit checkpoint (any saved TP/PP layout) on this process's TP=1/PP=1 layout,
-    in float32. Needs ``experiment.train.distributed.initialize()``."""
+def load_megatron(ckpt_dir: str | Path, iteration: int | None = None, seq_length: int = 4096, layout=None):
+    """The GPTModel of a kit checkpoint (saved in any TP/PP layout) for this rank of ``layout``
+    (default TP=1/PP=1), in float32. Needs ``experiment.train.distributed.initialize(layout)``."""
     import torch
     from megatron.core import dist_checkpointing
 
     from experiment.ckpt.convert import _strategies
-    from experiment.train.model import build_gpt_model
+    from experiment.train.model import ParallelLayout, build_gpt_model
 
     meta = read(ckpt_dir)
-    model = build_gpt_model(meta.shape, seq_length, padded_vocab_size=meta.padded_vocab_size,
+    model = build_gpt_model(meta.shape, seq_length, layout or ParallelLayout(), padded_vocab_size=meta.padded_vocab_size,
                             params_dtype=torch.float32, perform_initialization=False)
     _, load_strategy = _strategies()
     state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(iteration_path(ckpt_dir, iteration)),
