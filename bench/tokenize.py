@@ -1,0 +1,225 @@
+"""Tokenization throughput: the kit end to end vs raw encoders on the same texts and threads.
+
+    python bench/tokenize.py [--mb 100] [--corpus DIR] [--tokenizer PATH] [--megatron-lm CHECKOUT]
+
+Rows (each in its own process, so peak memory is its own):
+  kit end to end   `experiment data tokenize`: read JSONL, encode, append EOD, write .bin/.idx, count, rename
+  sentencepiece    the reference encoder, `encode(list, num_threads=N)` on in-memory texts, nothing written
+  tokenizers       HF `encode_batch` on in-memory texts (tokenizer.json of the same model), nothing written
+  gigatoken        `encode_batch` on in-memory texts, nothing written
+  preprocess_data  Megatron-LM's tools/preprocess_data.py, whole command (only with --megatron-lm)
+"ids ok" compares every document's ids with sentencepiece's. The ratio column is tokens/s over the
+fastest raw encoder whose ids are identical (the issue's goal: kit >= 0.8).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named tokenize.py: drop its folder from sys.path so `import tokenize` (stdlib, used by
+# linecache/inspect) is not this script.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _texts(corpus: Path) -> list[str]:
+    from experiment.data import sources
+
+    out: list[str] = []
+    for path in sources.find_inputs([corpus]):
+        for batch in sources.read_batches(path):
+            out.extend(t for t in batch.to_pylist() if t)
+    return out
+
+
+def _digest(flat: np.ndarray, lengths: np.ndarray) -> str:
+    import blake3
+
+    h = blake3.blake3()
+    h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(flat, dtype=np.uint32).tobytes())
+    return h.hexdigest()
+
+
+def _rows_digest(rows) -> str:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.uint32, count=int(lengths.sum()))
+    return _digest(flat, lengths)
+
+
+def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, threads: int, megatron: str | None) -> dict:
+    """One measurement; returns seconds, docs, tokens (without EOD) and the ids digest."""
+    if kind == "kit":
+        from experiment.data.tokenize import TokenizeConfig, run
+
+        out = work / "kit-out"
+        t0 = time.perf_counter()
+        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False))
+        seconds = time.perf_counter() - t0
+        flats, lengths = [], []
+        for shard in report.shards:
+            from experiment.data.shards import read_shard
+
+            info = read_shard(shard.prefix)
+            data = np.fromfile(f"{shard.prefix}.bin", dtype=np.dtype(info.dtype))
+            idx = np.frombuffer(Path(f"{shard.prefix}.idx").read_bytes(), dtype=np.uint8)
+            n = info.counts.sentences
+            seq = np.frombuffer(idx[34 : 34 + 4 * n].tobytes(), dtype=np.int32).astype(np.int64)
+            keep = np.ones(len(data), dtype=bool)
+            keep[np.cumsum(seq) - 1] = False  # drop EOD
+            flats.append(data[keep].astype(np.uint32))
+            lengths.append(seq - 1)
+        flat, lens = np.concatenate(flats), np.concatenate(lengths)
+        return {"seconds": seconds, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens), "note": report.backend_note}
+    if kind == "preprocess_data":
+        inp = work / "all.jsonl"
+        if not inp.exists():
+            with open(inp, "wb") as fh:
+                for p in sorted(corpus.glob("*.jsonl")):
+                    fh.write(p.read_bytes())
+        cmd = [sys.executable, f"{megatron}/tools/preprocess_data.py", "--input", str(inp), "--output-prefix", str(work / "mlm"),
+               "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(tokenizer), "--append-eod",
+               "--workers", str(threads), "--json-keys", "text"]
+        env = dict(os.environ, PYTHONPATH=f"{megatron}:{os.environ.get('PYTHONPATH', '')}")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - t0
+        if proc.returncode:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        ds = IndexedDataset(str(work / "mlm_text_document"))
+        rows = [ds[i].tolist()[:-1] for i in range(len(ds))]
+        return {"seconds": seconds, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+    texts = _texts(corpus)
+    if kind == "sentencepiece":
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+        t0 = time.perf_counter()
+        rows = sp.encode(texts, num_threads=threads)
+        seconds = time.perf_counter() - t0
+    elif kind == "tokenizers":
+        from tokenizers import Tokenizer
+
+        tk = Tokenizer.from_file(str(tok_json))
+        tk.encode_special_tokens = True
+        t0 = time.perf_counter()
+        encodings = tk.encode_batch(texts, add_special_tokens=False)
+        seconds = time.perf_counter() - t0
+        rows = [e.ids for e in encodings]
+    elif kind == "gigatoken":
+        import awkward as ak
+        import gigatoken
+
+        config = json.loads(tok_json.read_text())
+        config["added_tokens"] = [t for t in config["added_tokens"] if not t.get("special")]
+        g = gigatoken.Tokenizer.from_json(json.dumps(config))
+        g.encode_batch(texts[:100])  # start the thread pool outside the timing
+        t0 = time.perf_counter()
+        out = g.encode_batch(texts)
+        seconds = time.perf_counter() - t0
+        layout = ak.to_layout(out)
+        offsets = np.asarray(layout.offsets.data)
+        lens = np.diff(offsets)
+        return {"seconds": seconds, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(np.asarray(layout.content.data)[: offsets[-1]], lens)}
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+    return {"seconds": seconds, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size built by `experiment data sample`")
+    ap.add_argument("--corpus", type=Path, default=None, help="folder of JSONL shards (default: build one)")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="SentencePiece .model (default: mistral-common's)")
+    ap.add_argument("--megatron-lm", default=None, help="a Megatron-LM checkout, to time tools/preprocess_data.py")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=1, help="runs per row; the best is reported")
+    ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, corpus, tok, tok_json, work, threads, megatron = args.child
+        result = child(kind, Path(corpus), Path(tok), Path(tok_json), Path(work), int(threads), megatron if megatron != "-" else None)
+        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        import mistral_common
+
+        tokenizer = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    corpus = args.corpus
+    if corpus is None:
+        corpus = Path(tempfile.gettempdir()) / f"midtrain-bench-corpus-{args.mb:g}mb"
+        if not any(corpus.glob("*.jsonl")):
+            from experiment.data.corpus import build_sample
+
+            build_sample(corpus, mb=args.mb, console=console)
+    size = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
+    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+    from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
+
+    tok_json = work / "tokenizer.json"
+    tok_json.write_text(sentencepiece_to_tokenizer_json(tokenizer.read_bytes()))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
+    kinds = ["sentencepiece", "kit", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
+    results: dict[str, dict] = {}
+    for kind in kinds:
+        best = None
+        for _ in range(args.repeat):
+            import shutil
+
+            shutil.rmtree(work / "kit-out", ignore_errors=True)
+            cmd = [sys.executable, __file__, "--child", kind, str(corpus), str(tokenizer), str(tok_json), str(work), str(args.threads), args.megatron_lm or "-"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                res = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+            else:
+                res = json.loads(line[7:])
+            if best is None or ("seconds" in res and res["seconds"] < best.get("seconds", float("inf"))):
+                best = res
+        results[kind] = best
+        console.print(f"{kind}: {best.get('seconds', best.get('error'))}")
+    reference = results["sentencepiece"].get("digest")
+    identical = {k: r.get("digest") == reference for k, r in results.items() if "digest" in r}
+    raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken") if identical.get(k)]
+    fastest = max(raw, key=lambda k: results[k]["tokens"] / results[k]["seconds"]) if raw else None
+    anchor = results[fastest]["tokens"] / results[fastest]["seconds"] if fastest else None
+    table = Table(title=f"tokenize {size / 1e6:.0f} MB ({len(list(corpus.glob('*.jsonl')))} JSONL shards), {args.threads} threads, "
+                        f"{tokenizer.name}; ratio vs {fastest}")
+    for col in ("row", "what is timed", "seconds", "docs/s", "Mtok/s", "peak MB", "ids == sentencepiece", "ratio"):
+        table.add_column(col, justify="left" if col in ("row", "what is timed") else "right")
+    what = {"kit": "read+encode+write+count", "sentencepiece": "encode (in memory)", "tokenizers": "encode_batch (in memory)",
+            "gigatoken": "encode_batch (in memory)", "preprocess_data": "whole command"}
+    for kind in kinds:
+        r = results[kind]
+        if "error" in r:
+            table.add_row(kind, what[kind], "-", "-", "-", "-", "-", r["error"][:60])
+            continue
+        rate = r["tokens"] / r["seconds"]
+        table.add_row(kind, what[kind], f"{r['seconds']:.2f}", f"{r['docs'] / r['seconds']:,.0f}", f"{rate / 1e6:.2f}",
+                      f"{r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO", f"{rate / anchor:.2f}" if anchor else "-")
+    console.print(table)
+    if "kit" in results and "note" in results["kit"]:
+        console.print(f"kit backend: {results['kit']['note']}")
+
+
+if __name__ == "__main__":
+    main()
