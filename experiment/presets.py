@@ -7,6 +7,7 @@ for smoke tests; ``experiment.train.model`` turns a shape into a megatron.core `
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +35,20 @@ class ModelShape(BaseModel):
     @property
     def kv_channels(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def differences(self, other: "ModelShape") -> dict[str, tuple]:
+        """Fields that differ, as (self, other). Floats compare to float32 precision: a shape read back
+        from a GGUF or fp32 config (rms eps 9.99999975e-06) is the same model as its preset (1e-05)."""
+        diff = {}
+        for name, mine in self.model_dump().items():
+            theirs = getattr(other, name)
+            if isinstance(mine, float) and isinstance(theirs, float):
+                if math.isclose(mine, theirs, rel_tol=1e-6):
+                    continue
+            elif mine == theirs:
+                continue
+            diff[name] = (mine, theirs)
+        return diff
 
 
 PRESETS: dict[str, ModelShape] = {

