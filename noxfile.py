@@ -30,6 +30,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The embedded default run; for now the data pipeline on the sample corpus (experiment data demo)."""
+    install_kit(session)
+    session.run("experiment", "data", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lock(session: nox.Session) -> None:
     """Re-resolve env/cpu.lock.txt and env/gpu.lock.txt (with hashes) from pyproject.toml using uv."""
     import sys

@@ -169,5 +169,20 @@ def sample(
     build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
 
 
+@data_app.command()
+@_friendly
+def demo(
+    work: Path = typer.Option(Path("work/data-demo"), help="folder for the raw sample and the shards"),
+    signatures: Path = typer.Option(Path("data_signatures"), help="where the signature is written"),
+    tokenizer: Path = typer.Option(None, "--tokenizer", "-t", help="default: mistral-common's SentencePiece model"),
+    mb: float = typer.Option(2.0, "--mb", help="sample size in MB"),
+    name: str = typer.Option("demo-data", help="signature name"),
+) -> None:
+    """The data half of the demo: sample -> tokenize -> count -> signature (prints where outputs are)."""
+    from experiment.data.demo_pipeline import run_data_demo
+
+    run_data_demo(work, signatures, tokenizer, mb, name, console=console)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
