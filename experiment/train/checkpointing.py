@@ -207,6 +207,7 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
     )
     dist.barrier()
     if rank == 0:
+        _normalize_dcp_metadata(partial, final.name, state.iteration)
         _atomic_write(partial / MANIFEST_NAME,
                       json.dumps({"iteration": state.iteration, "files": _listing(partial)}, indent=1, sort_keys=True))
         if final.exists():  # re-saving an iteration (after a fallback): keep the new one only
@@ -225,6 +226,32 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
     return final
 
 
+def _normalize_dcp_metadata(folder: Path, name: str, iteration: int) -> None:
+    """Make torch DCP's ``.metadata`` a function of the checkpoint's content only.
+
+    torch records the absolute save path (here the ``.partial`` name) and a random uuid as
+    ``storage_meta``; both are informational (loading ignores them) but make two identical runs differ
+    byte for byte. They are replaced by the folder's final name and the iteration.
+    """
+    import pickle
+
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    path = folder / ".metadata"
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        metadata = pickle.load(fh)
+    if getattr(metadata, "storage_meta", None) is not None:
+        metadata.storage_meta = StorageMeta(checkpoint_id=name, save_id=f"iteration-{iteration}")
+        tmp = path.with_name(".metadata.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(metadata, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -239,6 +266,8 @@ def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainSta
     from megatron.core import dist_checkpointing
 
     good, warnings = usable_iterations(save_dir)
+    if good:
+        _materialize_optimizer_state(optimizer)
     for it in good:
         folder = iteration_dir(save_dir, it)
         _, load_strategy = _strategies()
@@ -248,15 +277,65 @@ def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainSta
                 sharded_strategy=load_strategy,
             )
         except Exception as err:  # a shard that passes the size check but does not read
+            log.warning("loading %s failed", folder, exc_info=True)
             warnings.append(f"checkpoint iteration {it} failed to load ({type(err).__name__}: {err})")
             continue
-        model.load_state_dict(loaded["model"], strict=True)
-        optimizer.load_state_dict(loaded["optimizer"])
+        import torch
+
+        with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
+            model.load_state_dict(loaded["model"], strict=True)
+            optimizer.load_state_dict(loaded["optimizer"])
+        _restore_adam_steps(optimizer)
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
         rng = loaded["rng_state"]
         set_rng_state(rng[0] if isinstance(rng, list) else rng)
         return TrainState(int(loaded["iteration"]), int(loaded["consumed_samples"])), warnings
     return None, warnings
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """Put the checkpoint's Adam step count back into every parameter's own ``step`` tensor.
+
+    megatron.core 0.16's DistributedOptimizer without Apex/TE keeps the step in the saved
+    ``param_groups`` only; on load it assigns one shared tensor to all parameters and the per-parameter
+    state loaded afterwards keeps the placeholder count. Either way the bias correction of the first
+    resumed steps would differ from an uninterrupted run. The group's value is the saved one.
+    """
+    import torch
+
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(part, "optimizer", None)
+        if inner is None:
+            continue
+        for group in inner.param_groups:
+            if "step" not in group:
+                continue
+            step = float(group.pop("step"))  # a fresh optimizer's groups carry no step either
+            for p in group["params"]:
+                state = inner.state.get(p)
+                if state is not None and "step" in state:
+                    state["step"] = torch.tensor(step, dtype=state["step"].dtype, device=state["step"].device)
+
+
+def _materialize_optimizer_state(optimizer) -> None:
+    """Create Adam's state tensors (with lr 0, so no parameter moves) before a resume.
+
+    Without Apex/Transformer Engine the torch Adam state is created lazily at the first step, and
+    megatron's DistributedOptimizer.state_dict() needs it to exist to describe what to load into.
+    """
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    for part in parts:
+        inner = getattr(part, "optimizer", None)
+        if inner is None or inner.state or not hasattr(part, "_init_optimizer_states_with_dummy_values"):
+            continue
+        saved = [(g, g["lr"], g.get("weight_decay", 0.0)) for g in inner.param_groups]
+        for g, _, _ in saved:
+            g["lr"], g["weight_decay"] = 0.0, 0.0
+        try:
+            part._init_optimizer_states_with_dummy_values()
+        finally:
+            for g, lr, wd in saved:
+                g["lr"], g["weight_decay"] = lr, wd
 
 
 def load_base(base_dir: Path, model) -> tuple[int, Path]:

@@ -104,8 +104,8 @@ def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
         return padded_vocab_size(shape.vocab_size, layout.tensor_parallel), None
     base = folder.resolve(ck.base)
     meta = ckpt_meta.read(base)
-    if meta.shape != shape:
-        diff = {k: (v, getattr(shape, k)) for k, v in meta.shape.model_dump().items() if getattr(shape, k) != v}
+    diff = meta.shape.differences(shape)
+    if diff:
         raise ValueError(
             f"{base}/kit_checkpoint.json: the base checkpoint's shape differs from the folder's model "
             f"(base, folder): {diff}; fix: set [model] preset/overrides to the base's shape"
@@ -172,6 +172,17 @@ def _domain_counter(dataset, blend):
     return count
 
 
+def _seed_host_rngs(seed: int) -> None:
+    """Python's and numpy's global generators (torch's are seeded by ``distributed.initialize``): they are
+    part of the saved RNG state, so they must start from the seed for runs to be byte-identical."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def _write_status(log_dir: Path, payload: dict) -> None:
     tmp = log_dir / f".{STATUS_NAME}.tmp"
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -200,6 +211,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
     det_env = determinism.apply(t.deterministic)  # before any CUDA/NCCL work
     layout = ParallelLayout(t.tensor_parallel, t.pipeline_parallel)
     env = distributed.initialize(layout, seed=t.seed)
+    _seed_host_rngs(t.seed)
     shape, seq = cfg.model.shape, cfg.model.seq_length
     bf16 = t.precision == "bf16"
     iters = train_iterations(t, seq)

@@ -1,0 +1,135 @@
+"""Real training runs under torchrun (2 processes, gloo, the tiny preset on real tokenized text)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from experiment.train.metrics import read_losses, unhex
+from tests.train.conftest import start_torchrun, torchrun, tree_bytes
+from tests.train.corpus import make_folder
+
+pytestmark = pytest.mark.slow
+
+ITERS = 8
+
+
+def _ok(res) -> str:
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted DP=2 run from scratch: 8 iterations, checkpoints at 4 and 8."""
+    folder = make_folder(tmp_path_factory.mktemp("ref") / "run", corpus, iters=ITERS)
+    _ok(torchrun(folder))
+    return folder
+
+
+def test_dp2_loss_falls_and_outputs_are_written(reference):
+    losses = [unhex(r["loss"]) for r in read_losses(reference / "logs")]
+    assert len(losses) == ITERS and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses  # real learning, not noise
+    ckpt = reference / "checkpoints"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(ITERS)
+    assert {p.name for p in ckpt.glob("iter_*")} == {"iter_0000004", "iter_0000008"}
+    assert (ckpt / "kit_checkpoint.json").is_file()
+    # the layout `experiment ckpt export` reads: model weights under the top-level "model" key
+    from megatron.core import dist_checkpointing
+
+    keys = dist_checkpointing.load_tensors_metadata(str(ckpt / "iter_0000008"))
+    assert any(k.startswith("model.") or k.startswith("embedding") for k in keys), sorted(keys)[:5]
+    evals = [json.loads(line) for line in (reference / "logs" / "eval.jsonl").read_text().splitlines()]
+    assert {e["domain"] for e in evals} == {"pydoc", "debref"}
+    assert {e["iteration"] for e in evals} == {4, ITERS}
+    assert (reference / "logs" / "loss.png").stat().st_size > 1000
+    assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    status = json.loads((reference / "logs" / "run_status.json").read_text())
+    assert status["state"] == "finished" and status["iteration"] == ITERS
+    assert json.loads((reference / "logs" / "determinism.json").read_text())["CUBLAS_WORKSPACE_CONFIG"]
+
+
+def test_two_identical_runs_give_identical_bytes(reference, corpus, tmp_path):
+    again = make_folder(tmp_path / "run", corpus, iters=ITERS)
+    _ok(torchrun(again))
+    assert tree_bytes(again / "checkpoints") == tree_bytes(reference / "checkpoints")
+    for name in ("losses.jsonl", "eval.jsonl"):
+        assert (again / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+
+
+def test_sigkill_then_restart_ends_byte_identical(reference, corpus, tmp_path):
+    folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
+    proc = start_torchrun(folder)
+    latest = folder / "checkpoints" / "latest_checkpointed_iteration.txt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill once a checkpoint exists and training went on past it
+            done = read_losses(folder / "logs") if latest.is_file() else []
+            if done and done[-1]["iteration"] > int(latest.read_text()):
+                break
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.05)
+        _kill_tree(proc.pid)
+    finally:
+        proc.wait()
+    assert not (folder / "logs" / "run_status.json").exists(), "the run finished before it was killed"
+    killed_at = read_losses(folder / "logs")[-1]["iteration"]
+    assert killed_at < ITERS
+    out = _ok(torchrun(folder))
+    assert "resumed from" in out, out[-3000:]
+    assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
+    for name in ("losses.jsonl", "eval.jsonl"):
+        assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and every worker (torchrun starts each worker in its own session, so killing
+    its process group alone would leave the workers running): what a node failure looks like."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference, corpus, tmp_path):
+    """A truncated shard in the newest checkpoint: the previous one is used, and the run still ends
+    on the same bytes."""
+    folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
+    shutil.copytree(reference / "checkpoints", folder / "checkpoints")
+    (folder / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("8\n")
+    victim = sorted((folder / "checkpoints" / "iter_0000008").glob("*.distcp"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    shutil.copytree(reference / "logs", folder / "logs")
+    out = _ok(torchrun(folder))
+    assert "checkpoint iteration 8 is not usable" in out and "resumed from" in out and "iter_0000004" in out
+    assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
+    assert (folder / "logs" / "losses.jsonl").read_bytes() == (reference / "logs" / "losses.jsonl").read_bytes()
+
+
+def test_tp2_continues_from_a_base_checkpoint(reference, corpus, tmp_path):
+    """TP=2 run whose base is the DP run's checkpoint (saved at TP=1: dist_checkpointing reshards);
+    the log names the base and its hash, and training starts from the trained loss, not from scratch."""
+    folder = make_folder(tmp_path / "run", corpus, tp=2, iters=2, save_interval=2, eval_interval=2,
+                         warmup=0, checkpoint=f'base = "{reference / "checkpoints"}"')
+    out = _ok(torchrun(folder))
+    assert "base checkpoint loaded" in out and "blake3:" in out, out[-3000:]
+    assert "TP=2" in out and "DP=1" in out
+    first = unhex(read_losses(folder / "logs")[0]["loss"])
+    scratch_first = unhex(read_losses(reference / "logs")[0]["loss"])
+    assert first < scratch_first - 0.3, (first, scratch_first)
+    base = json.loads((folder / "logs" / "base_checkpoint.json").read_text())
+    assert base["hash"].startswith("blake3:") and base["iteration"] == ITERS
