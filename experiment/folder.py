@@ -80,6 +80,9 @@ class DataSection(_Section):
     normalize_lang_prob: bool = Field(
         default=False, description="divide lang_prob.json by its sum (seed 002 did so silently) instead of refusing"
     )
+    allow_mixture_change: bool = Field(
+        default=False, description="let a resumed run continue with a mixture other than the one it started with"
+    )
 
 
 class ModelSection(_Section):
