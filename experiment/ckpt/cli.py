@@ -35,6 +35,17 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # "Apex is not installed" etc.
 
 
+def _init_single() -> bool:
+    """A one-process group for export/check; True when this command started it (and must end it)."""
+    import torch.distributed as dist
+
+    from experiment.train import distributed
+
+    owned = not dist.is_initialized()
+    distributed.initialize()
+    return owned
+
+
 def _summary(title: str, rows: list[tuple[str, str]]) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("", style="bold")
@@ -80,15 +91,19 @@ def import_cmd(
         console.print(f"starting {tp * pp} ranks: {' '.join(cmd[2:])}")
         raise typer.Exit(subprocess.call(cmd))
 
+    import torch.distributed as dist
+
     from experiment.train import distributed
 
+    owned = not dist.is_initialized()
     distributed.initialize(layout)
     try:
         stats = convert.import_checkpoint(src, out_dir, layout)
     except CheckpointError as err:
         _fail(err)
     finally:
-        distributed.shutdown()
+        if owned:
+            distributed.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         shape = src.shape
         _summary(f"imported {src.family.architecture}", [
@@ -122,14 +137,15 @@ def export_cmd(
     from experiment.train import distributed
 
     _quiet()
-    distributed.initialize()
+    owned = _init_single()
     try:
         stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
                                           max_shard_bytes=max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:
-        distributed.shutdown()
+        if owned:
+            distributed.shutdown()
     _summary("exported", [("checkpoint", str(ckpt_dir)), ("Hugging Face folder", str(stats.out)),
                           ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
                           ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)")])
@@ -157,13 +173,14 @@ def check_cmd(
         body = text.read_text(encoding="utf-8") if text else compare.default_text()
     except (OSError, UnicodeDecodeError) as err:
         _fail(CheckpointError(f"{text}: cannot read it as UTF-8 text ({err}); fix: pass a text file"))
-    distributed.initialize()
+    owned = _init_single()
     try:
         report = compare.check(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches, iteration=iteration)
     except CheckpointError as err:
         _fail(err)
     finally:
-        distributed.shutdown()
+        if owned:
+            distributed.shutdown()
     tol = compare.Tolerance(max_abs_diff, min_top1, max_kl)
     ok = report.passes(tol)
     table = Table(title=f"logits check: {'[green]pass[/green]' if ok else '[red]FAIL[/red]'}")
