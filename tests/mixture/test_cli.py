@@ -99,3 +99,21 @@ def test_check_command_reports_mixture_problems(tmp_path):
     result = CliRunner().invoke(app, ["check", str(path)])
     assert result.exit_code == 1
     assert "1 problem(s)" in result.output  # the table itself is test_checks' business
+
+
+def test_seed000_train_data_sh_lists_the_seed_token_counts(tmp_path):
+    """Seed 000 end to end: flat ratios + token_budget = "scaled" -> train_data.sh has the seed's numbers."""
+    from tests.mixture.test_plan import SEED000, SEED000_TOTAL
+
+    shards = [(name("en", d, i, v[0]), v[0]) for i, (d, v) in enumerate(SEED000.items())]
+    path = folder(tmp_path / "run", shards, {d: v[1] for d, v in SEED000.items()},
+                  data_extra='token_budget = "scaled"')
+    out = _mix(path)
+    lines = [ln for ln in out["train_data.sh"].decode().splitlines() if ln.startswith('TRAIN_DATA_PATH="${')]
+    listed = {}
+    for ln in lines:  # TRAIN_DATA_PATH="${TRAIN_DATA_PATH} TOKENS PREFIX"
+        _, tokens, prefix = ln.rstrip('"').split(" ")
+        listed[prefix.rpartition("/")[2].split("_")[1]] = int(tokens)
+    assert listed == {d: v[2] for d, v in SEED000.items()}
+    assert sum(listed.values()) == SEED000_TOTAL
+    assert "| **total** | 6 | " in out["report.md"].decode() and f"{SEED000_TOTAL:,}" in out["report.md"].decode()
