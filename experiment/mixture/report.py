@@ -160,11 +160,12 @@ def chart_png(plan: MixturePlan, folder_name: str) -> bytes:
         ax.text(m, y - 0.2, f" {r.epochs:.2f} ep", va="center", fontsize=8)
     ax.set_yticks(list(ys), labels)
     ax.invert_yaxis()
+    ax.set_xlim(0, 1.2 * max(avail + mix + [1.0]))  # room for the epoch labels
     ax.set_xlabel("% of tokens")
     ax.set_title(f"Mixture of {folder_name}: {whole_tokens(plan.budget_tokens):,} tokens")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / max(len(rows), 1)), ncol=3, fontsize=8,
+              frameon=False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
