@@ -21,19 +21,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(folder: Path):
-    from rich.table import Table
-
     from experiment.folder import FolderError, load
 
     try:
         return load(folder)
     except FolderError as err:
-        table = Table(title=f"refusing to run {folder}: {len(err.problems)} problem(s)", show_lines=True)
-        for col in ("file", "field", "problem", "fix"):
-            table.add_column(col, overflow="fold")
-        for p in err.problems:
-            table.add_row(p.file, p.field, p.message, p.fix)
-        console.print(table)
+        console.print(f"[red]refusing to run {folder}[/red]: {len(err.problems)} problem(s)")
+        for p in err.problems:  # one unwrapped line each, so paths and field names stay greppable
+            console.print(f"  {p}", soft_wrap=True, markup=False, highlight=False)
         raise typer.Exit(2)
 
 
