@@ -82,9 +82,11 @@ def _table(title: str, rows: Iterable[Row], with_target: bool) -> str:
 
 def markdown(plan: MixturePlan, folder_name: str, fingerprint: str, valid_fraction: float) -> str:
     with_target = plan.mode == "proportions"
+    rules = ("data_ratio.json x lang_prob.json, seed 002 rules" if plan.mode == "ratio"
+             else "data.target_proportions per domain")
     parts = [
         f"# Data mixture of `{folder_name}`\n",
-        f"- mode: **{plan.mode}** ({'data_ratio.json x lang_prob.json, seed 002 rules' if plan.mode == 'ratio' else 'data.target_proportions per domain'})",
+        f"- mode: **{plan.mode}** ({rules})",
         f"- budget: **{whole_tokens(plan.budget_tokens):,} tokens** ({plan.budget_from}); "
         f"sequence length {plan.seq_length}",
         f"- shards in the blend: {len(plan.entries):,}; left out: {len(plan.dropped):,}",
