@@ -307,7 +307,7 @@ def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
         return None, _schema_problems(path / CONFIG_NAME, err)
     folder = TrainingFolder(path.resolve(), config)
     problems = _json_problems(folder)
-    if not problems:
+    if not errors(problems) and all(f.is_file() for f in folder.signature_paths):
         for entry in SEMANTIC_CHECKS:
             module_name, func_name = entry.split(":")
             try:

@@ -20,11 +20,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(folder: Path):
+def _load(folder: Path, require_artifacts: bool = True):
+    """The validated folder. Rendering a job script with --dry-run does not need the base checkpoint and
+    shards on this host (they live on the cluster's filesystem); running does."""
     from experiment.folder import FolderError, load
 
     try:
-        return load(folder)
+        return load(folder, require_artifacts=require_artifacts)
     except FolderError as err:
         console.print(f"[red]refusing to run {folder}[/red]: {len(err.problems)} problem(s)")
         for p in err.problems:  # one unwrapped line each, so paths and field names stay greppable
@@ -77,9 +79,10 @@ def run(
     from experiment.launch import local
     from experiment.train import determinism
 
-    loaded = _load(folder)
+    preview = _load(folder, require_artifacts=False)
+    kind = launcher or preview.config.launch.launcher
+    loaded = preview if dry_run and kind != "local" else _load(folder)
     cfg = loaded.config
-    kind = launcher or cfg.launch.launcher
     if kind not in ("local", "slurm", "pbs"):
         _fail(f"--launcher {kind!r}: use local, slurm or pbs")
     nnodes = 1 if kind == "local" else cfg.launch.nnodes
