@@ -86,7 +86,7 @@ def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan 
         spec = spec_from_folder(folder, shards)
         return plan(shards, spec), []
     except MixtureError as err:
-        return None, list(err.problems)
+        return getattr(err, "plan", None), list(err.problems)
 
 
 def check_folder(folder: TrainingFolder) -> list[Problem]:

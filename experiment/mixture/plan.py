@@ -45,7 +45,12 @@ PROPORTION_TOLERANCE = 1e-3
 
 
 class MixtureError(FolderError):
-    """The mixture cannot be planned; ``problems`` says why, each naming file and entry."""
+    """The mixture cannot be planned; ``problems`` says why, each naming file and entry. ``plan`` holds what
+    was computed anyway when the rules themselves were fine (e.g. a blend too large for Megatron)."""
+
+    def __init__(self, problems: list[Problem], plan: "MixturePlan | None" = None):
+        super().__init__(problems)
+        self.plan = plan
 
 
 class Shard(NamedTuple):
@@ -623,7 +628,7 @@ def plan(shards: Iterable[Shard] | ShardTable, spec: MixtureSpec) -> MixturePlan
     else:
         result = plan_ratio(t, spec, problems)
     if problems:
-        raise MixtureError(problems)
+        raise MixtureError(problems, result if result.weight else None)
     return result
 
 
