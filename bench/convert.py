@@ -1,0 +1,186 @@
+"""Bench: checkpoint import/export against a plain file copy of the same safetensors (the I/O floor).
+
+    python bench/convert.py [--preset llama3.2-1b] [--layers 16] [--dtype bfloat16] [--out /tmp/bench-convert]
+
+1. Writes a random Hugging Face folder with real Llama shapes (default: Llama-3.2-1B, bf16, 2.5 GB),
+   one safetensors shard per layer.
+2. In separate processes (so each peak RSS is its own): `cp`-like copy of the shards (copyfile + fsync),
+   `experiment ckpt import` (TP=1: the whole model in one process, the worst case for memory), and
+   `experiment ckpt export` of that checkpoint.
+3. Prints MB/s and peak RSS (total, and above the same interpreter's RSS after its imports) next to the
+   copy, plus the largest layer and the largest tensor, which the memory goal is stated against.
+Page cache is warm for every reader (the files were just written); timings are noisy on shared hosts,
+so read the ratios.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# run as a script, bench/ is sys.path[0], and bench/tokenize.py would shadow the stdlib module: use the repo root
+sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process (VmHWM; getrusage's ru_maxrss survives exec and would report the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_model(out: Path, preset: str, layers: int | None, dtype: str) -> dict:
+    """Random HF Llama folder, one shard per layer, written tensor by tensor (never the whole model)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from experiment.presets import PRESETS
+
+    shape = PRESETS[preset]
+    if layers:
+        shape = shape.model_copy(update={"num_layers": layers})
+    if (out / "config.json").is_file():
+        return json.loads((out / "bench_shape.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    h, f, d = shape.hidden_size, shape.ffn_hidden_size, shape.kv_channels
+    q, kv = shape.num_attention_heads * d, shape.num_query_groups * d
+    tdt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(0)
+
+    def rnd(*s):
+        return (torch.randn(*s, generator=gen) * 0.02).to(tdt)
+
+    weight_map = {}
+    shards = [("model.embed_tokens.weight", (shape.vocab_size, h)), ("model.norm.weight", (h,))]
+    if not shape.tie_embeddings:
+        shards.append(("lm_head.weight", (shape.vocab_size, h)))
+    groups = [dict((n, rnd(*s)) for n, s in shards)]
+    for i in range(shape.num_layers):
+        p = f"model.layers.{i}."
+        groups.append({p + "input_layernorm.weight": rnd(h), p + "post_attention_layernorm.weight": rnd(h),
+                       p + "self_attn.q_proj.weight": rnd(q, h), p + "self_attn.k_proj.weight": rnd(kv, h),
+                       p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, q),
+                       p + "mlp.gate_proj.weight": rnd(f, h), p + "mlp.up_proj.weight": rnd(f, h),
+                       p + "mlp.down_proj.weight": rnd(h, f)})
+        if i == 0:
+            layer_bytes = sum(t.numel() * t.element_size() for t in groups[-1].values())
+        name = f"model-{i + 2:05d}-of-{shape.num_layers + 1:05d}.safetensors"
+        save_file(groups.pop(), str(out / name), metadata={"format": "pt"})
+        weight_map |= {k: name for k in _keys_of(out / name)}
+    first = f"model-00001-of-{shape.num_layers + 1:05d}.safetensors"
+    embed_bytes = sum(t.numel() * t.element_size() for t in groups[0].values())
+    save_file(groups.pop(), str(out / first), metadata={"format": "pt"})
+    weight_map |= {k: first for k in _keys_of(out / first)}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h, "intermediate_size": f,
+        "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_query_groups, "vocab_size": shape.vocab_size,
+        "max_position_embeddings": shape.max_position_embeddings, "rms_norm_eps": shape.norm_epsilon,
+        "tie_word_embeddings": shape.tie_embeddings, "hidden_act": "silu", "dtype": dtype,
+        "rope_parameters": ({"rope_type": "llama3", "rope_theta": shape.rope_theta, "factor": shape.rope_scaling_factor,
+                             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+                            if shape.rope_scaling == "llama3" else {"rope_type": "default", "rope_theta": shape.rope_theta}),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    info = {"preset": preset, "layers": shape.num_layers, "dtype": dtype, "layer_bytes": layer_bytes,
+            "largest_tensor_bytes": shape.vocab_size * h * tdt.itemsize, "embed_group_bytes": embed_bytes}
+    (out / "bench_shape.json").write_text(json.dumps(info))
+    return info
+
+
+def _keys_of(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys())
+
+
+# ---------------------------------------------------------------- children (one measurement each)
+
+def child(mode: str, src: str, dst: str) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from experiment.ckpt import convert
+    from experiment.train import distributed
+    from experiment.train.model import ParallelLayout
+
+    baseline = _rss_mb()
+    start = time.perf_counter()
+    if mode == "copy":
+        Path(dst).mkdir(parents=True)
+        for f in sorted(Path(src).iterdir()):
+            shutil.copyfile(f, Path(dst) / f.name)
+            fd = os.open(Path(dst) / f.name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    elif mode == "import":
+        distributed.initialize()
+        convert.import_checkpoint(convert.plan_import(src, dst, ParallelLayout()), dst, ParallelLayout(),
+                                  show_progress=False)
+    elif mode == "export":
+        distributed.initialize()
+        convert.export_checkpoint(src, dst, show_progress=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": baseline}
+
+
+def run_child(mode: str, src: Path, dst: Path) -> dict:
+    shutil.rmtree(dst, ignore_errors=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="llama3.2-1b")
+    ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-convert"))
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+
+    hf = args.out / "hf"
+    info = make_model(hf, args.preset, args.layers, args.dtype)
+    size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
+    rows = [("plain copy (I/O floor)", run_child("copy", hf, args.out / "copy")),
+            ("experiment ckpt import (TP=1)", run_child("import", hf, args.out / "ckpt")),
+            ("experiment ckpt export", run_child("export", args.out / "ckpt", args.out / "back"))]
+    floor = rows[0][1]
+    layer_mb, tensor_mb = info["layer_bytes"] / 1e6, info["largest_tensor_bytes"] / 1e6
+    table = Table(title=f"{args.preset} ({info['layers']} layers, {args.dtype}): {size / 1e9:.2f} GB of safetensors; "
+                        f"one layer {layer_mb:.0f} MB, largest tensor {tensor_mb:.0f} MB")
+    for col in ("step", "seconds", "MB/s", "speed vs copy", "peak RSS MB", "RSS above imports MB",
+                "above-imports / largest layer"):
+        table.add_column(col, justify="right" if col != "step" else "left")
+    largest_layer = max(layer_mb, info["embed_group_bytes"] / 1e6)
+    for name, r in rows:
+        mbs = size / 1e6 / r["seconds"]
+        above = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        table.add_row(name, f"{r['seconds']:.1f}", f"{mbs:.0f}", f"{mbs / (size / 1e6 / floor['seconds']):.2f}x",
+                      f"{r['peak_rss_mb']:.0f}", f"{above:.0f}", f"{above / largest_layer:.2f}")
+    Console().print(table)
+    print(json.dumps({"bytes": size, "info": info, "rows": {n: r for n, r in rows}}))
+
+
+if __name__ == "__main__":
+    main()
