@@ -16,8 +16,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     LANG=C.UTF-8 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-
 COPY env/cpu.lock.txt env/gpu.lock.txt /opt/midtrain-kit/env/
 
 # build/wheelhouse: the locked wheels (CPU: every one, made on the host; GPU: only the kit's wheel)

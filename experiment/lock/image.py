@@ -50,7 +50,9 @@ def record(flavor: str, kit_commit: str, kit_dirty_diff_hash: str, path: Path = 
 
 
 def _run(cmd: list[str], env: dict | None = None, capture: bool = False) -> str:
-    print("+ " + shlex.join(cmd), flush=True)
+    import time
+
+    print(f"+ [{time.strftime('%H:%M:%S')}] " + shlex.join(cmd), flush=True)
     res = subprocess.run(cmd, env=env, cwd=REPO, text=True, capture_output=capture)
     if res.returncode != 0:
         raise BuildError(f"{cmd[0]} failed (exit {res.returncode}): {shlex.join(cmd)}\n{res.stderr or ''}")

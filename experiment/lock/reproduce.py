@@ -413,11 +413,11 @@ def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None) 
 def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
     cmd = [sys.executable, "-m", "experiment.cli", "run", os.fspath(folder_path)]
     if options.container:
-        cmd += ["--container"] + ([options.image] if options.image else [])
+        cmd += ["--container"] + (["--image", options.image] if options.image else [])
     else:
         cmd += ["--host"]
     if options.steps:
-        cmd += ["--steps", str(options.steps)]
+        cmd += ["--max-iterations", str(options.steps)]
     return cmd
 
 
@@ -515,6 +515,8 @@ def main(options: ReproduceOptions, console) -> int:
         return 3
     have = lockfile.outputs_section(load(mirror), cache)
     div = compare_outputs(lock["outputs"], have, options.steps)
+    relock = mirror / lockfile.LOCK_NAME
+    sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None
     table = Table(title="re-run against the lock")
     for col in ("compared", "result"):
         table.add_column(col)
@@ -524,5 +526,13 @@ def main(options: ReproduceOptions, console) -> int:
     table.add_row(f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}",
                   "identical" if div.checkpoint is None else
                   f"[red]{div.checkpoint} differs[/red]: first tensor {div.tensor}; files {', '.join(div.files)}")
+    if sections is not None:
+        table.add_row("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
+                      else "sections that differ: " + ", ".join(sections))
     console.print(table)
     return 0 if div.identical else 2
+
+
+def differing_sections(a: dict, b: dict) -> list[str]:
+    """Top-level lock sections that differ (e.g. ``environment`` for a host lock re-run in the image)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -1,0 +1,161 @@
+"""Bench: the lockfile's data check against `sha256sum` on the same shards, page cache warm.
+
+    python bench/hash.py [--gb 1] [--shards 10000] [--out bench/out/hash]
+
+1. ~1 GB of shards (16 .bin/.idx pairs of random bytes) listed in a real data signature: `sha256sum`,
+   Python's hashlib sha256, xxh3-128 and blake3 (one thread) read the same files; then the kit's check
+   (``experiment.lock.lockfile.data_section``: walk the signature, stat, blake3 in parallel, compare with
+   the signature) uncached, and again with the (path, size, mtime, inode) cache warm.
+2. 10,000 shards (20,000 small files): the cached re-check, in a fresh cache object (as a new process
+   would), goal < 1 s.
+Prints one table; ratios are against `sha256sum` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiment.data.signature import DataSignature  # noqa: E402
+from experiment.folder import TrainingFolder, TrainingFolderConfig  # noqa: E402
+from experiment.lock.hashing import HashCache, hash_file  # noqa: E402
+from experiment.lock.lockfile import data_section  # noqa: E402
+
+
+def make_shards(root: Path, n: int, bin_bytes: int, idx_bytes: int, random: bool) -> list[dict]:
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    block = os.urandom(1 << 20)
+    for i in range(n):
+        prefix = f"en_web_main_split_{i:05d}_text_document_dc=1_sc=1_tc={bin_bytes // 2}"
+        for ext, size in ((".bin", bin_bytes), (".idx", idx_bytes)):
+            p = root / (prefix + ext)
+            if not p.is_file() or p.stat().st_size != size:
+                with open(p, "wb") as f:
+                    left = size
+                    while left:
+                        chunk = os.urandom(min(left, 1 << 20)) if random else block[:min(left, 1 << 20)]
+                        f.write(chunk)
+                        left -= len(chunk)
+        entries.append(dict(prefix=prefix, language="en", domain="web", subdomain="main", docs=1, sentences=1,
+                            tokens=bin_bytes // 2, bin_bytes=bin_bytes, idx_bytes=idx_bytes, dtype="uint16",
+                            bin_hash=None, idx_hash=None))
+    return entries
+
+
+def make_folder(base: Path, name: str, entries: list[dict], hashes: bool) -> TrainingFolder:
+    data_root = base / name / "data"
+    if hashes:
+        for e in entries:
+            e["bin_hash"] = hash_file(data_root / (e["prefix"] + ".bin"))
+            e["idx_hash"] = hash_file(data_root / (e["prefix"] + ".idx"))
+    sig = DataSignature.model_validate({
+        "name": name, "root": "data", "hash_algorithm": "blake3",
+        "tokenizer": {"kind": "sentencepiece", "name": "tok", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
+        "shards": entries})
+    (base / name / "sig.json").write_text(sig.to_json())
+    cfg = TrainingFolderConfig.model_validate({
+        "name": name, "data": {"signatures": ["../sig.json"]}, "training": {"train_iters": 1},
+        "checkpoint": {"from_scratch": True}})
+    (base / name / "folder").mkdir(exist_ok=True)
+    return TrainingFolder(base / name / "folder", cfg)
+
+
+def timed(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def read_all(paths, make):
+    for p in paths:
+        h = make()
+        with open(p, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        h.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gb", type=float, default=1.0)
+    ap.add_argument("--shards", type=int, default=10_000)
+    ap.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    console = Console()
+    base = args.out or Path(tempfile.mkdtemp(prefix="bench-hash-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        n_big = 16
+        bin_bytes = int(args.gb * (1 << 30)) // n_big - (64 << 10)
+        big_entries = make_shards(base / "big" / "data", n_big, bin_bytes, 64 << 10, random=True)
+        big = make_folder(base, "big", big_entries, hashes=True)
+        paths = sorted(str(p) for p in (base / "big" / "data").iterdir())
+        total = sum(os.path.getsize(p) for p in paths)
+        subprocess.run(["cat", *paths], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        gb = total / 1e9
+        rows = []
+        t_sha = timed(lambda: subprocess.run(["sha256sum", *paths], stdout=subprocess.DEVNULL, check=True),
+                      args.repeat)
+        rows.append(("sha256sum (anchor)", t_sha))
+        rows.append(("python hashlib sha256", timed(lambda: read_all(paths, hashlib.sha256), args.repeat)))
+        import xxhash
+
+        rows.append(("xxh3-128 (1 thread)", timed(lambda: read_all(paths, xxhash.xxh3_128), args.repeat)))
+        rows.append(("blake3 (1 thread, mmap)", timed(lambda: [hash_file(p, threads=1) for p in paths], args.repeat)))
+
+        def kit_check(cache):
+            sec = data_section(big, cache)
+            assert not sec["signature_disagreements"], sec["signature_disagreements"]
+
+        rows.append(("kit data check, uncached", timed(lambda: kit_check(HashCache(None)), args.repeat)))
+        cache_file = base / "cache.sqlite"
+        cache_file.unlink(missing_ok=True)
+        kit_check(HashCache(cache_file))
+        rows.append(("kit data check, cached re-check", timed(lambda: kit_check(HashCache(cache_file)), args.repeat)))
+
+        # 10,000 shards: cached re-check (a fresh cache object reads the SQLite file, as a new process would)
+        small_entries = make_shards(base / "many" / "data", args.shards, 4096, 64, random=False)
+        many = make_folder(base, "many", small_entries, hashes=False)
+        many_cache = base / "many-cache.sqlite"
+        many_cache.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        data_section(many, HashCache(many_cache))
+        t_first = time.perf_counter() - t0
+        t_many = timed(lambda: data_section(many, HashCache(many_cache)), args.repeat)
+
+        table = Table(title=f"hashing {gb:.2f} GB in {len(paths)} files (page cache warm), {os.cpu_count()} cores")
+        for col in ("method", "seconds", "GB/s", "x sha256sum"):
+            table.add_column(col, justify="right" if col != "method" else "left")
+        for name, t in rows:
+            table.add_row(name, f"{t:.3f}", f"{gb / t:.2f}", f"{t_sha / t:.1f}x")
+        console.print(table)
+        t2 = Table(title=f"{args.shards:,} shards ({2 * args.shards:,} files): walk + stat + compare")
+        for col in ("check", "seconds", "goal"):
+            t2.add_column(col)
+        t2.add_row("first check (hash everything, fill the cache)", f"{t_first:.3f}", "")
+        t2.add_row("cached re-check", f"{t_many:.3f}", "< 1 s: " + ("met" if t_many < 1 else "NOT met"))
+        console.print(t2)
+    finally:
+        if args.out is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
