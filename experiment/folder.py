@@ -127,6 +127,9 @@ class TrainingSection(_Section):
     eval_iters: int = Field(default=10, ge=0)
     log_interval: int = Field(default=1, ge=1)
     deterministic: bool = False
+    attention: Literal["sdpa", "local"] = Field(
+        default="sdpa", description="core attention without Transformer Engine: torch SDPA kernels or "
+        "megatron's local unfused DotProductAttention (same weights, same math)")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainingSection":

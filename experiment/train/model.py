@@ -80,10 +80,12 @@ def build_gpt_model(
     pre_process: bool | None = None,
     post_process: bool | None = None,
     padded_vocab_size: int | None = None,
+    layer_spec=None,
     **config_kwargs,
 ):
     """The GPTModel for this rank's pipeline stage. Needs megatron's parallel state initialised
-    (``experiment.train.distributed.initialize``)."""
+    (``experiment.train.distributed.initialize``). ``layer_spec``: another TE-free spec with the same
+    parameters (the runner's SDPA attention, ``experiment.train.attention``); default: the local spec."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -95,7 +97,7 @@ def build_gpt_model(
         post_process = ps.is_pipeline_last_stage()
     return GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_layer_spec=layer_spec or get_gpt_layer_local_spec(normalization="RMSNorm"),
         vocab_size=padded_vocab_size or shape.vocab_size,
         max_sequence_length=max(seq_length, 1),
         pre_process=pre_process,
