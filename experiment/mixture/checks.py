@@ -81,6 +81,27 @@ def file_problems(t: ShardTable) -> list[Problem]:
     return out
 
 
+#: Open files one data-loading process holds per shard: Megatron's IndexedDataset keeps the .idx memory map,
+#: the .bin file and the .bin memory map open (``mmap_bin_files=True``, its default).
+FILES_PER_SHARD = 3
+
+
+def open_files_problems(n_shards: int, config_file: str) -> list[Problem]:
+    """The blend must fit this machine's open-file limit, or Megatron fails with 'Too many open files'."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FILES_PER_SHARD * n_shards + 256  # + the process's own files, sockets, checkpoint writers
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return []
+    can = "" if hard == resource.RLIM_INFINITY or needed <= hard else f" (the hard limit is {hard})"
+    return [Problem(config_file, "data.signatures",
+                    f"{n_shards:,} shards need about {needed:,} open files in each data-loading process (Megatron "
+                    f"keeps each shard's .idx and .bin open); this machine allows {soft:,} (ulimit -n){can}",
+                    f"raise the limit in the job script (`ulimit -n {needed}`), merge shards "
+                    "(`experiment data merge`), or read .bin files without mmap (mmap_bin_files=False)")]
+
+
 def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan | None, list[Problem]]:
     try:
         spec = spec_from_folder(folder, shards)
@@ -97,4 +118,5 @@ def check_folder(folder: TrainingFolder) -> list[Problem]:
     result, problems = check_plan(folder, shards)
     if result is not None:
         problems += file_problems(result.table)
+        problems += open_files_problems(len(result.table), str(folder.path / "experiment.toml"))
     return problems

@@ -184,3 +184,16 @@ def test_every_problem_at_once(tmp_path):
     messages = " | ".join(p.message for p in _problems(path))
     for needle in ("matches no shard", "'code' has no multiplier", "'math' of 'en' has no shards"):
         assert needle in messages
+
+
+def test_open_file_limit(tmp_path):
+    """Megatron holds ~3 files per shard open; a blend above `ulimit -n` would die with 'Too many open files'."""
+    import resource
+
+    from experiment.mixture.checks import open_files_problems
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert open_files_problems(10, "experiment.toml") == []
+    if soft != resource.RLIM_INFINITY:
+        p = open_files_problems(soft, "experiment.toml")[0]
+        assert p.field == "data.signatures" and "ulimit -n" in p.message and "mmap_bin_files" in p.fix
