@@ -130,6 +130,7 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
         (tmp / iteration_dirname(IMPORT_ITERATION)).mkdir(parents=True)
     dist.barrier()
 
+    hashing = _background(content_hash, source.files) if rank == 0 else None  # overlaps the fill and the save
     dtype = getattr(torch, source.dtype)
     model = build_gpt_model(
         shape, seq_length=1, layout=layout, padded_vocab_size=padded, params_dtype=dtype,
@@ -141,15 +142,10 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
         for name, param in params:
             rule, layer = _rule_for(model, name, shape)
             hf = [source.get(n.format(i=layer)) for n in rule.hf]
-            full = mapping.to_mcore(rule, hf, shape, padded)
-            part = mapping.tp_slice(rule, full, tp, tp_rank)
-            if tuple(part.shape) != tuple(param.shape):
-                raise CheckpointError(f"internal: {name} expects {tuple(param.shape)}, mapping gave {tuple(part.shape)}")
-            with torch.no_grad():
-                param.copy_(part)
+            mapping.fill(rule, hf, param, shape, tp, tp_rank)
             tensors += len(hf)
             nbytes += sum(t.numel() * t.element_size() for t in hf)
-            del hf, full, part
+            del hf
             advance(name)
     source.close()
     save_strategy, _ = _strategies()
@@ -158,14 +154,15 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
     del model, params
     dist.barrier()
     if rank == 0:
-        _finish_import(source, tmp, out_dir, layout, padded)
+        _finish_import(source, tmp, out_dir, layout, padded, hashing.result())
     dist.barrier()
     totals = torch.tensor([tensors, nbytes], dtype=torch.float64)
     dist.all_reduce(totals)
     return ConvertStats(int(totals[0]), int(totals[1]), time.perf_counter() - start, out_dir)
 
 
-def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelLayout, padded: int) -> None:
+def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelLayout, padded: int,
+                   source_hash: str) -> None:
     it_dir = tmp / iteration_dirname(IMPORT_ITERATION)
     files = {str(p.relative_to(it_dir)): p.stat().st_size for p in sorted(it_dir.rglob("*")) if p.is_file()}
     atomic_write_text(it_dir / MANIFEST_NAME, json.dumps({"iteration": IMPORT_ITERATION, "files": files},
@@ -178,7 +175,7 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
     meta = CheckpointMeta(
         shape=source.shape, vocab_size=source.shape.vocab_size, padded_vocab_size=padded,
         family=source.family.name, hf_architecture=source.family.architecture, hf_config=source.config,
-        dtype=source.dtype, source=str(source.path.absolute()), source_hash=content_hash(source.files),
+        dtype=source.dtype, source=str(source.path.absolute()), source_hash=source_hash,
         saved_layout={"tensor_parallel": layout.tensor_parallel, "pipeline_parallel": layout.pipeline_parallel},
         has_tokenizer=any(f.name.startswith("tokenizer") for f in side),
     )
@@ -396,6 +393,16 @@ def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta
 
 
 # ---------------------------------------------------------------- helpers
+
+def _background(fn, *args):
+    """Run ``fn`` in a thread (blake3 and file reads release the GIL); ``.result()`` joins it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
+
 
 def _fsync_tree(folder: Path) -> None:
     for p in [*folder.rglob("*"), folder]:

@@ -1,0 +1,85 @@
+"""The mapping's pure parts: transforms invert, the per-rank fill equals slicing the full tensor, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiment.ckpt import mapping
+from experiment.ckpt.meta import CheckpointError
+from experiment.presets import ModelShape
+
+SHAPE = ModelShape(num_layers=2, hidden_size=48, ffn_hidden_size=64, num_attention_heads=6, num_query_groups=2,
+                   vocab_size=1000, max_position_embeddings=64, qkv_bias=True)
+
+
+def _hf(rule, shape, gen):
+    h, d, f = shape.hidden_size, shape.kv_channels, shape.ffn_hidden_size
+    q, kv = shape.num_attention_heads * d, shape.num_query_groups * d
+    dims = {"q_proj.weight": (q, h), "k_proj.weight": (kv, h), "v_proj.weight": (kv, h), "q_proj.bias": (q,),
+            "k_proj.bias": (kv,), "v_proj.bias": (kv,), "o_proj.weight": (h, q), "gate_proj.weight": (f, h),
+            "up_proj.weight": (f, h), "down_proj.weight": (h, f), "embed_tokens.weight": (shape.vocab_size, h),
+            "lm_head.weight": (shape.vocab_size, h)}
+    out = []
+    for name in rule.hf:
+        key = ".".join(name.split(".")[-2:])
+        out.append(torch.randn(dims.get(key, (h,)), generator=gen))
+    return out
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_fill_equals_slice_of_full_and_export_inverts(tp):
+    gen = torch.Generator().manual_seed(0)
+    padded = 1024 * tp
+    for rule in mapping.rules_for(SHAPE.model_copy(update={"tie_embeddings": False})):
+        hf = _hf(rule, SHAPE, gen)
+        full = mapping.to_mcore(rule, hf, SHAPE, padded)
+        back = mapping.from_mcore(rule, full, SHAPE, SHAPE.vocab_size)
+        assert all(torch.equal(a, b) for a, b in zip(hf, back)), rule.mcore
+        for rank in range(tp):
+            want = mapping.tp_slice(rule, full, tp, rank)
+            param = torch.full_like(want, float("nan"))
+            mapping.fill(rule, hf, param, SHAPE, tp, rank)
+            assert torch.equal(param, want), (rule.mcore, rank)
+
+
+def test_qkv_layout_is_grouped_per_kv_head():
+    """Megatron's fused QKV: for each KV group, its query heads, then its key, then its value."""
+    rule = next(r for r in mapping.RULES if r.kind == "qkv" and r.when == "always")
+    d, g, per = SHAPE.kv_channels, SHAPE.num_query_groups, SHAPE.num_attention_heads // SHAPE.num_query_groups
+    q = torch.arange(SHAPE.num_attention_heads * d).float().unsqueeze(1)
+    k, v = -1 - torch.arange(g * d).float().unsqueeze(1), 1000 + torch.arange(g * d).float().unsqueeze(1)
+    fused = mapping.to_mcore(rule, [q, k, v], SHAPE, 0)
+    rows = (per + 2) * d
+    assert torch.equal(fused[:per * d], q[:per * d])
+    assert torch.equal(fused[per * d:(per + 1) * d], k[:d]) and torch.equal(fused[(per + 1) * d:rows], v[:d])
+    assert torch.equal(fused[rows:rows + per * d], q[per * d:2 * per * d])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "'yarn' is not supported"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 2.0}},
+     "low_freq_factor' = 2.0"),
+    ({"head_dim": 32}, "field 'head_dim' = 32 differs"),
+    ({"hidden_act": "gelu"}, "field 'hidden_act' = 'gelu'"),
+    ({"attention_bias": True}, "'attention_bias' = true"),
+    ({"num_hidden_layers": None}, "num_hidden_layers"),
+])
+def test_config_errors_name_the_field(change, message):
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+    config.update(change)
+    if change.get("num_hidden_layers", 0) is None:
+        del config["num_hidden_layers"]
+    with pytest.raises(CheckpointError, match=message):
+        mapping.shape_from_config(config, "config.json")
+
+
+def test_llama3_rope_scaling_read_from_both_config_styles():
+    base = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 100}
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    _, new = mapping.shape_from_config({**base, "rope_parameters": {**scaling, "rope_theta": 500000.0}}, "c")
+    _, old = mapping.shape_from_config({**base, "rope_theta": 500000.0, "rope_scaling": scaling}, "c")
+    assert new == old and new.rope_scaling == "llama3" and new.rope_scaling_factor == 32.0 and new.rope_theta == 5e5
