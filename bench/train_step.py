@@ -78,6 +78,7 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     from experiment.folder import load
     from experiment.train import data as train_data
     from experiment.train import distributed
+    from experiment.train.attention import layer_spec
     from experiment.train.model import ParallelLayout, build_gpt_model, padded_vocab_size
     from experiment.train.optim import build_optimizer, build_scheduler
 
@@ -88,6 +89,7 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     layout = ParallelLayout(t.tensor_parallel, t.pipeline_parallel)
     distributed.initialize(layout, seed=t.seed)
     gpt = build_gpt_model(shape, seq, layout, padded_vocab_size=padded_vocab_size(shape.vocab_size, 1),
+                          layer_spec=layer_spec(t.attention),
                           params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16,
                           deterministic=t.deterministic)
     if torch.cuda.is_available():
@@ -100,7 +102,7 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     gpt.config.grad_scale_func = optimizer.scale_loss
     blend = train_data.blend_from_folder(folder)
     ds = train_data.build_train(blend, num_samples=(iters + 1) * t.global_batch_size, seq_length=seq,
-                                seed=t.seed, valid_fraction=0.0, cache=folder.path / ".cache" / "dataset_index")
+                                seed=t.seed, valid_fraction=0.0, cache=folder.path / "logs" / "dataset_index")
     plan = train_data.BatchPlan(t.global_batch_size, t.micro_batch_size, 0, ps.get_data_parallel_world_size())
 
     def loss_func(mask, out):

@@ -202,6 +202,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
     from experiment.train import checkpointing as ckpt
     from experiment.train import data as train_data
     from experiment.train import distributed, metrics
+    from experiment.train.attention import layer_spec
     from experiment.train.model import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
     from experiment.train.signals import StopRequest
@@ -226,7 +227,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     # model
     padded_vocab, base_dir = _model_vocab(folder, shape, layout)
-    gpt = build_gpt_model(shape, seq, layout, padded_vocab_size=padded_vocab,
+    gpt = build_gpt_model(shape, seq, layout, padded_vocab_size=padded_vocab, layer_spec=layer_spec(t.attention),
                           params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16,
                           deterministic=t.deterministic)
     if torch.cuda.is_available():
@@ -266,7 +267,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     # data
     blend = train_data.blend_from_folder(folder)
-    cache = folder.path / ".cache" / "dataset_index"
+    cache = log_dir / "dataset_index"  # megatron's index cache: derived data, kept with the run's outputs
     valid_fraction = cfg.data.valid_fraction
     train_ds = train_data.build_train(blend, num_samples=iters * t.global_batch_size, seq_length=seq,
                                       seed=t.seed, valid_fraction=valid_fraction, cache=cache)
