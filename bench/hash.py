@@ -13,7 +13,15 @@ Prints one table; ratios are against `sha256sum` measured in the same run.
 
 from __future__ import annotations
 
-import argparse
+import os.path
+import sys
+
+# run as a script, bench/ is sys.path[0]: its modules (bench/tokenize.py) must not shadow the stdlib
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH]
+sys.path.insert(0, os.path.dirname(_BENCH))
+
+import argparse  # noqa: E402
 import hashlib
 import os
 import shutil
@@ -26,7 +34,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment.data.signature import DataSignature  # noqa: E402
 from experiment.folder import TrainingFolder, TrainingFolderConfig  # noqa: E402

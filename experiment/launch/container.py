@@ -87,23 +87,35 @@ def image_id(engine: str, ref: str, root: str | None = None) -> dict[str, str] |
 
 
 def folder_mounts(folder: TrainingFolder) -> tuple[Mount, ...]:
-    """The folder (rw) and everything it reads (ro), with nested paths folded into their parent."""
+    """The folder (rw) and everything it reads (ro), at the same paths, nested paths folded.
+
+    The folder's relative references (``../../data_signatures/x.json``) are resolved inside the
+    container from the folder's own path, through any symlinks on the way (``reproduce`` mirrors a
+    folder with links), so the lowest common folder of the folder and its references is mounted
+    read-only, and every real target (signature folders, shard roots, base checkpoint) too."""
     from experiment.data import signature as sigmod
 
+    cfg = folder.config
+    refs = [*cfg.data.signatures, cfg.data.data_ratio, cfg.data.lang_prob, cfg.data.exclude_iterator]
+    base = cfg.checkpoint.base if cfg.checkpoint.base and not cfg.checkpoint.from_scratch else None
+    lexical = [Path(os.path.normpath(folder.path / r)) for r in [*refs, base] if r and not Path(r).is_absolute()]
+    top = Path(os.path.commonpath([folder.path, *lexical]))
     wanted: dict[Path, bool] = {folder.path: False}
+    if top != folder.path:
+        wanted[top] = True
     for path in folder.signature_paths:
         wanted.setdefault(path.parent, True)
         try:
             wanted.setdefault(sigmod.read(path).root_path(path), True)
         except (OSError, ValueError):
             pass  # a broken signature is reported by `experiment check`; mount what exists
-    base = folder.config.checkpoint.base
-    if base and not folder.config.checkpoint.from_scratch:
+    if base:
         wanted.setdefault(folder.resolve(base), True)
     mounts: list[Mount] = []
     for p in sorted(wanted, key=lambda q: len(q.parts)):
-        if any(p == m.path or m.path in p.parents for m in mounts):
-            if not wanted[p]:  # a rw path inside a ro mount: mount it separately, rw
+        inside = [m for m in mounts if p == m.path or m.path in p.parents]
+        if inside:
+            if not wanted[p] and all(m.read_only for m in inside):  # rw inside a ro mount: its own rw mount
                 mounts.append(Mount(p, False))
             continue
         mounts.append(Mount(p, wanted[p]))

@@ -121,8 +121,8 @@ def storage_driver(engine: str, root: str | None) -> str:
     return out.strip()
 
 
-def build_commands(flavor: str, engine: str, tag: str, root: str | None) -> list[list[str]]:
-    state = git_state(REPO)
+def build_commands(flavor: str, engine: str, tag: str, root: str | None, state: dict | None = None) -> list[list[str]]:
+    state = state or git_state(REPO)
     args = ["--build-arg", f"SOURCE_DATE_EPOCH={EPOCH}", "--build-arg", f"FLAVOR={flavor}",
             "--build-arg", f"KIT_COMMIT={state['commit'] or 'unknown'}",
             "--build-arg", f"KIT_DIRTY_DIFF_HASH={state['dirty_diff_hash'] or 'none'}"]
@@ -152,7 +152,9 @@ def write_image_lock(flavor: str, entry: dict, path: Path = IMAGE_LOCK) -> None:
 
 
 def build(flavor: str, engine: str | None = None, root: str | None = None, rebuild_base: bool = False,
-          lock_path: Path | None = IMAGE_LOCK, tag: str | None = None) -> dict:
+          lock_path: Path | None = IMAGE_LOCK, tag: str | None = None, inputs: dict | None = None) -> dict:
+    """Build and record one image. ``inputs`` (the ``kit_state`` of an earlier build's entry) reuses that
+    build's wheelhouse and kit identity, so a second build has exactly the same inputs."""
     tag = tag or IMAGE_REF.format(flavor=flavor)
     found = pick_engine(flavor, engine)
     if found is None:
@@ -163,13 +165,16 @@ def build(flavor: str, engine: str | None = None, root: str | None = None, rebui
             + ("  env/make_base.sh build/base-bookworm.tar 0  # then buildah from scratch/add/commit --timestamp 0\n"
                if flavor == "cpu" else "")
             + "".join("  " + shlex.join(c) + "\n" for c in cmds))
-    wheelhouse(flavor)
-    entry: dict = {"ref": tag, "engine": found, "source_date_epoch": int(EPOCH), "kit_commit": git_state(REPO)["commit"]}
+    if inputs is None:
+        wheelhouse(flavor)
+        inputs = git_state(REPO)
+    entry: dict = {"ref": tag, "engine": found, "source_date_epoch": int(EPOCH), "kit_commit": inputs["commit"],
+                   "kit_state": inputs}
     if flavor == "cpu":
         if found == "apptainer":
             raise BuildError("the cpu image is built with buildah/podman or docker, not apptainer")
         entry["base"] = base_image(found, root, rebuild_base)
-    for cmd in build_commands(flavor, found, tag, root):
+    for cmd in build_commands(flavor, found, tag, root, inputs):
         _run(cmd, env=engine_env())
     if found == "apptainer":
         sif = REPO / "build" / f"midtrain-kit-{flavor}.sif"

@@ -378,7 +378,7 @@ def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None) 
     for r in refs:
         parts = Path(r).parts
         depth = max(depth, next((i for i, p in enumerate(parts) if p != ".."), len(parts)))
-    dest = work.joinpath(*folder.path.parts[len(folder.path.parts) - depth - 1:])
+    dest = work.joinpath(*folder.path.parts[len(folder.path.parts) - max(depth, 1):])
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

@@ -36,7 +36,10 @@ def builds(tmp_path_factory):
     from experiment.lock import image
 
     roots = [tmp_path_factory.mktemp(f"store{i}") for i in (1, 2)]
-    entries = [image.build("cpu", "buildah", root=str(r), lock_path=None, tag=TAG) for r in roots]
+    first = image.build("cpu", "buildah", root=str(roots[0]), lock_path=None, tag=TAG)
+    # the same inputs (wheelhouse, kit wheel, commit) in a fresh store: only the build itself can differ
+    second = image.build("cpu", "buildah", root=str(roots[1]), lock_path=None, tag=TAG, inputs=first["kit_state"])
+    entries = [first, second]
     yield roots, entries
     for r in roots:  # the stores hold root-owned overlay layers: remove them with the engine's own command
         subprocess.run(["buildah", "--root", f"{r}/storage", "--runroot", f"{r}/run", "rmi", "--all", "--force"],
