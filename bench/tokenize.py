@@ -57,15 +57,21 @@ def _rows_digest(rows) -> str:
     return _digest(flat, lengths)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (preprocess_data's workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, threads: int, megatron: str | None) -> dict:
     """One measurement; returns seconds, docs, tokens (without EOD) and the ids digest."""
     if kind == "kit":
         from experiment.data.tokenize import TokenizeConfig, run
 
         out = work / "kit-out"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         flats, lengths = [], []
         for shard in report.shards:
             from experiment.data.shards import read_shard
@@ -80,7 +86,7 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
             flats.append(data[keep].astype(np.uint32))
             lengths.append(seq - 1)
         flat, lens = np.concatenate(flats), np.concatenate(lengths)
-        return {"seconds": seconds, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens), "note": report.backend_note}
+        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens), "note": report.backend_note}
     if kind == "preprocess_data":
         inp = work / "all.jsonl"
         if not inp.exists():
@@ -91,32 +97,32 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
                "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(tokenizer), "--append-eod",
                "--workers", str(threads), "--json-keys", "text"]
         env = dict(os.environ, PYTHONPATH=f"{megatron}:{os.environ.get('PYTHONPATH', '')}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         if proc.returncode:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
         ds = IndexedDataset(str(work / "mlm_text_document"))
         rows = [ds[i].tolist()[:-1] for i in range(len(ds))]
-        return {"seconds": seconds, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+        return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
     texts = _texts(corpus)
     if kind == "sentencepiece":
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         rows = sp.encode(texts, num_threads=threads)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
     elif kind == "tokenizers":
         from tokenizers import Tokenizer
 
         tk = Tokenizer.from_file(str(tok_json))
         tk.encode_special_tokens = True
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         encodings = tk.encode_batch(texts, add_special_tokens=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         rows = [e.ids for e in encodings]
     elif kind == "gigatoken":
         import awkward as ak
@@ -126,16 +132,16 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
         config["added_tokens"] = [t for t in config["added_tokens"] if not t.get("special")]
         g = gigatoken.Tokenizer.from_json(json.dumps(config))
         g.encode_batch(texts[:100])  # start the thread pool outside the timing
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         out = g.encode_batch(texts)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         layout = ak.to_layout(out)
         offsets = np.asarray(layout.offsets.data)
         lens = np.diff(offsets)
-        return {"seconds": seconds, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(np.asarray(layout.content.data)[: offsets[-1]], lens)}
+        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(np.asarray(layout.content.data)[: offsets[-1]], lens)}
     else:
         raise SystemExit(f"unknown kind {kind}")
-    return {"seconds": seconds, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+    return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
 
 
 def main() -> None:
@@ -145,20 +151,21 @@ def main() -> None:
     ap.add_argument("--tokenizer", type=Path, default=None, help="SentencePiece .model (default: mistral-common's)")
     ap.add_argument("--megatron-lm", default=None, help="a Megatron-LM checkout, to time tools/preprocess_data.py")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeat", type=int, default=1, help="runs per row; the best is reported")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating runs of kit and gigatoken; best of each")
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, corpus, tok, tok_json, work, threads, megatron = args.child
         result = child(kind, Path(corpus), Path(tok), Path(tok_json), Path(work), int(threads), megatron if megatron != "-" else None)
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["peak_mb"] = usage.ru_maxrss / 1024
         print("RESULT " + json.dumps(result))
         return
 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)
     tokenizer = args.tokenizer
     if tokenizer is None:
         import mistral_common
@@ -180,42 +187,42 @@ def main() -> None:
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
     kinds = ["sentencepiece", "kit", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
     results: dict[str, dict] = {}
-    for kind in kinds:
-        best = None
-        for _ in range(args.repeat):
-            import shutil
+    # The kit and the fastest raw encoder are timed alternately, --repeat times each, best kept: on a
+    # shared machine the load changes by the minute, and the ratio is only fair side by side.
+    schedule = [k for k in kinds if k not in ("kit", "gigatoken")] + ["kit", "gigatoken"] * args.repeat
+    for kind in schedule:
+        import shutil
 
-            shutil.rmtree(work / "kit-out", ignore_errors=True)
-            cmd = [sys.executable, __file__, "--child", kind, str(corpus), str(tokenizer), str(tok_json), str(work), str(args.threads), args.megatron_lm or "-"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                res = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-            else:
-                res = json.loads(line[7:])
-            if best is None or ("seconds" in res and res["seconds"] < best.get("seconds", float("inf"))):
-                best = res
-        results[kind] = best
-        console.print(f"{kind}: {best.get('seconds', best.get('error'))}")
+        shutil.rmtree(work / "kit-out", ignore_errors=True)
+        cmd = [sys.executable, __file__, "--child", kind, str(corpus), str(tokenizer), str(tok_json), str(work), str(args.threads), args.megatron_lm or "-"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        res = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        best = results.get(kind)
+        if best is None or res.get("seconds", float("inf")) < best.get("seconds", float("inf")):
+            results[kind] = res
+        console.print(f"{kind}: {res.get('seconds', res.get('error'))}")
     reference = results["sentencepiece"].get("digest")
     identical = {k: r.get("digest") == reference for k, r in results.items() if "digest" in r}
     raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken") if identical.get(k)]
     fastest = max(raw, key=lambda k: results[k]["tokens"] / results[k]["seconds"]) if raw else None
     anchor = results[fastest]["tokens"] / results[fastest]["seconds"] if fastest else None
+    cpu_anchor = results[fastest]["tokens"] / results[fastest]["cpu"] if fastest else None
     table = Table(title=f"tokenize {size / 1e6:.0f} MB ({len(list(corpus.glob('*.jsonl')))} JSONL shards), {args.threads} threads, "
-                        f"{tokenizer.name}; ratio vs {fastest}")
-    for col in ("row", "what is timed", "seconds", "docs/s", "Mtok/s", "peak MB", "ids == sentencepiece", "ratio"):
-        table.add_column(col, justify="left" if col in ("row", "what is timed") else "right")
-    what = {"kit": "read+encode+write+count", "sentencepiece": "encode (in memory)", "tokenizers": "encode_batch (in memory)",
-            "gigatoken": "encode_batch (in memory)", "preprocess_data": "whole command"}
+                        f"{tokenizer.name}; ratios vs {fastest}")
+    for col in ("row", "timed", "wall s", "docs/s", "Mtok/s", "CPU s", "Mtok/CPU-s", "peak MB", "ids == sp", "ratio wall", "ratio CPU"):
+        table.add_column(col, justify="left" if col in ("row", "timed") else "right")
+    what = {"kit": "read+encode+write+count", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
+            "gigatoken": "encode_batch, in memory", "preprocess_data": "whole command"}
     for kind in kinds:
         r = results[kind]
         if "error" in r:
-            table.add_row(kind, what[kind], "-", "-", "-", "-", "-", r["error"][:60])
+            table.add_row(kind, what[kind], "-", "-", "-", "-", "-", "-", "-", r["error"][:60], "")
             continue
-        rate = r["tokens"] / r["seconds"]
+        rate, cpu_rate = r["tokens"] / r["seconds"], r["tokens"] / max(r["cpu"], 1e-9)
         table.add_row(kind, what[kind], f"{r['seconds']:.2f}", f"{r['docs'] / r['seconds']:,.0f}", f"{rate / 1e6:.2f}",
-                      f"{r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO", f"{rate / anchor:.2f}" if anchor else "-")
+                      f"{r['cpu']:.2f}", f"{cpu_rate / 1e6:.2f}", f"{r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO",
+                      f"{rate / anchor:.2f}" if anchor else "-", f"{cpu_rate / cpu_anchor:.2f}" if cpu_anchor else "-")
     console.print(table)
     if "kit" in results and "note" in results["kit"]:
         console.print(f"kit backend: {results['kit']['note']}")

@@ -24,7 +24,7 @@ from experiment.data.errors import DataError
 from experiment.data.signature import TokenizerInfo
 
 TOKENIZER_INFO = "tokenizer_info.json"
-SPOT_CHECK_DOCS = 64  # first documents of every input re-encoded by the reference backend
+SPOT_CHECK_CHARS = 16_000  # leading documents of every input (at least one) re-encoded by the reference
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,8 @@ def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg
                 texts = texts.filter(keep)
                 empty += n_empty
             if not checked and len(texts):
-                sample = texts.slice(0, SPOT_CHECK_DOCS).to_pylist()
+                lengths = pc.cumulative_sum(pc.utf8_length(texts.slice(0, 256))).to_numpy()
+                sample = texts.slice(0, max(1, int((lengths <= SPOT_CHECK_CHARS).sum()))).to_pylist()
                 bad = same_ids(loaded.encoder, loaded.reference, sample)
                 if bad:
                     raise DataError(
