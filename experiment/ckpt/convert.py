@@ -149,8 +149,10 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
             advance(name)
     source.close()
     save_strategy, _ = _strategies()
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
+    state = _without_views(model, model.sharded_state_dict())
+    dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
                             sharded_strategy=save_strategy)
+    del state
     del model, params
     dist.barrier()
     if rank == 0:
@@ -185,6 +187,30 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
     if out_dir.exists():
         out_dir.rmdir()  # empty (checked by plan_import)
     os.replace(tmp, out_dir)
+
+
+def _without_views(model, state: dict) -> dict:
+    """Build megatron's shard factories (SwiGLU fc1 -> gate and up halves) ourselves, one layer at a time.
+
+    The halves are views of the fc1 parameter, and megatron's writer clones every view before writing,
+    which would hold a second copy of all fc1 weights (a third of a Llama) at once. Here each layer's
+    halves are cloned and that layer's parameter storage is released right away, so the save needs about
+    one fc1 more than the model instead. The model is not used after the save.
+    """
+    import torch
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    for key, value in list(state.items()):
+        if isinstance(value, ShardedTensorFactory):
+            built = value.build()
+            for sh_ten in nested_values(built):
+                sh_ten.data = sh_ten.data.clone()
+            param = model.get_parameter(key)
+            param.data = torch.empty(0, dtype=param.dtype)
+            value.data = None
+            state[key] = built
+    return state
 
 
 def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | None]:
