@@ -23,6 +23,7 @@ import io
 import json
 import random
 import statistics
+import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -40,7 +41,7 @@ from tests.mixture.seed002_reference import seed002_weights  # noqa: E402
 LANGS = {"en": ["books", "code", "reasoning", "scientific", "web", "math", "wiki", "news"],
          "ar": ["books", "encyclopedias", "news", "others", "transcribed", "web"],
          "fr": ["web", "books", "news"], "de": ["web", "books"]}
-console = Console()
+console = Console(width=130)
 
 
 def make_inputs(root: Path, n: int, seed: int = 0) -> tuple[Path, dict]:
@@ -149,16 +150,11 @@ def _build(prefixes, weights, cache: Path | None, samples: int, seq: int, mmap: 
 
 
 def bench_index(n: int, samples: int, seq: int) -> None:
-    import logging
-
     import numpy
-    import torch.distributed as dist
     from tqdm import tqdm
 
     from experiment.folder import check
-    from experiment.mixture.plan import plan_folder
 
-    logging.getLogger("megatron").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rng = numpy.random.default_rng(0)
@@ -178,46 +174,63 @@ def bench_index(n: int, samples: int, seq: int) -> None:
         t = time.perf_counter()
         loaded, problems = check(path)  # schema + every mixture check, the file stats included
         t_check = time.perf_counter() - t
-        plan = plan_folder(loaded)
-        prefixes, weights = plan.megatron_blend()
-        # Megatron holds 3 files open per shard with mmap'ed .bin files (1 without): 10,000 shards need more
-        # than this machine's `ulimit -n` (the kit's check says so), so the bench reads .bin without mmap
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        mmap = 3 * n + 256 <= soft
-        dist.init_process_group("gloo", init_method=f"file://{root}/pg", rank=0, world_size=1)
-        try:
-            _build(prefixes[:4], weights[:4], None, 1000, seq, mmap)  # one-off imports and helpers, untimed
-            t = time.perf_counter()
-            built = _build(prefixes, weights, None, samples, seq, mmap)
-            t_none = time.perf_counter() - t
-            del built
-            gc.collect()
-            t = time.perf_counter()
-            first = _build(prefixes, weights, root / "cache", samples, seq, mmap)
-            t_cold = time.perf_counter() - t
-            first_index = numpy.array(first.dataset_index)
-            del first
-            gc.collect()
-            t = time.perf_counter()
-            second = _build(prefixes, weights, root / "cache", samples, seq, mmap)
-            t_warm = time.perf_counter() - t
-            same = bool(numpy.array_equal(first_index, second.dataset_index))
-            del second
-            gc.collect()
-        finally:
-            dist.destroy_process_group()
+        # each build in its own process, as a restart would be (Megatron keeps every shard's files open, so
+        # builds in one process would also run out of file descriptors)
+        runs = [("no path_to_cache, 1st run (GPT indices written beside the shards)", ""),
+                ("no path_to_cache, 2nd run (blend index rebuilt)", ""),
+                ("path_to_cache, first build (writes the cache)", str(root / "cache")),
+                ("path_to_cache, cached build", str(root / "cache"))]
+        results = []
+        for label, cache in runs:
+            out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--build-one", str(path), cache,
+                                  str(samples)], capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode or not line:
+                raise RuntimeError(f"{label} failed:\n{out.stderr[-3000:]}")
+            results.append((label, json.loads(line[-1])))
+    anchor = results[1][1]["seconds"]
     table = Table(title=f"Megatron blended index over {n:,} real shards, {samples:,} samples of {seq} tokens")
-    for col in ("build", "seconds", "vs no cache"):
+    for col in ("build (fresh process each)", "seconds", "vs no path_to_cache 2nd run"):
         table.add_column(col, justify="right")
-    table.add_row("no cache (anchor: every rank, every restart)", f"{t_none:.2f}", "1.00")
-    table.add_row("first build, writes the cache", f"{t_cold:.2f}", f"{t_cold / t_none:.2f}")
-    table.add_row("cached build (path_to_cache)", f"{t_warm:.2f}", f"{t_warm / t_none:.2f}")
+    for label, r in results:
+        table.add_row(label, f"{r['seconds']:.2f}", f"{r['seconds'] / anchor:.3f}")
     table.add_row(f"kit checks incl. {2 * n:,} file stats", f"{t_check:.2f}", "")
     console.print(table)
-    console.print(f"cached index identical to the built one: {same}; .bin files memory-mapped: {mmap} "
-                  f"(ulimit -n {soft}); check problems: {[p.message for p in problems]}")
+    same = len({r["index"] for _, r in results}) == 1
+    console.print(f"all four builds give the same blended index: {same}; .bin files memory-mapped: "
+                  f"{results[0][1]['mmap']} (ulimit -n {results[0][1]['ulimit']})")
+    console.print(f"kit check problems: {[p.message for p in problems]}")
+
+
+def build_one(folder_path: str, cache: str, samples: int) -> None:
+    """Child process: build the folder's blend with Megatron, print seconds and a hash of the index."""
+    import hashlib
+    import logging
+    import resource
+
+    import torch.distributed as dist
+
+    from experiment.folder import check
+    from experiment.mixture.plan import plan_folder
+
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    loaded, _ = check(folder_path)
+    plan = plan_folder(loaded)
+    prefixes, weights = plan.megatron_blend()
+    seq = loaded.config.model.seq_length
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    mmap = 3 * len(prefixes) + 256 <= soft  # 3 open files per shard with mmap'ed .bin, 1 without
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=0, world_size=1)
+        try:
+            _build(prefixes[:2], weights[:2], Path(tmp) / "warm", 100, seq, mmap)  # imports, untimed
+            t = time.perf_counter()
+            built = _build(prefixes, weights, Path(cache) if cache else None, samples, seq, mmap)
+            seconds = time.perf_counter() - t
+            index = hashlib.sha256(built.dataset_index.tobytes() + built.dataset_sample_index.tobytes()).hexdigest()
+        finally:
+            dist.destroy_process_group()
+    print(json.dumps({"seconds": seconds, "index": index, "mmap": mmap, "ulimit": soft}), flush=True)
 
 
 def main() -> None:
@@ -229,7 +242,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-index", action="store_true")
     ap.add_argument("--skip-plan", action="store_true")
+    ap.add_argument("--build-one", nargs=3, metavar=("FOLDER", "CACHE", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_one:
+        build_one(args.build_one[0], args.build_one[1], int(args.build_one[2]))
+        return
     if not args.skip_plan:
         bench_plan(args.plan_shards, args.repeats)
     if not args.skip_index:
