@@ -7,7 +7,8 @@ Run by ``experiment check`` (listed in ``experiment.folder.SEMANTIC_CHECKS``) an
 * the planning rules of ``experiment.mixture.plan``: probabilities sum to 1 within each level, every domain
   of ``data_ratio.json`` is in the data and the reverse (unless optional), no language loses all its shards,
   no weight so small Megatron never draws it, no blend larger than Megatron can index, and the budget is
-  reachable within ``data.max_epochs``.
+  reachable within ``data.max_epochs``;
+* the blend fits this machine's open-file limit (Megatron keeps about 3 files open per shard).
 """
 
 from __future__ import annotations
