@@ -128,7 +128,7 @@ def export_cmd(
     ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder (import or training output)"),
     hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
     iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
-    max_shard_mb: int = typer.Option(1024, help="safetensors shard size in MB (also bounds the memory used)"),
+    max_shard_mb: int = typer.Option(500, help="safetensors shard size in MB (also bounds the memory used)"),
     dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""

@@ -316,7 +316,7 @@ def stored_tensors(it_dir: Path) -> dict:
 
 
 def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
-                      dtype: str | None = None, max_shard_bytes: int = 1 << 30,
+                      dtype: str | None = None, max_shard_bytes: int = 500_000_000,
                       show_progress: bool = True) -> ConvertStats:
     """Write a Hugging Face folder (safetensors shards + config + tokenizer files) from a kit
     checkpoint, of any TP/PP layout, training checkpoints included (only "model" is read).
