@@ -135,6 +135,45 @@ def _estimated_output_bytes(path: Path, itemsize: int) -> int:
     return raw * itemsize // 2  # text is >= 2 bytes per token in practice
 
 
+def _prefetch(blocks):
+    """Parse the next block (pyarrow, GIL released) while the current one is encoded and written."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not put(block):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there with its file:line
+            put(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None) -> ShardResult:
     """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there)."""
     import pyarrow.compute as pc
@@ -156,7 +195,7 @@ def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg
     empty = 0
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
-        for texts in sources.read_batches(path, cfg.text_key, cfg.block_bytes):
+        for texts in _prefetch(sources.read_batches(path, cfg.text_key, cfg.block_bytes)):
             keep = pc.greater(pc.binary_length(texts), 0)
             n_empty = len(texts) - pc.sum(keep).as_py() if len(texts) else 0
             if n_empty:
