@@ -91,9 +91,16 @@ class FileKey:
     inode: int
 
     @classmethod
-    def of(cls, path: str | os.PathLike) -> "FileKey":
-        real = os.path.realpath(path)
-        st = os.stat(real)
+    def of(cls, path: str | os.PathLike, _dirs: dict[str, str] | None = None) -> "FileKey":
+        """``_dirs`` memoizes the real path of each folder: one realpath per folder, not per file."""
+        path = os.fspath(path)
+        head, tail = os.path.split(path)
+        if _dirs is None:
+            real_dir = os.path.realpath(head)
+        elif (real_dir := _dirs.get(head)) is None:
+            real_dir = _dirs[head] = os.path.realpath(head)
+        real = os.path.join(real_dir, tail)
+        st = os.stat(real)  # follows a link to the file: its inode and mtime are the content's
         return cls(real, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
@@ -161,15 +168,29 @@ def hash_files(
     cache: HashCache | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    keys: dict[str, FileKey] | None = None,
+    missing: list[str] | None = None,
 ) -> dict[str, str]:
     """Digest of every file (keyed by the path as given), hashing in parallel what the cache lacks.
 
-    ``progress(nbytes)`` is called after each file, for a progress bar.
+    ``progress(nbytes)`` is called after each file, for a progress bar. ``keys`` (if given) receives
+    each file's (real path, size, mtime, inode); ``missing`` (if given) receives the paths that do not
+    exist instead of raising FileNotFoundError.
     """
     algorithm = normalize_algorithm(algorithm)
     cache = cache if cache is not None else HashCache(None)
-    given = [os.fspath(p) for p in paths]
-    keys = {p: FileKey.of(p) for p in given}
+    keys = {} if keys is None else keys
+    dirs: dict[str, str] = {}
+    given = []
+    for p in map(os.fspath, paths):
+        try:
+            keys[p] = FileKey.of(p, dirs)
+        except FileNotFoundError:
+            if missing is None:
+                raise
+            missing.append(p)
+            continue
+        given.append(p)
     out: dict[str, str] = {}
     todo: list[str] = []
     for p in given:
@@ -190,7 +211,7 @@ def hash_files(
 
         def record(p: str, digest: str) -> None:
             key = keys[p]
-            if FileKey.of(p) == key:  # not changed while we read it
+            if FileKey.of(p, dirs) == key:  # not changed while we read it
                 cache.put(key, algorithm, digest)
             out[p] = digest
             if progress:

@@ -184,24 +184,26 @@ def data_section(folder: TrainingFolder, cache: HashCache | None, data_root: Pat
     shards = shard_files(folder, data_root)
     by_algo: dict[str, list[str]] = {}
     for info in shards.values():
-        for ext in (".bin", ".idx"):
-            by_algo.setdefault(info["algorithm"], []).append(os.fspath(info["root"] / (info["prefix"] + ext)))
-    missing = [p for paths in by_algo.values() for p in paths if not os.path.isfile(p)]
+        root = os.fspath(info["root"])
+        info["paths"] = {ext: os.path.join(root, info["prefix"] + ext) for ext in (".bin", ".idx")}
+        by_algo.setdefault(info["algorithm"], []).extend(info["paths"].values())
+    digests: dict[str, str] = {}
+    keys: dict = {}
+    missing: list[str] = []
+    for algo, paths in by_algo.items():
+        digests.update(hash_files(paths, algo, cache, progress=progress, keys=keys, missing=missing))
     if missing:
         raise LockError(f"{len(missing)} shard file(s) missing, first: {missing[0]}; restore the data or fix the "
                         "signature's root")
-    digests: dict[str, str] = {}
-    for algo, paths in by_algo.items():
-        digests.update(hash_files(paths, algo, cache, progress=progress))
     entries, disagree = {}, []
     for key, info in shards.items():
         s = info["entry"]
         row = {"language": s.language, "domain": s.domain, "subdomain": s.subdomain, "tokens": s.tokens,
                "docs": s.docs, "algorithm": info["algorithm"]}
         for ext, expected in ((".bin", s.bin_hash), (".idx", s.idx_hash)):
-            p = os.fspath(info["root"] / (info["prefix"] + ext))
+            p = info["paths"][ext]
             found = digests[p]
-            row[ext[1:]] = {"bytes": os.path.getsize(p), "hash": found}
+            row[ext[1:]] = {"bytes": keys[p].size, "hash": found}
             if expected is not None and found != expected.split(":", 1)[-1]:
                 disagree.append(f"{key}{ext}")
         entries[key] = row
