@@ -77,7 +77,7 @@ def wheelhouse(flavor: str) -> None:
     for old in WHEELHOUSE.glob("midtrain_kit-*.whl"):
         old.unlink()
     env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(WHEELHOUSE),
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(WHEELHOUSE),
           str(REPO)], env=env)
     shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
     if flavor == "cpu":

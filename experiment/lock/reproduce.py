@@ -362,10 +362,12 @@ def verify(lock: dict, folder: TrainingFolder, *, cache: HashCache, data_root: P
 
 # ------------------------------------------------------------------------------------------ re-run
 
-def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None) -> Path:
+def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None,
+                  data_root: Path | None = None) -> Path:
     """A scratch copy of the folder's description at ``work/<ancestors>/<name>``, with every path it
     points at (``../..``-relative) linked at the same relative place: experiment.toml is unchanged.
-    ``base`` replaces the base checkpoint it links to (reproduce --base)."""
+    ``base`` replaces the base checkpoint it links to (reproduce --base); ``data_root`` writes the
+    signatures into the mirror with that root (reproduce --data-root)."""
     cfg = folder.config
     refs = [*cfg.data.signatures, cfg.data.data_ratio, cfg.data.lang_prob, cfg.data.exclude_iterator]
     base_ref = cfg.checkpoint.base if cfg.checkpoint.base and not cfg.checkpoint.from_scratch else None
@@ -385,6 +387,14 @@ def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None) 
     for rel in lockfile.folder_files(folder):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(folder.path / rel, dest / rel)
+    if data_root is not None:
+        from experiment.data import signature as sigmod
+
+        for written in cfg.data.signatures:
+            leaf = Path(os.path.normpath(dest / written))
+            leaf.parent.mkdir(parents=True, exist_ok=True)
+            sig = sigmod.read(folder.resolve(written))
+            leaf.write_text(sig.model_copy(update={"root": os.fspath(data_root.resolve())}).to_json())
     if base is not None and base_ref:
         leaf = Path(os.path.normpath(dest / base_ref))
         if leaf.is_symlink() or leaf.exists():
@@ -504,9 +514,7 @@ def main(options: ReproduceOptions, console) -> int:
     if options.verify_only:
         return 0
     work = options.out or (folder.path / ".reproduce")
-    if options.data_root is not None:
-        console.print("[yellow]note[/yellow]: --data-root is checked here; the re-run reads the signatures' roots")
-    mirror = mirror_folder(folder, work, options.base)
+    mirror = mirror_folder(folder, work, options.base, options.data_root)
     cmd = rerun_command(mirror, options)
     console.print(f"re-running: {' '.join(cmd)}")
     res = subprocess.run(cmd)

@@ -162,3 +162,16 @@ def test_mirror_keeps_the_toml_and_resolves_every_path(project, tmp_path):
     again = load(mirror)
     assert again.signature_paths[0].resolve() == folder.signature_paths[0].resolve()
     assert lockfile.blend_section(again) == lockfile.blend_section(folder)
+
+
+def test_data_root_moves_the_shards(project, tmp_path):
+    lock = _lock(project)
+    moved = tmp_path / "elsewhere"
+    (project / "data" / "tiny").rename(moved)
+    gone = _verify(project, lock)
+    assert gone and all(f.area in ("data", "blend") and f.blocking for f in gone)
+    assert any(f.found == "missing" for f in gone)
+    assert _verify(project, lock, data_root=moved) == []
+    mirror = reproduce.mirror_folder(_folder(project), tmp_path / "work", data_root=moved)
+    again = load(mirror)
+    assert lockfile.data_section(again, HashCache(None))["shards"] == lock["data"]["shards"]
