@@ -137,14 +137,11 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
         bf16=dtype == torch.bfloat16, perform_initialization=False,
     )
     params = list(model.named_parameters())
-    tensors, nbytes = 0, 0
     with _progress(show_progress and rank == 0, "import", len(params)) as advance:
         for name, param in params:
             rule, layer = _rule_for(model, name, shape)
             hf = [source.get(n.format(i=layer)) for n in rule.hf]
             mapping.fill(rule, hf, param, shape, tp, tp_rank)
-            tensors += len(hf)
-            nbytes += sum(t.numel() * t.element_size() for t in hf)
             del hf
             advance(name)
     source.close()
@@ -158,9 +155,8 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
     if rank == 0:
         _finish_import(source, tmp, out_dir, layout, padded, hashing.result())
     dist.barrier()
-    totals = torch.tensor([tensors, nbytes], dtype=torch.float64)
-    dist.all_reduce(totals)
-    return ConvertStats(int(totals[0]), int(totals[1]), time.perf_counter() - start, out_dir)
+    # every rank reads the tensors its layers need; report the source model once, not per rank
+    return ConvertStats(len(source.where), source.weight_bytes, time.perf_counter() - start, out_dir)
 
 
 def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelLayout, padded: int,
