@@ -94,11 +94,12 @@ def megatron_forward(model, tokens: list[int]):
     import torch
 
     n = len(tokens)
-    ids = torch.tensor([tokens])
-    pos = torch.arange(n).unsqueeze(0)
-    mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)[None, None]  # True = masked
+    device = next(model.parameters()).device  # CPU here; the GPU on a CUDA host
+    ids = torch.tensor([tokens], device=device)
+    pos = torch.arange(n, device=device).unsqueeze(0)
+    mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=device), diagonal=1)[None, None]  # True = masked
     with torch.no_grad():
-        return model(ids, pos, mask).float()[0]
+        return model(ids, pos, mask).float()[0].cpu()
 
 
 def megatron_logits(model, meta: CheckpointMeta, batches: list[list[int]]):

@@ -396,7 +396,7 @@ def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta
     if n > 1:
         index = {"metadata": {"total_size": nbytes}, "weight_map": dict(sorted(weight_map.items()))}
         atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
-    config = dict(meta.hf_config)
+    config = dict(meta.hf_config) or mapping.config_from_shape(meta.shape, meta.family)  # from-scratch runs have none
     config.pop("quantization_config", None)  # a GGUF source's loader note, not a property of these weights
     if "torch_dtype" in config and "dtype" not in config:
         config["torch_dtype"] = dtype

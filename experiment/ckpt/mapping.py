@@ -185,6 +185,23 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
     return family, shape
 
 
+def config_from_shape(shape: ModelShape, family: str = "llama") -> dict[str, Any]:
+    """A Hugging Face config.json for a model that has none (trained from scratch by the kit)."""
+    arch = {f.name: f.architecture for f in FAMILIES.values()}[family]
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": shape.rope_theta}
+    if shape.rope_scaling == "llama3":
+        rope = {**_LLAMA3_FIXED, "rope_type": "llama3", "rope_theta": shape.rope_theta,
+                "factor": shape.rope_scaling_factor}
+    return {
+        "architectures": [arch], "model_type": family, "hidden_act": "silu",
+        "hidden_size": shape.hidden_size, "intermediate_size": shape.ffn_hidden_size,
+        "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_query_groups, "head_dim": shape.kv_channels,
+        "vocab_size": shape.vocab_size, "max_position_embeddings": shape.max_position_embeddings,
+        "rms_norm_eps": shape.norm_epsilon, "tie_word_embeddings": shape.tie_embeddings, "rope_parameters": rope,
+    }
+
+
 def check_layout(shape: ModelShape, tp: int, pp: int, where: str) -> None:
     """TP must divide heads, KV groups and the FFN; PP must divide the layers."""
     if tp < 1 or pp < 1:

@@ -83,3 +83,13 @@ def test_llama3_rope_scaling_read_from_both_config_styles():
     _, new = mapping.shape_from_config({**base, "rope_parameters": {**scaling, "rope_theta": 500000.0}}, "c")
     _, old = mapping.shape_from_config({**base, "rope_theta": 500000.0, "rope_scaling": scaling}, "c")
     assert new == old and new.rope_scaling == "llama3" and new.rope_scaling_factor == 32.0 and new.rope_theta == 5e5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_config_from_shape_round_trips(family):
+    """A from-scratch checkpoint (no HF config recorded) exports a config that maps back to its shape."""
+    shape = SHAPE.model_copy(update={"qkv_bias": family == "qwen2", "rope_scaling": "llama3", "rope_theta": 5e5})
+    if family == "qwen2":
+        shape = shape.model_copy(update={"rope_scaling": "none"})
+    _, back = mapping.shape_from_config(mapping.config_from_shape(shape, family), "config.json")
+    assert back == shape
