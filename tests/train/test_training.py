@@ -28,9 +28,15 @@ def _ok(res) -> str:
 
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory) -> Path:
-    """An uninterrupted DP=2 run from scratch: 8 iterations, checkpoints at 4 and 8."""
+    """An uninterrupted DP=2 run from scratch through `experiment run` (local launcher): 8 iterations,
+    checkpoints at 4 and 8, then the run's lockfile."""
+    from typer.testing import CliRunner
+
+    from experiment.cli import app
+
     folder = make_folder(tmp_path_factory.mktemp("ref") / "run", corpus, iters=ITERS)
-    _ok(torchrun(folder))
+    res = CliRunner().invoke(app, ["run", str(folder)])  # torchrun's own output goes to the real fds
+    assert res.exit_code == 0, res.output
     return folder
 
 
@@ -55,6 +61,10 @@ def test_dp2_loss_falls_and_outputs_are_written(reference):
     status = json.loads((reference / "logs" / "run_status.json").read_text())
     assert status["state"] == "finished" and status["iteration"] == ITERS
     assert json.loads((reference / "logs" / "determinism.json").read_text())["CUBLAS_WORKSPACE_CONFIG"]
+    import importlib.util
+
+    if importlib.util.find_spec("experiment.lock.lockfile"):  # `experiment run` wrote the lockfile
+        assert (reference / "run.lock.json").is_file()
 
 
 def test_two_identical_runs_give_identical_bytes(reference, corpus, tmp_path):
