@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from experiment.data import naming
+from experiment.data.signature import DataSignature, ShardEntry, TokenizerInfo
 from experiment.folder import FolderError, check, load
 
 VALID = """
@@ -31,7 +33,14 @@ nproc_per_node = 2
 def _folder(tmp_path: Path, toml: str = VALID) -> Path:
     (tmp_path / "experiment.toml").write_text(toml)
     (tmp_path / "data_ratio.json").write_text(json.dumps({"web": 1.0}))
-    (tmp_path / "sig.json").write_text("{}")
+    shard = naming.make("en", "web", "cc", 0).with_counts(10, 10, 5000)
+    sig = DataSignature(
+        name="t", root="shards", tokenizer=TokenizerInfo(kind="sentencepiece", name="t.model", sha256="0",
+                                                          vocab_size=32000, eod_id=2),
+        shards=[ShardEntry(prefix=shard.format(), language="en", domain="web", subdomain="cc", docs=10,
+                           sentences=10, tokens=5000, bin_bytes=10000, idx_bytes=200, dtype="uint16")],
+    )
+    (tmp_path / "sig.json").write_text(sig.to_json())
     return tmp_path
 
 
