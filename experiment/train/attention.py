@@ -15,7 +15,6 @@ import math
 
 
 def _core_attention_class():
-    import torch
     import torch.nn.functional as F
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.enums import AttnMaskType

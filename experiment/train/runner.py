@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,22 +45,13 @@ class RunResult:
     final_loss: float | None = None
 
 
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_count(text: str) -> int:
-    """'50B' -> 50_000_000_000; '1.5M' -> 1_500_000; '1000' -> 1000."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBGT]?)\s*", str(text).upper())
-    if not m:
-        raise ValueError(f"{text!r} is not a token count; write e.g. 1000, 20M or 50B")
-    return int(float(m.group(1)) * _SUFFIX[m.group(2)])
-
-
 def train_iterations(training, seq_length: int) -> int:
     """The run's length in iterations (from train_iters, or a token budget rounded up to whole batches)."""
+    from experiment.mixture.plan import parse_budget  # the one token-count syntax of the kit ("50B")
+
     if training.train_iters is not None:
         return training.train_iters
-    return max(1, math.ceil(parse_count(training.train_tokens) / (training.global_batch_size * seq_length)))
+    return max(1, math.ceil(parse_budget(training.train_tokens) / (training.global_batch_size * seq_length)))
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -117,8 +107,6 @@ def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
 
 
 def _forward_step(data_iterator, model):
-    import torch
-
     batch = next(data_iterator)
     batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
     output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
