@@ -21,9 +21,11 @@ operations per column, and the per-rule work happens once per (language, domain)
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -615,7 +617,11 @@ def whole_tokens(tokens: float) -> int:
 
 def plan(shards: Iterable[Shard] | ShardTable, spec: MixtureSpec) -> MixturePlan:
     """Plan the mixture, or raise ``MixtureError`` with every problem. Input order does not matter."""
-    t = as_table(shards)
+    with _no_gc():
+        return _plan(as_table(shards), spec)
+
+
+def _plan(t: ShardTable, spec: MixtureSpec) -> MixturePlan:
     names = t.name
     if len(set(names)) == len(names):
         order = sorted(range(len(names)), key=names.__getitem__)  # seed 002 sorted by name
@@ -648,6 +654,19 @@ _TEXT = ("prefix", "language", "domain", "subdomain")
 _COUNTS = ("tokens", "bin_bytes", "idx_bytes")
 
 
+@contextmanager
+def _no_gc():
+    """Pause Python's cycle collector while building large acyclic structures (a JSON document of 100,000
+    shards): each collection would walk the whole heap for nothing. Reference counting still frees memory."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def read_signature_shards(path: Path) -> ShardTable:
     """The shards of one data signature, with absolute prefixes.
 
@@ -658,9 +677,11 @@ def read_signature_shards(path: Path) -> ShardTable:
     from experiment.data.signature import DataSignature, read
 
     try:
-        raw = orjson.loads(path.read_bytes())
-        entries = raw["shards"]
-        cols = {f: [e[f] for e in entries] for f in _TEXT + _COUNTS}
+        with _no_gc():
+            raw = orjson.loads(path.read_bytes())
+            entries = raw["shards"]
+            cols = {f: [e[f] for e in entries] for f in _TEXT + _COUNTS}
+            del entries
         ok = (isinstance(raw["root"], str) and all(set(map(type, cols[f])) <= {str} for f in _TEXT)
               and all(set(map(type, cols[f])) <= {int} and min(cols[f], default=0) >= 0 for f in _COUNTS))
     except (orjson.JSONDecodeError, KeyError, TypeError):
