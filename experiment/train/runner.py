@@ -42,6 +42,7 @@ class RunResult:
     iteration: int
     consumed_samples: int
     step_seconds: list[float] = field(default_factory=list)
+    bookkeeping_seconds: list[float] = field(default_factory=list)  # per step, after the optimizer step
     final_loss: float | None = None
 
 
@@ -315,6 +316,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                               micro_batch_size=t.micro_batch_size, forward_only=False)
             ok, grad_norm, _ = optimizer.step()
             scheduler.step(increment=t.global_batch_size)
+            t_book = time.perf_counter()
             loss = _mean_loss(outputs)
             for d, c in count_domains(state.consumed_samples, t.global_batch_size).items():
                 domain_samples[d] = domain_samples.get(d, 0) + c
@@ -340,7 +342,9 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
             stop_now = stop.requested()
             # the whole iteration with all per-step bookkeeping (metrics, signal check), but without the
             # periodic evaluation and checkpoint: what bench/train_step.py compares with a bare loop
-            result.step_seconds.append(time.perf_counter() - t0 - eval_seconds)
+            t_end = time.perf_counter()
+            result.step_seconds.append(t_end - t0 - eval_seconds)
+            result.bookkeeping_seconds.append(t_end - t_book - eval_seconds)
             if stopping:
                 result.state = "stopped"
                 break
