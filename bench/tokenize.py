@@ -8,7 +8,11 @@ Rows (each in its own process, so peak memory is its own):
   tokenizers       HF `encode_batch` on in-memory texts (tokenizer.json of the same model), nothing written
   gigatoken        `encode_batch` on in-memory texts, nothing written
   preprocess_data  Megatron-LM's tools/preprocess_data.py, whole command (only with --megatron-lm)
-"ids ok" compares every document's ids with sentencepiece's. The ratio column is tokens/s over the
+--megatron-lm: a Megatron-LM checkout at tag core_v0.16.1 (tools/ and megatron/{training,legacy,rl,post_training}
+are enough; megatron.core comes from the installed package). megatron.training imports triton and six at import
+time, which CPU torch lacks: `pip install --no-deps --target DIR triton six` and run with PYTHONPATH=DIR.
+"ids == ..." compares every document's ids with sentencepiece's (or gigatoken's when sentencepiece is skipped).
+CPU s (user+sys, children included) is the fairer column on a shared machine: wall time moves with the load. The ratio column is tokens/s over the
 fastest raw encoder whose ids are identical (the issue's goal: kit >= 0.8).
 """
 
