@@ -16,9 +16,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf(request) -> object:
-    """Dequantized once per machine into pytest's cache (restartable, written atomically)."""
-    return gguf.materialize_smollm2(request.config.cache.mkdir("smollm2-135m-instruct-hf"))
+def smollm2_hf(request, tmp_path_factory) -> object:
+    """Dequantized once per machine into pytest's cache (restartable, written atomically); into a
+    temporary folder when the cache plugin is off."""
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("smollm2-135m-instruct-hf") if cache else tmp_path_factory.mktemp("gguf") / "smollm2"
+    return gguf.materialize_smollm2(folder)
 
 
 def _greedy(folder, prompt_ids, n=24):
