@@ -77,7 +77,7 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
 
         out = work / "kit-out"
         t0, c0 = time.perf_counter(), _cpu()
-        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False))
+        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False, cache_dir=work / "cache"))
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         flats, lengths = [], []
         for shard in report.shards:

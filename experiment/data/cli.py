@@ -46,6 +46,7 @@ def tokenize(
     eod_token: str = typer.Option(None, help="end-of-document token (default: the tokenizer's eos)"),
     reserve_mb: float = typer.Option(0.0, help="keep at least this much space free on the output disk"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    cache_dir: Path = typer.Option(Path.home() / ".cache" / "midtrain-kit", help="keeps the tokenizer converted for gigatoken"),
 ) -> None:
     """Tokenize each input shard into one counted Megatron shard (EOD appended, restartable)."""
     from experiment.data.tokenize import TokenizeConfig, run
@@ -53,7 +54,7 @@ def tokenize(
     cfg = TokenizeConfig(
         inputs=list(inputs), output=output, tokenizer=tokenizer, text_key=text_key, backend=backend,
         language=language, domain=domain, subdomain=subdomain, eod_token=eod_token,
-        reserve_bytes=int(reserve_mb * 1e6), progress=not no_progress,
+        reserve_bytes=int(reserve_mb * 1e6), progress=not no_progress, cache_dir=cache_dir,
     )
     run(cfg, console=console)
 

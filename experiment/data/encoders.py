@@ -198,18 +198,10 @@ def _arrow_to_awkward(texts):
 class GigatokenEncoder:
     backend = "gigatoken"
 
-    def __init__(self, spec: TokenizerSpec, reference: SentencePieceEncoder | TokenizersEncoder) -> None:
+    def __init__(self, spec: TokenizerSpec, reference: SentencePieceEncoder | TokenizersEncoder, cache_dir: Path | None = None) -> None:
         import gigatoken
 
-        if spec.kind == "sentencepiece":
-            from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
-
-            config = json.loads(sentencepiece_to_tokenizer_json(spec.model_file.read_bytes()))
-        else:
-            config = json.loads(_tokenizer_json(spec))
-        # Special added tokens would be matched in the text as control ids: drop them (see module doc).
-        config["added_tokens"] = [t for t in config.get("added_tokens") or [] if not t.get("special")]
-        self.tok = gigatoken.Tokenizer.from_json(json.dumps(config))
+        self.tok = gigatoken.Tokenizer.from_json(_gigatoken_json(spec, cache_dir))
         self.vocab_size = reference.vocab_size
         self.eod_id = reference.eod_id
 
@@ -223,6 +215,43 @@ class GigatokenEncoder:
         if offsets[0] != 0:
             flat, offsets = flat[offsets[0] : offsets[-1]], offsets - offsets[0]
         return flat[: offsets[-1]], offsets
+
+
+def _gigatoken_json(spec: TokenizerSpec, cache_dir: Path | None) -> str:
+    """The tokenizer.json gigatoken loads: special added tokens removed (see module doc).
+
+    Converting a SentencePiece ``.model`` (gigatoken's pure-Python protobuf reader) costs ~0.7 CPU-s, so
+    the result is cached in ``cache_dir`` under the tokenizer's hash and gigatoken's version.
+    """
+    import gigatoken
+
+    version = getattr(gigatoken, "__version__", None) or _dist_version("gigatoken")
+    cached = cache_dir / f"gigatoken-{spec.sha256()}-{version}.json" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    if spec.kind == "sentencepiece":
+        from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
+
+        config = json.loads(sentencepiece_to_tokenizer_json(spec.model_file.read_bytes()))
+    else:
+        config = json.loads(_tokenizer_json(spec))
+    config["added_tokens"] = [t for t in config.get("added_tokens") or [] if not t.get("special")]
+    text = json.dumps(config)
+    if cached is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only cache only costs time
+    return text
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
 
 
 def reference_encoder(spec: TokenizerSpec, threads: int | None = None) -> SentencePieceEncoder | TokenizersEncoder:
@@ -251,24 +280,24 @@ class LoadedEncoder:
     note: str
 
 
-def load_encoder(spec: TokenizerSpec, backend: str = "auto", threads: int | None = None) -> LoadedEncoder:
+def load_encoder(spec: TokenizerSpec, backend: str = "auto", threads: int | None = None, cache_dir: Path | None = None) -> LoadedEncoder:
     """Build the encoder for ``backend`` (auto: gigatoken if it matches the reference on the probe).
 
     Cached per (tokenizer files' hash, backend): loading and probing costs seconds, and one process
     (the demo, the tests) tokenizes several times with the same tokenizer.
     """
-    return _load_encoder(spec, spec.sha256(), backend, threads)
+    return _load_encoder(spec, spec.sha256(), backend, threads, cache_dir)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_encoder(spec: TokenizerSpec, sha256: str, backend: str, threads: int | None) -> LoadedEncoder:
+def _load_encoder(spec: TokenizerSpec, sha256: str, backend: str, threads: int | None, cache_dir: Path | None) -> LoadedEncoder:
     if backend not in BACKENDS:
         raise DataError(spec.path, f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
     reference = reference_encoder(spec, threads)
     if backend == "reference":
         return LoadedEncoder(reference, reference, spec, f"{reference.backend} (reference, as asked)")
     try:
-        fast = GigatokenEncoder(spec, reference)
+        fast = GigatokenEncoder(spec, reference, cache_dir)
     except Exception as err:  # gigatoken refuses some vocabularies (e.g. missing byte tokens)
         if backend == "gigatoken":
             raise DataError(spec.model_file, f"gigatoken cannot load this tokenizer: {err}", "use --backend reference") from None

@@ -44,6 +44,7 @@ class TokenizeConfig:
     reserve_bytes: int = 0
     spot_check: bool = True
     progress: bool = True
+    cache_dir: Path | None = None  # where the tokenizer.json converted for gigatoken is kept (None: not kept)
 
 
 @dataclass
@@ -238,7 +239,7 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
             raise DataError(path, f"gives the same shard name {name.stem} as {seen[name.stem]}", "rename one of the inputs")
         seen[name.stem] = path
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
-    loaded = load_encoder(spec, cfg.backend)
+    loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -122,3 +122,14 @@ def test_names_from_the_command_line(tmp_path, sp_model_path):
     (shard,) = report.shards
     assert shard.prefix.name.startswith("en_web_some-file_split_0000_text_document_dc=2_sc=2_tc=")
     assert shard.empty_docs == 1
+
+
+def test_converted_tokenizer_is_cached_by_hash(sp_model_path, tmp_path):
+    from experiment.data.encoders import _gigatoken_json, resolve_tokenizer
+
+    spec = resolve_tokenizer(sp_model_path)
+    first = _gigatoken_json(spec, tmp_path)
+    (cached,) = tmp_path.glob("gigatoken-*.json")
+    assert spec.sha256() in cached.name and cached.read_text() == first
+    assert _gigatoken_json(spec, tmp_path) == first == _gigatoken_json(spec, None)
+    assert not json.loads(first)["added_tokens"]  # <s>, </s> removed: they stay text
