@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -250,10 +248,17 @@ def checkpoint_hashes(ckpt_dir: Path, cache: HashCache | None = None, tensors: b
 
 
 def _metadata_hash(path: Path) -> str:
+    """torch DCP's ``.metadata`` by content: its pickle bytes vary with the writing Python build and hold
+    a random load id, so the tensors' names, shapes, dtypes, chunks and storage places are hashed."""
     from torch.distributed.checkpoint import FileSystemReader
 
     meta = FileSystemReader(os.fspath(path.parent)).read_metadata()
-    return hash_bytes(pickle.dumps(replace(meta, storage_meta=None), protocol=4), FILE_HASH)
+
+    def items(d) -> list:
+        return sorted((repr(k), repr(v)) for k, v in (d or {}).items()) if isinstance(d, dict) else [repr(d)]
+
+    canonical = repr([items(meta.state_dict_metadata), items(meta.planner_data), items(meta.storage_data)])
+    return hash_bytes(canonical.encode(), FILE_HASH)
 
 
 def tensor_hashes(ckpt_dir: Path) -> dict[str, str]:

@@ -30,6 +30,8 @@ from experiment.lock.hashing import HashCache, hash_files
 
 # environment entries whose change can change the numbers (the rest of the distribution set is noted)
 NUMERIC_ENV = ("torch", "megatron_core", "transformer_engine", "cuda", "cudnn", "nccl", "machine")
+# checkpoint files that hold tensor data (the rest is bookkeeping: manifests, metadata)
+TENSOR_DATA_SUFFIXES = (".distcp", ".pt", ".bin", ".safetensors")
 # files of a folder that the run never reads
 UNREAD_SUFFIXES = (".md", ".txt", ".png")
 
@@ -79,6 +81,12 @@ class Divergence:
     @property
     def identical(self) -> bool:
         return self.step is None and self.checkpoint is None
+
+    @property
+    def numerically_identical(self) -> bool:
+        """Losses and every tensor equal; only bookkeeping files (not tensor data) differ."""
+        return self.step is None and self.tensor is None and not any(
+            f.endswith(TENSOR_DATA_SUFFIXES) or f == "(checkpoint missing)" for f in self.files)
 
 
 def _short(h: Any) -> str:
@@ -454,6 +462,7 @@ def compare_outputs(want: dict, have: dict, steps: int | None = None) -> Diverge
         return Divergence(checkpoint="(checkpoint folder)", files=top_bad, compared_steps=len(w_steps))
     names = tuple(n for n in sorted(want["checkpoints"])
                   if steps is None or int(n.removeprefix("iter_")) <= steps)
+    first_bad: Divergence | None = None
     for name in names:
         w, h = want["checkpoints"][name], have["checkpoints"].get(name)
         if h is None:
@@ -461,10 +470,13 @@ def compare_outputs(want: dict, have: dict, steps: int | None = None) -> Diverge
         bad = tuple(sorted(k for k in set(w["files"]) | set(h["files"]) if w["files"].get(k) != h["files"].get(k)))
         wt, ht = w.get("tensors", {}), h.get("tensors", {})
         tensor = next((k for k in sorted(set(wt) | set(ht)) if wt.get(k) != ht.get(k)), None)
-        if bad or tensor:
-            return Divergence(checkpoint=name, tensor=tensor, files=bad, compared_steps=len(w_steps),
-                              compared_checkpoints=names)
-    return Divergence(compared_steps=len(w_steps), compared_checkpoints=names)
+        if tensor or (bad and first_bad is None):
+            div = Divergence(checkpoint=name, tensor=tensor, files=bad, compared_steps=len(w_steps),
+                             compared_checkpoints=names)
+            if not div.numerically_identical:
+                return div
+            first_bad = first_bad or div
+    return first_bad or Divergence(compared_steps=len(w_steps), compared_checkpoints=names)
 
 
 def _fmt_row(row: list) -> str:
@@ -531,14 +543,19 @@ def main(options: ReproduceOptions, console) -> int:
     table.add_row(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
                   f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
                   f"found {div.found}")
-    table.add_row(f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}",
-                  "identical" if div.checkpoint is None else
-                  f"[red]{div.checkpoint} differs[/red]: first tensor {div.tensor}; files {', '.join(div.files)}")
+    if div.checkpoint is None:
+        verdict = "identical"
+    elif div.numerically_identical:
+        verdict = (f"every tensor and tensor file identical; bookkeeping files differ in {div.checkpoint}: "
+                   f"{', '.join(div.files)}")
+    else:
+        verdict = f"[red]{div.checkpoint} differs[/red]: first tensor {div.tensor}; files {', '.join(div.files)}"
+    table.add_row(f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}", verdict)
     if sections is not None:
         table.add_row("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
                       else "sections that differ: " + ", ".join(sections))
     console.print(table)
-    return 0 if div.identical else 2
+    return 0 if div.identical or div.numerically_identical else 2
 
 
 def differing_sections(a: dict, b: dict) -> list[str]:
