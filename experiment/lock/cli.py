@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
     @lock_app.command("write")
     def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
-              no_cache: bool = typer.Option(False, help="hash every file again")) -> None:
+              no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
         from experiment.folder import load
         from experiment.lock.lockfile import write_run_lock
@@ -41,12 +41,12 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(None, help="re-run only the first N steps and compare those"),
         data_root: Path | None = typer.Option(None, help="folder holding the shards (replaces the signatures' roots)"),
         base: Path | None = typer.Option(None, help="base checkpoint folder (replaces checkpoint.base)"),
-        container: bool = typer.Option(False, help="re-run inside the pinned image"),
-        image: str | None = typer.Option(None, help="image ref for --container (default: the lock's)"),
-        ignore: bool = typer.Option(False, help="re-run even when inputs differ from the lock"),
+        container: bool = typer.Option(False, "--container", help="re-run inside the pinned image"),
+        image: str | None = typer.Option(None, help="image ref for --container (default: the folder's image.ref)"),
+        ignore: bool = typer.Option(False, "--ignore", help="re-run even when inputs differ from the lock"),
         verify_only: bool = typer.Option(False, "--verify-only", help="check inputs, do not re-run"),
         out: Path | None = typer.Option(None, help="where the re-run happens (default: <folder>/.reproduce)"),
-        no_cache: bool = typer.Option(False, help="hash every file again"),
+        no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again"),
     ) -> None:
         """Check environment, code, data, tokenizer and base weights against a lockfile, then re-run and
         compare losses and checkpoints, naming the first divergence."""
