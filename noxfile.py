@@ -31,9 +31,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The embedded default run; for now the data pipeline on the sample corpus (experiment data demo)."""
+    """The embedded default run (training/demo): corpus -> shards -> mixture -> SmolLM2 import -> torchrun
+    training -> HF export + logits check -> lockfile -> reproduce. `nox -s demo -- --container` trains
+    inside the CPU image."""
     install_kit(session)
-    session.run("experiment", "data", "demo", *session.posargs)
+    session.run("experiment", "demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
