@@ -131,17 +131,21 @@ def dedup(input_dir: Path, output: Path, text_key: str = "text", num_perm: int =
         return JsonlReader(str(input_dir), glob_pattern="*.jsonl", text_key=text_key, adapter=read_adapter, compression=None)
 
     tasks = len(files)
-    common = dict(logging_dir=None, skip_completed=False)
+    # datatrove logs to ./logs/<timestamp> unless told otherwise: keep its logs with the stage's work files
+    def common(stage: str) -> dict:
+        return dict(logging_dir=str(work / "logs" / stage), skip_completed=False)
+
     LocalPipelineExecutor(
         [reader(), MinhashDedupSignature(str(work / "sigs"), config=config, language=_word_tokenizer())],
-        tasks=tasks, workers=min(workers, tasks), **common).run()
+        tasks=tasks, workers=min(workers, tasks), **common("signatures")).run()
     LocalPipelineExecutor([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)],
-                          tasks=bands, workers=min(workers, bands), **common).run()
-    LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)], tasks=1, **common).run()
+                          tasks=bands, workers=min(workers, bands), **common("buckets")).run()
+    LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)],
+                          tasks=1, **common("cluster")).run()
     LocalPipelineExecutor(
         [reader(), MinhashDedupFilter(str(work / "remove")),
          JsonlWriter(str(build), output_filename="${_stem}.jsonl", compression=None, adapter=write_adapter)],
-        tasks=tasks, workers=min(workers, tasks), **common).run()
+        tasks=tasks, workers=min(workers, tasks), **common("filter")).run()
     output.mkdir(parents=True, exist_ok=True)
     outputs = []
     for name, stem in zip(names, stems):
