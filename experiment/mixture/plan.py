@@ -200,6 +200,14 @@ class MixturePlan:
     def languages(self) -> dict[str, list[str]]:
         return _group(self.table.language, self.table.prefix)
 
+    def sources(self) -> dict[str, list[str]]:
+        """The held-out sets a run reports loss for: per domain, or per ``language/domain`` when the mix
+        has several languages (a new language and its replay data often share domain names)."""
+        if len(set(self.table.language)) > 1:
+            return _group([f"{lang}/{dom}" for lang, dom in zip(self.table.language, self.table.domain)],
+                          self.table.prefix)
+        return self.domains()
+
     @property
     def total_weight(self) -> float:
         return math.fsum(self.weight)

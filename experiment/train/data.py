@@ -60,7 +60,7 @@ def blend_from_folder(folder) -> Blend:
         raise ValueError(f"{folder.path}: the signatures use {len(tokenizers)} different tokenizers; use one")
     tok = sig.read(folder.signature_paths[0]).tokenizer
     return Blend([str(p) for p in prefixes], [float(w) for w in weights],
-                 {d: [str(p) for p in ps] for d, ps in plan.domains().items()}, tok.eod_id, tok.vocab_size)
+                 {d: [str(p) for p in ps] for d, ps in plan.sources().items()}, tok.eod_id, tok.vocab_size)
 
 
 def split_string(valid_fraction: float) -> str:

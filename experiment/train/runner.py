@@ -10,6 +10,8 @@ kit adds is the wiring, exact resume, crash-safe checkpoints and the metrics fil
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import logging
 import math
 import sys
@@ -83,6 +85,19 @@ def _checkpoint_meta(folder, shape, padded_vocab: int, base_dir: Path | None, bf
     meta = meta.model_copy(update={"saved_layout": {"tensor_parallel": layout.tensor_parallel,
                                                     "pipeline_parallel": layout.pipeline_parallel}})
     return meta.to_json()
+
+
+def _copy_tokenizer(base_dir: Path, save_dir: Path) -> None:
+    """The base's tokenizer files travel with the run's checkpoints, so `experiment ckpt export` of any
+    iteration gives a complete Hugging Face folder. Copied once, through a temporary name."""
+    src, dst = base_dir / "tokenizer", save_dir / "tokenizer"
+    if not src.is_dir() or dst.is_dir():
+        return
+    save_dir.mkdir(parents=True, exist_ok=True)
+    tmp = save_dir / ".tokenizer.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
@@ -253,6 +268,8 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
         _say("training from scratch (checkpoint.from_scratch = true)")
         state = TrainState()
     meta_json = _checkpoint_meta(folder, shape, padded_vocab, base_dir, bf16, layout)
+    if _rank0() and base_dir is not None:
+        _copy_tokenizer(base_dir, save_dir)
 
     # data
     blend = train_data.blend_from_folder(folder)
@@ -304,6 +321,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
     _say(f"training {iters} iterations of {t.global_batch_size} x {seq} tokens on {env.world_size} "
          f"process(es) ({env.backend}, TP={layout.tensor_parallel}, PP={layout.pipeline_parallel}, "
          f"DP={plan.dp_size}), starting at iteration {state.iteration}")
+    before = evaluate(0) if valid_sets and state.iteration == 0 else None  # the base model, for comparison
     model.train()
     with StopRequest() as stop:
         while state.iteration < iters:
@@ -366,12 +384,12 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                                 "final_loss": None if result.final_loss is None else result.final_loss.hex(),
                                 "checkpoint": str(ckpt.iteration_dir(save_dir, state.iteration))
                                 if options.save else None})
-        _summary(folder, result, iters, last_eval, png, tokens_per_iter)
+        _summary(folder, result, iters, last_eval, png, tokens_per_iter, before)
     distributed.shutdown()
     return result
 
 
-def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_iter: int) -> None:
+def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_iter: int, before=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -388,7 +406,8 @@ def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_i
         table.add_row("s / iteration (steady)", f"{mean:.3f}")
         table.add_row("tokens / s", f"{tokens_per_iter / mean:,.0f}")
     for domain, loss in (last_eval or {}).items():
-        table.add_row(f"valid loss {domain}", f"{loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+        start = f"{before[domain]:.4f} -> " if before and domain in before else ""
+        table.add_row(f"valid loss {domain}", f"{start}{loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
     if png:
         table.add_row("loss curve", str(png))
     Console(stderr=True).print(table)
