@@ -11,14 +11,13 @@ Readers use ``read(ckpt_dir)``; the training runner needs only ``.shape`` and ``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experiment.presets import ModelShape
+from experiment.atomic import write_atomic as atomic_write_text
 
 META_NAME = "kit_checkpoint.json"
 LATEST_NAME = "latest_checkpointed_iteration.txt"
@@ -80,18 +79,6 @@ def write(ckpt_dir: str | Path, meta: CheckpointMeta) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this file is meant to be read
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def iteration_dirname(iteration: int) -> str:

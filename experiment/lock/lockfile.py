@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from experiment.folder import TrainingFolder
 from experiment.lock import environment
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
+from experiment.atomic import write_atomic  # re-exported: callers use lockfile.write_atomic
 
 LOCK_NAME = "run.lock.json"
 LOCK_VERSION = 1
@@ -85,13 +86,6 @@ def read(path: str | Path) -> dict:
     return lock
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- sections

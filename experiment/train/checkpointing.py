@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from experiment.atomic import write_atomic as _atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,6 @@ def iteration_dir(save_dir: Path, iteration: int) -> Path:
 
 # ---------------------------------------------------------------- folder bookkeeping (pure file ops)
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _listing(folder: Path) -> dict[str, int]:
