@@ -32,12 +32,12 @@ def initialize(layout: ParallelLayout = ParallelLayout(), seed: int = 1234) -> D
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = "gloo" if on_cpu else "nccl"
     if not dist.is_initialized():
-        if world == 1 and "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
         if not on_cpu:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        # a single process outside torchrun gets its own port, without writing it into os.environ
+        # (child processes would inherit it and collide with this process's store)
+        init_method = None if "MASTER_ADDR" in os.environ else f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(
             tensor_model_parallel_size=layout.tensor_parallel,
