@@ -23,6 +23,7 @@ class Blend:
     domains: dict[str, list[str]]
     eod_id: int
     vocab_size: int
+    plan: Any = field(default=None, compare=False, repr=False)  # the MixturePlan it came from, when it did
 
     def __post_init__(self) -> None:
         if not self.prefixes or len(self.prefixes) != len(self.weights):
@@ -60,7 +61,7 @@ def blend_from_folder(folder) -> Blend:
         raise ValueError(f"{folder.path}: the signatures use {len(tokenizers)} different tokenizers; use one")
     tok = sig.read(folder.signature_paths[0]).tokenizer
     return Blend([str(p) for p in prefixes], [float(w) for w in weights],
-                 {d: [str(p) for p in ps] for d, ps in plan.sources().items()}, tok.eod_id, tok.vocab_size)
+                 {d: [str(p) for p in ps] for d, ps in plan.sources().items()}, tok.eod_id, tok.vocab_size, plan)
 
 
 def split_string(valid_fraction: float) -> str:

@@ -210,6 +210,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
     from experiment.train.model import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
     from experiment.train.signals import StopRequest
+    from experiment.mixture import record as mixture_record
 
     cfg = folder.config
     t = cfg.training
@@ -273,6 +274,13 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     # data
     blend = train_data.blend_from_folder(folder)
+    # a resume must read the blended index it started with (every rank checks; only rank 0 writes)
+    changes = (mixture_record.check_resume(log_dir, blend.plan, cfg.data.allow_mixture_change)
+               if state.consumed_samples else [])
+    for change in changes:
+        _say(f"WARNING: mixture changed on resume (data.allow_mixture_change = true): {change}")
+    if env.rank == 0 and (changes or mixture_record.read_record(log_dir) is None or not state.consumed_samples):
+        mixture_record.write_record(log_dir, blend.plan)
     cache = log_dir / "dataset_index"  # megatron's index cache: derived data, kept with the run's outputs
     valid_fraction = cfg.data.valid_fraction
     train_ds = train_data.build_train(blend, num_samples=iters * t.global_batch_size, seq_length=seq,

@@ -130,6 +130,28 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference, corpus, 
     assert (folder / "logs" / "losses.jsonl").read_bytes() == (reference / "logs" / "losses.jsonl").read_bytes()
 
 
+def test_resume_with_a_changed_mixture_is_refused_unless_allowed(reference, corpus, tmp_path):
+    """The run recorded its mixture (logs/mixture.json); resuming after data_ratio.json changed would read a
+    different blended index past the consumed samples, so it is refused, naming the setting and the change."""
+    folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
+    recorded = json.loads((reference / "logs" / "mixture.json").read_text())
+    assert {s["name"] for s in recorded["shards"]} and recorded["fingerprint"]
+    shutil.copytree(reference / "checkpoints", folder / "checkpoints")
+    (folder / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("4\n")
+    shutil.copytree(reference / "logs", folder / "logs")
+    (folder / "data_ratio.json").write_text(json.dumps({"pydoc": 1.0, "debref": 3.0}))
+    res = torchrun(folder)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "data.allow_mixture_change" in out and "weight of" in out, out[-3000:]
+    assert json.loads((folder / "logs" / "mixture.json").read_text()) == recorded  # the record is kept
+    toml = folder / "experiment.toml"  # meant: the run goes on with the new weights, says so, records them
+    toml.write_text(toml.read_text().replace("[data]\n", "[data]\nallow_mixture_change = true\n", 1))
+    out = _ok(torchrun(folder))
+    assert "mixture changed on resume" in out and "resumed from" in out, out[-3000:]
+    assert json.loads((folder / "logs" / "mixture.json").read_text())["fingerprint"] != recorded["fingerprint"]
+
+
 def test_tp2_continues_from_a_base_checkpoint(reference, corpus, tmp_path):
     """TP=2 run whose base is the DP run's checkpoint (saved at TP=1: dist_checkpointing reshards);
     the log names the base and its hash, and training starts from the trained loss, not from scratch."""
