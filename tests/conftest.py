@@ -1,7 +1,9 @@
-"""Shared fixtures: the real Llama-family SentencePiece tokenizer that ships in mistral-common."""
+"""Shared fixtures: the real Llama-family SentencePiece tokenizer that ships in mistral-common, and the tiny
+project (tests/lock/tinyproject.py) the lockfile and container tests run."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,19 @@ def sp_model_path() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def _project_template(tmp_path_factory, sp_model_path) -> Path:
+    """Built once per session."""
+    from tests.lock.tinyproject import make_project
+
+    return make_project(tmp_path_factory.mktemp("lockproject") / "project", sp_model_path)
+
+
+@pytest.fixture()
+def project(_project_template, tmp_path) -> Path:
+    """A fresh copy of the tiny project (tests tamper with it)."""
+    dest = tmp_path / "project"
+    shutil.copytree(_project_template, dest, symlinks=True)
+    return dest
