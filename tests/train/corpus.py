@@ -100,6 +100,7 @@ preset = "tiny"
 seq_length = {seq_length}
 [training]
 tensor_parallel = {tp}
+pipeline_parallel = {pp}
 micro_batch_size = {mbs}
 global_batch_size = {gbs}
 train_iters = {iters}
@@ -120,15 +121,15 @@ nproc_per_node = {nproc}
 """
 
 
-def make_folder(path: Path, signature: Path, *, name: str = "t", tp: int = 1, nproc: int = 2, iters: int = 8,
-                mbs: int = 2, gbs: int = 8, seq_length: int = 64, lr: float = 3e-3, min_lr: float = 3e-4,
-                warmup: int = 2, precision: str = "fp32", save_interval: int = 4, eval_interval: int = 4,
+def make_folder(path: Path, signature: Path, *, name: str = "t", tp: int = 1, pp: int = 1, nproc: int = 2,
+                iters: int = 8, mbs: int = 2, gbs: int = 8, seq_length: int = 64, lr: float = 3e-3,
+                min_lr: float = 3e-4,                warmup: int = 2, precision: str = "fp32", save_interval: int = 4, eval_interval: int = 4,
                 eval_iters: int = 1, valid_fraction: float = 0.05, checkpoint: str = "from_scratch = true") -> Path:
     import json
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "experiment.toml").write_text(FOLDER_TOML.format(
-        name=name, signature=str(signature), valid_fraction=valid_fraction, seq_length=seq_length, tp=tp,
+        name=name, signature=str(signature), valid_fraction=valid_fraction, seq_length=seq_length, tp=tp, pp=pp,
         mbs=mbs, gbs=gbs, iters=iters, lr=lr, min_lr=min_lr, warmup=warmup, precision=precision,
         save_interval=save_interval, eval_interval=eval_interval, eval_iters=eval_iters,
         checkpoint=checkpoint, nproc=nproc))

@@ -193,3 +193,23 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_identically(reference, cor
     # the preemption checkpoint is extra; every checkpoint both runs wrote is byte-identical
     assert {k: v for k, v in got.items() if k in ref} == ref
     assert (folder / "logs" / "losses.jsonl").read_bytes() == (reference / "logs" / "losses.jsonl").read_bytes()
+
+
+def test_pp2_trains_and_its_checkpoint_continues_at_pp1(reference, corpus, tmp_path):
+    """Pipeline parallelism: 2 stages of the tiny model (2 layers each) learn, the last stage's loss reaches
+    every rank's log, and the checkpoint (saved per stage) is a base for a PP=1 run (dist_checkpointing
+    reshards)."""
+    folder = make_folder(tmp_path / "pp", corpus, pp=2, iters=4, save_interval=4, eval_interval=4)
+    out = _ok(torchrun(folder))
+    assert "PP=2" in out and "DP=1" in out, out[-3000:]
+    losses = [unhex(r["loss"]) for r in read_losses(folder / "logs")]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.2, losses
+    evals = [json.loads(line) for line in (folder / "logs" / "eval.jsonl").read_text().splitlines()]
+    assert {e["iteration"] for e in evals} == {0, 4} and all(math.isfinite(unhex(e["loss"])) for e in evals)
+    again = make_folder(tmp_path / "pp1", corpus, iters=1, save_interval=1, eval_interval=1, warmup=0,
+                        checkpoint=f'base = "{folder / "checkpoints"}"')
+    out = _ok(torchrun(again))
+    assert "base checkpoint loaded" in out, out[-3000:]
+    first = unhex(read_losses(again / "logs")[0]["loss"])
+    assert first < losses[0] - 0.2, (first, losses)
