@@ -123,8 +123,9 @@ nproc_per_node = {nproc}
 
 def make_folder(path: Path, signature: Path, *, name: str = "t", tp: int = 1, pp: int = 1, nproc: int = 2,
                 iters: int = 8, mbs: int = 2, gbs: int = 8, seq_length: int = 64, lr: float = 3e-3,
-                min_lr: float = 3e-4,                warmup: int = 2, precision: str = "fp32", save_interval: int = 4, eval_interval: int = 4,
-                eval_iters: int = 1, valid_fraction: float = 0.05, checkpoint: str = "from_scratch = true") -> Path:
+                min_lr: float = 3e-4, warmup: int = 2, precision: str = "fp32", save_interval: int = 4,
+                eval_interval: int = 4, eval_iters: int = 1, valid_fraction: float = 0.05,
+                checkpoint: str = "from_scratch = true") -> Path:
     import json
 
     path.mkdir(parents=True, exist_ok=True)
