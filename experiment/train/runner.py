@@ -421,6 +421,16 @@ def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_i
     Console(stderr=True).print(table)
 
 
+def _quiet_known_warnings() -> None:
+    """Warnings every step would repeat on every rank and that need no action from the user: megatron-core
+    0.16 calls collectives torch 2.13 renamed, and falls back to torch norms without Apex (expected here)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun worker: ``python -m experiment.train.runner FOLDER [--max-iterations N]``."""
     import argparse
@@ -433,12 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    _quiet_known_warnings()
     try:
         folder = load(args.folder)
-    except FolderError as err:
+        result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
+    except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)
         return 2
-    result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     return 0 if result.state in ("finished", "interrupted", "stopped") else 1
 
 
