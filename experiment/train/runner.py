@@ -423,12 +423,16 @@ def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_i
 
 def _quiet_known_warnings() -> None:
     """Warnings every step would repeat on every rank and that need no action from the user: megatron-core
-    0.16 calls collectives torch 2.13 renamed, and falls back to torch norms without Apex (expected here)."""
+    0.16 calls collectives torch 2.13 renamed, falls back to torch norms without Apex (expected here), and reads
+    ``.grad`` of non-leaf tensors."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    # megatron reads .grad of non-leaf tensors; under the CPU layer's torch-function mode torch warns once per rank
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r"The \.grad attribute of a Tensor that is not a leaf")
 
 
 def main(argv: list[str] | None = None) -> int:
