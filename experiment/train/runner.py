@@ -427,8 +427,8 @@ def _quiet_known_warnings() -> None:
     ``.grad`` of non-leaf tensors."""
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning,
-                            message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated")
+    renamed = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", category=FutureWarning, message=renamed)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     # megatron reads .grad of non-leaf tensors; under the CPU layer's torch-function mode torch warns once per rank
     warnings.filterwarnings("ignore", category=UserWarning,
