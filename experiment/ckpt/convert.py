@@ -217,6 +217,9 @@ class _Producer:
         if name is None:
             raise CheckpointError(f"internal: the checkpoint writer asked for {fqn!r} at {tuple(offset)}, which is "
                                   "not a view of a GPTModel parameter")
+        mapped = self._mapped(name, meta)
+        if mapped is not None:
+            return mapped
         if self._last[0] != name:
             self._last = (None, None)  # let the previous parameter go before filling the next
             self._last = (name, self._fill(name))
@@ -225,6 +228,29 @@ class _Producer:
         if out.untyped_storage().size() != out.numel() * out.element_size():
             out = out.clone()
         return out
+
+    def _mapped(self, name: str, meta):
+        """The item as a read-only map of the HF file when it is one run of whole rows of one HF
+        tensor in the same dtype (most bytes of a model: embeddings, projections, fc1 halves): the
+        writer then copies from the page cache once, with no fill and no fresh memory. The tensor is
+        what megatron would write (contiguous, its storage exactly the item), so the bytes match."""
+        param = self.model.get_parameter(name)
+        if param.dim() < 2 or not meta.is_contiguous() or meta.numel() == 0:
+            return None
+        rule, layer = _rule_for(self.model, name, self.shape)
+        names = [n.format(i=layer) for n in rule.hf]
+        if self.source.dtype_of(names[0]) != param.dtype:
+            return None
+        runs = mapping.row_sources(rule, param.shape[0], self.source.shape_of(names[0])[0], self.tp, self.tp_rank)
+        row_numel = param[0].numel()
+        first, rem = divmod(meta.storage_offset(), row_numel)
+        count, rem2 = divmod(meta.numel(), row_numel)
+        if runs is None or rem or rem2:
+            return None
+        for row, n, which, hf_row in runs:
+            if row <= first and first + count <= row + n:
+                return self.source.map_rows(names[which], hf_row + first - row, count).view(meta.shape)
+        return None
 
     def _fill(self, name: str):
         import torch
@@ -238,26 +264,18 @@ class _Producer:
 
 def fill_from_source(source: HFSource, rule: mapping.Rule, layer: int | None, out, shape: ModelShape,
                      tp: int, rank: int) -> None:
-    """``mapping.fill`` of this rank's parameter, with HF tensors read straight into ``out`` where the
-    slice is a row range (copies, vocab, gate/up): no intermediate copy of the largest tensors."""
+    """``mapping.fill`` of this rank's parameter, with HF rows read straight into ``out`` where the
+    rule is a row copy (``mapping.row_sources``): no intermediate copy of the largest tensors."""
     names = [n.format(i=layer) for n in rule.hf]
-    rows = out.shape[0] if out.dim() else 0
-    if rule.kind == "copy" and (rule.tp_axis is None or tp == 1):
-        source.read_rows(names[0], out)
-    elif rule.kind == "copy" and rule.tp_axis == 0:
-        source.read_rows(names[0], out, rank * rows)
-    elif rule.kind == "vocab":
-        hf_rows = source.shape_of(names[0])[0]
-        start = rank * rows
-        real = max(0, min(rows, hf_rows - start))
-        source.read_rows(names[0], out[:real], start)
-        out[real:].zero_()
-    elif rule.kind == "gate_up":
-        half = rows // 2
-        source.read_rows(names[0], out[:half], rank * half)
-        source.read_rows(names[1], out[half:], rank * half)
-    else:  # qkv (interleaved per KV group) and column-sharded copies: the pure-tensor path
+    runs = mapping.row_sources(rule, out.shape[0], source.shape_of(names[0])[0], tp, rank) if out.dim() else None
+    if runs is None:  # QKV interleave, column split, scalars: the pure-tensor path
         mapping.fill(rule, [source.get(n) for n in names], out, shape, tp, rank)
+        return
+    covered = 0
+    for row, n, which, hf_row in runs:
+        source.read_rows(names[which], out[row:row + n], hf_row)
+        covered = max(covered, row + n)
+    out[covered:].zero_()
 
 
 def _streaming_save_strategy(producer: _Producer):
@@ -312,11 +330,13 @@ def _streaming_save_strategy(producer: _Producer):
                         make = lambda k: pool.submit(producer, tensor_data[k][0].index.fqn,  # noqa: E731
                                                      tensor_data[k][0].index.offset, tensor_data[k][1])
                         ahead = make(0) if tensor_data else None
+                        kicked = 0
                         for k, (item, _meta) in enumerate(tensor_data):
                             tensor = ahead.result()
                             ahead = make(k + 1) if k + 1 < len(tensor_data) else None
                             local.append(_write_item(*transforms, stream, tensor, item, storage_key, **extra))
                             del tensor
+                            kicked = _start_writeback(stream, kicked)
                             producer.advance(item.index.fqn)
                         stream.flush()
                         os.fsync(stream.fileno())
@@ -552,6 +572,20 @@ def _background(fn, *args):
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future
+
+
+def _start_writeback(stream, since: int, every: int = 64 << 20) -> int:
+    """Start writing the bytes written since offset ``since`` to disk now (Linux: fadvise DONTNEED
+    starts writeback of dirty pages without waiting), so the disk works while the next tensors are
+    made and the final fsync has little left; returns the new mark."""
+    if not hasattr(os, "posix_fadvise"):
+        return since
+    pos = stream.tell()
+    if pos - since < every:
+        return since
+    stream.flush()
+    os.posix_fadvise(stream.fileno(), since, pos - since, os.POSIX_FADV_DONTNEED)
+    return pos
 
 
 def _fsync_tree(folder: Path) -> None:

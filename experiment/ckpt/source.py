@@ -82,6 +82,41 @@ class HFSource:
             raise CheckpointError(f"{file}: tensor {name!r} is truncated ({got + start * row_bytes} of "
                                   f"{end - begin} bytes); fix: download the shard again")
 
+    def map_rows(self, name: str, start: int, rows: int):
+        """Rows ``start .. start + rows`` of tensor ``name`` as a read-only tensor over a map of the
+        file (populated up front; unmapped when the tensor is freed). Its pages count in this
+        process's RSS only while it lives."""
+        import mmap
+        import warnings
+
+        import torch
+
+        entry = self._entry(name)
+        shape, dtype = entry["shape"], _TORCH_DTYPES[entry["dtype"]]
+        if not shape or start < 0 or rows < 1 or start + rows > shape[0]:
+            raise CheckpointError(f"internal: rows {start}..{start + rows} of {name!r} {list(shape)}")
+        row_bytes = dtype.itemsize
+        for d in shape[1:]:
+            row_bytes *= d
+        begin, end = entry["data_offsets"]
+        file = self.where[name]
+        offset = self._handles[file][0] + begin + start * row_bytes
+        size = rows * row_bytes
+        if self._handles[file][0] + end > file.stat().st_size:
+            raise CheckpointError(f"{file}: tensor {name!r} is truncated ({file.stat().st_size} bytes, the header "
+                                  f"says {self._handles[file][0] + end}); fix: download the shard again")
+        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with open(file, "rb") as fh:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(fh.fileno(), offset - aligned + size, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "non-writable buffer": the tensor is only read
+            flat = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - aligned)
+        return flat.view(dtype).view(rows, *shape[1:])
+
+    def dtype_of(self, name: str):
+        return _TORCH_DTYPES[self._entry(name)["dtype"]]
+
     def shape_of(self, name: str) -> tuple[int, ...]:
         return tuple(self._entry(name)["shape"])
 
