@@ -1,11 +1,15 @@
 """Import (Hugging Face -> Megatron-Core distributed checkpoint) and export (back), streaming.
 
-Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds only its
-own GPTModel slice (``experiment.train.model.build_gpt_model``, no random init), fills it tensor by tensor
-from the safetensors shards (``safe_open``, one HF tensor at a time, transformed by
-``experiment.ckpt.mapping``) and saves its shards with ``megatron.core.dist_checkpointing`` (torch_dist),
-which any other TP/PP layout can load. Everything goes to ``.<out>.importing`` first and is renamed at
-the end, so a killed import leaves no checkpoint behind and is simply re-run.
+Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds its own
+GPTModel slice on the meta device (``experiment.train.model.build_gpt_model``: shapes, dtypes and
+megatron's sharding, no data) and saves its sharded state dict with ``megatron.core.dist_checkpointing``
+(torch_dist, megatron's planner and format), which any other TP/PP layout can load. Only the writer
+differs: it asks for each tensor just before writing it, and the tensor is made then from the
+safetensors shards (transformed by ``experiment.ckpt.mapping``; plain row copies are written straight
+from a map of the shard) while the previous one is being written, then let go. Peak memory: about the
+largest tensor; the files are byte for byte those a filled model gives. Everything goes to
+``.<out>.importing`` first and is renamed at the end, so a killed import leaves no checkpoint behind
+and is simply re-run.
 
 Export needs no model: it asks ``dist_checkpointing.load`` for one layer at a time (global, unsharded
 tensors: the checkpoint is resharded on read, whatever TP/PP it was saved with), maps it back to
@@ -137,9 +141,9 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
             shape, seq_length=1, layout=layout, padded_vocab_size=padded, params_dtype=dtype,
             bf16=dtype == torch.bfloat16, perform_initialization=False,
         )
-    state, owners = _sharded_state(model)
+    state, owners, written = _sharded_state(model)
     producer = _Producer(source, model, shape, tp, tp_rank, owners)
-    with _progress(show_progress and rank == 0, "import", producer.items) as advance:
+    with _progress(show_progress and rank == 0, "import", written) as advance:
         producer.advance = advance
         dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
                                 sharded_strategy=_streaming_save_strategy(producer))
@@ -179,22 +183,24 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
     os.replace(tmp, out_dir)
 
 
-def _sharded_state(model) -> tuple[dict, dict[tuple[str, tuple[int, ...]], str]]:
+def _sharded_state(model) -> tuple[dict, dict[tuple[str, tuple[int, ...]], str], int]:
     """The model's sharded state dict with megatron's shard factories (SwiGLU fc1 -> gate and up
     halves) already built, and which parameter each ShardedTensor (checkpoint key, global offset: how
-    the writer names it) is a view of. The model lives on the meta device: nothing here holds data."""
+    the writer names it) is a view of, and how many of them this rank writes. The model lives on the
+    meta device: nothing here holds data."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
 
     state = model.sharded_state_dict()
-    owners = {}
+    owners, written = {}, 0
     for name, value in list(state.items()):
         if isinstance(value, ShardedTensorFactory):
             value = state[name] = value.build()
         for sh_ten in nested_values(value) if isinstance(value, (dict, list)) else [value]:
             if isinstance(sh_ten, ShardedTensor):
                 owners[(sh_ten.key, tuple(sh_ten.global_offset))] = name
-    return state, owners
+                written += is_main_replica(sh_ten.replica_id)  # what the writer saves (the rest: other ranks')
+    return state, owners, written
 
 
 class _Producer:
@@ -208,7 +214,6 @@ class _Producer:
                  owners: dict[tuple[str, tuple[int, ...]], str]):
         self.source, self.model, self.shape, self.tp, self.tp_rank = source, model, shape, tp, tp_rank
         self.owners = owners
-        self.items = len(owners)
         self.advance = lambda _desc: None
         self._last: tuple[str | None, object] = (None, None)
 
