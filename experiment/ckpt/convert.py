@@ -1,11 +1,15 @@
 """Import (Hugging Face -> Megatron-Core distributed checkpoint) and export (back), streaming.
 
-Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds only its
-own GPTModel slice (``experiment.train.model.build_gpt_model``, no random init), fills it tensor by tensor
-from the safetensors shards (``safe_open``, one HF tensor at a time, transformed by
-``experiment.ckpt.mapping``) and saves its shards with ``megatron.core.dist_checkpointing`` (torch_dist),
-which any other TP/PP layout can load. Everything goes to ``.<out>.importing`` first and is renamed at
-the end, so a killed import leaves no checkpoint behind and is simply re-run.
+Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds its own
+GPTModel slice on the meta device (``experiment.train.model.build_gpt_model``: shapes, dtypes and
+megatron's sharding, no data) and saves its sharded state dict with ``megatron.core.dist_checkpointing``
+(torch_dist, megatron's planner and format), which any other TP/PP layout can load. Only the writer
+differs: it asks for each tensor just before writing it, and the tensor is made then from the
+safetensors shards (transformed by ``experiment.ckpt.mapping``; plain row copies are written straight
+from a map of the shard) while the previous one is being written, then let go. Peak memory: about the
+largest tensor; the files are byte for byte those a filled model gives. Everything goes to
+``.<out>.importing`` first and is renamed at the end, so a killed import leaves no checkpoint behind
+and is simply re-run.
 
 Export needs no model: it asks ``dist_checkpointing.load`` for one layer at a time (global, unsharded
 tensors: the checkpoint is resharded on read, whatever TP/PP it was saved with), maps it back to
@@ -130,27 +134,21 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
         (tmp / iteration_dirname(IMPORT_ITERATION)).mkdir(parents=True)
     dist.barrier()
 
-    hashing = _background(content_hash, source.files) if rank == 0 else None  # overlaps the fill and the save
+    hashing = _background(content_hash, source.files) if rank == 0 else None  # overlaps the save
     dtype = getattr(torch, source.dtype)
-    model = build_gpt_model(
-        shape, seq_length=1, layout=layout, padded_vocab_size=padded, params_dtype=dtype,
-        bf16=dtype == torch.bfloat16, perform_initialization=False,
-    )
-    params = list(model.named_parameters())
-    with _progress(show_progress and rank == 0, "import", len(params)) as advance:
-        for name, param in params:
-            rule, layer = _rule_for(model, name, shape)
-            hf = [source.get(n.format(i=layer)) for n in rule.hf]
-            mapping.fill(rule, hf, param, shape, tp, tp_rank)
-            del hf
-            advance(name)
+    with torch.device("meta"):  # shapes, dtypes and sharding only: the data is produced while writing
+        model = build_gpt_model(
+            shape, seq_length=1, layout=layout, padded_vocab_size=padded, params_dtype=dtype,
+            bf16=dtype == torch.bfloat16, perform_initialization=False,
+        )
+    state, owners, written = _sharded_state(model)
+    producer = _Producer(source, model, shape, tp, tp_rank, owners)
+    with _progress(show_progress and rank == 0, "import", written) as advance:
+        producer.advance = advance
+        dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
+                                sharded_strategy=_streaming_save_strategy(producer))
     source.close()
-    save_strategy, _ = _strategies()
-    state = _without_views(model, model.sharded_state_dict())
-    dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
-                            sharded_strategy=save_strategy)
-    del state
-    del model, params
+    del state, model, producer
     dist.barrier()
     if rank == 0:
         _finish_import(source, tmp, out_dir, layout, padded, hashing.result())
@@ -185,28 +183,183 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
     os.replace(tmp, out_dir)
 
 
-def _without_views(model, state: dict) -> dict:
-    """Build megatron's shard factories (SwiGLU fc1 -> gate and up halves) ourselves, one layer at a time.
-
-    The halves are views of the fc1 parameter, and megatron's writer clones every view before writing,
-    which would hold a second copy of all fc1 weights (a third of a Llama) at once. Here each layer's
-    halves are cloned and that layer's parameter storage is released right away, so the save needs about
-    one fc1 more than the model instead. The model is not used after the save.
-    """
-    import torch
-    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+def _sharded_state(model) -> tuple[dict, dict[tuple[str, tuple[int, ...]], str], int]:
+    """The model's sharded state dict with megatron's shard factories (SwiGLU fc1 -> gate and up
+    halves) already built, and which parameter each ShardedTensor (checkpoint key, global offset: how
+    the writer names it) is a view of, and how many of them this rank writes. The model lives on the
+    meta device: nothing here holds data."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
 
-    for key, value in list(state.items()):
+    state = model.sharded_state_dict()
+    owners, written = {}, 0
+    for name, value in list(state.items()):
         if isinstance(value, ShardedTensorFactory):
-            built = value.build()
-            for sh_ten in nested_values(built):
-                sh_ten.data = sh_ten.data.clone()
-            param = model.get_parameter(key)
-            param.data = torch.empty(0, dtype=param.dtype)
-            value.data = None
-            state[key] = built
-    return state
+            value = state[name] = value.build()
+        for sh_ten in nested_values(value) if isinstance(value, (dict, list)) else [value]:
+            if isinstance(sh_ten, ShardedTensor):
+                owners[(sh_ten.key, tuple(sh_ten.global_offset))] = name
+                written += is_main_replica(sh_ten.replica_id)  # what the writer saves (the rest: other ranks')
+    return state, owners, written
+
+
+class _Producer:
+    """Makes the data of one write item when the writer asks for it: fills this rank's slice of the
+    parameter the item is a view of from the Hugging Face shards (``experiment.ckpt.mapping``), then
+    takes the item's view of it, exactly as megatron would have taken it from a filled model (same
+    shape, strides and offset; views that do not cover their storage are cloned, as megatron's writer
+    does). The last parameter is kept for the next item (fc1's gate and up halves come in a row)."""
+
+    def __init__(self, source: HFSource, model, shape: ModelShape, tp: int, tp_rank: int,
+                 owners: dict[tuple[str, tuple[int, ...]], str]):
+        self.source, self.model, self.shape, self.tp, self.tp_rank = source, model, shape, tp, tp_rank
+        self.owners = owners
+        self.advance = lambda _desc: None
+        self._last: tuple[str | None, object] = (None, None)
+
+    def __call__(self, fqn: str, offset: tuple[int, ...], meta):
+        name = self.owners.get((fqn, tuple(offset)))
+        if name is None:
+            raise CheckpointError(f"internal: the checkpoint writer asked for {fqn!r} at {tuple(offset)}, which is "
+                                  "not a view of a GPTModel parameter")
+        mapped = self._mapped(name, meta)
+        if mapped is not None:
+            return mapped
+        if self._last[0] != name:
+            self._last = (None, None)  # let the previous parameter go before filling the next
+            self._last = (name, self._fill(name))
+        full = self._last[1]
+        out = full.as_strided(meta.size(), meta.stride(), meta.storage_offset())
+        if out.untyped_storage().size() != out.numel() * out.element_size():
+            out = out.clone()
+        return out
+
+    def _mapped(self, name: str, meta):
+        """The item as a read-only map of the HF file when it is one run of whole rows of one HF
+        tensor in the same dtype (most bytes of a model: embeddings, projections, fc1 halves): the
+        writer then copies from the page cache once, with no fill and no fresh memory. The tensor is
+        what megatron would write (contiguous, its storage exactly the item), so the bytes match."""
+        param = self.model.get_parameter(name)
+        if param.dim() < 2 or not meta.is_contiguous() or meta.numel() == 0:
+            return None
+        rule, layer = _rule_for(self.model, name, self.shape)
+        names = [n.format(i=layer) for n in rule.hf]
+        if self.source.dtype_of(names[0]) != param.dtype:
+            return None
+        runs = mapping.row_sources(rule, param.shape[0], self.source.shape_of(names[0])[0], self.tp, self.tp_rank)
+        row_numel = param[0].numel()
+        first, rem = divmod(meta.storage_offset(), row_numel)
+        count, rem2 = divmod(meta.numel(), row_numel)
+        if runs is None or rem or rem2:
+            return None
+        for row, n, which, hf_row in runs:
+            if row <= first and first + count <= row + n:
+                return self.source.map_rows(names[which], hf_row + first - row, count).view(meta.shape)
+        return None
+
+    def _fill(self, name: str):
+        import torch
+
+        param = self.model.get_parameter(name)
+        rule, layer = _rule_for(self.model, name, self.shape)
+        out = torch.empty(param.shape, dtype=param.dtype)
+        fill_from_source(self.source, rule, layer, out, self.shape, self.tp, self.tp_rank)
+        return out
+
+
+def fill_from_source(source: HFSource, rule: mapping.Rule, layer: int | None, out, shape: ModelShape,
+                     tp: int, rank: int) -> None:
+    """``mapping.fill`` of this rank's parameter, with HF rows read straight into ``out`` where the
+    rule is a row copy (``mapping.row_sources``): no intermediate copy of the largest tensors."""
+    names = [n.format(i=layer) for n in rule.hf]
+    runs = mapping.row_sources(rule, out.shape[0], source.shape_of(names[0])[0], tp, rank) if out.dim() else None
+    if runs is None:  # QKV interleave, column split, scalars: the pure-tensor path
+        mapping.fill(rule, [source.get(n) for n in names], out, shape, tp, rank)
+        return
+    covered = 0
+    for row, n, which, hf_row in runs:
+        source.read_rows(names[which], out[row:row + n], hf_row)
+        covered = max(covered, row + n)
+    out[covered:].zero_()
+
+
+def _streaming_save_strategy(producer: _Producer):
+    """megatron's torch_dist save strategy (synchronous, one file per rank), whose writer asks
+    ``producer`` for each tensor just before writing it and lets it go right after, instead of
+    taking every tensor from a filled model up front.
+
+    The format, the planning (megatron's MCoreSavePlanner) and the metadata are megatron's and
+    torch.distributed.checkpoint's own: only where the bytes come from differs, so the files are the
+    ones a filled model would give."""
+    import inspect
+
+    import torch
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+    from megatron.core.dist_checkpointing.strategies.state_dict_saver import save_state_dict_async_plan
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        MCoreSavePlanner,
+        TorchDistSaveShardedStrategy,
+        _replace_state_dict_keys_with_sharded_keys,
+        mcore_to_pyt_state_dict,
+    )
+    from torch.distributed.checkpoint.filesystem import _write_item
+
+    _in_process_results_queue()
+
+    class Writer(FileSystemWriterAsync):
+        # prepare_write_data (inherited) resolves every item: tensors are meta views, nothing is copied
+
+        def get_save_function_and_args(self):
+            if not self.write_buckets:
+                return None, None, []
+            return self.write_streaming, None, [torch.distributed.get_rank(), self.write_buckets, self.results_queue]
+
+        def write_streaming(self, rank, write_buckets, results_queue) -> None:
+            """megatron's write_preloaded_data, in this process, with each tensor made by ``producer``
+            while the previous one is being written (one tensor ahead)."""
+            from concurrent.futures import ThreadPoolExecutor
+
+            transforms = [self.transforms] if hasattr(self, "transforms") else []
+            extra = {}
+            if "serialization_format" in inspect.signature(_write_item).parameters:
+                from torch.distributed.checkpoint.filesystem import SerializationFormat
+
+                extra["serialization_format"] = SerializationFormat.TORCH_SAVE
+            results = {}
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                for idx, (file_name, storage_key, (bytes_data, tensor_data)) in enumerate(write_buckets):
+                    local = []
+                    with open(file_name, "wb") as stream:
+                        for item, data in bytes_data:
+                            local.append(_write_item(*transforms, stream, data, item, storage_key, **extra))
+                        make = lambda k: pool.submit(producer, tensor_data[k][0].index.fqn,  # noqa: E731
+                                                     tensor_data[k][0].index.offset, tensor_data[k][1])
+                        ahead = make(0) if tensor_data else None
+                        kicked = 0
+                        for k, (item, _meta) in enumerate(tensor_data):
+                            tensor = ahead.result()
+                            ahead = make(k + 1) if k + 1 < len(tensor_data) else None
+                            local.append(_write_item(*transforms, stream, tensor, item, storage_key, **extra))
+                            del tensor
+                            kicked = _start_writeback(stream, kicked)
+                            producer.advance(item.index.fqn)
+                        stream.flush()
+                        os.fsync(stream.fileno())
+                    results[idx] = local
+            results_queue.put(results)
+
+    class Strategy(TorchDistSaveShardedStrategy):
+        def async_save(self, sharded_state_dict, checkpoint_dir):
+            sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
+                sharded_state_dict, self.keep_only_main_replica)
+            pyt_state_dict = mcore_to_pyt_state_dict(sharded_state_dict, False)
+            writer = Writer(checkpoint_dir, separation_hint=self.separation_hint, thread_count=self.thread_count)
+            planner = MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
+                                       flatten_state_dict=False)
+            ret, *_ = save_state_dict_async_plan(pyt_state_dict, writer, None, 0, planner=planner)
+            return self._get_save_and_finalize_callbacks(writer, ret)
+
+    return Strategy("torch_dist", 1, thread_count=1)
 
 
 def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | None]:
@@ -424,6 +577,20 @@ def _background(fn, *args):
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future
+
+
+def _start_writeback(stream, since: int, every: int = 64 << 20) -> int:
+    """Start writing the bytes written since offset ``since`` to disk now (Linux: fadvise DONTNEED
+    starts writeback of dirty pages without waiting), so the disk works while the next tensors are
+    made and the final fsync has little left; returns the new mark."""
+    if not hasattr(os, "posix_fadvise"):
+        return since
+    pos = stream.tell()
+    if pos - since < every:
+        return since
+    stream.flush()
+    os.posix_fadvise(stream.fileno(), since, pos - since, os.POSIX_FADV_DONTNEED)
+    return pos
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -325,3 +325,24 @@ def fill(rule: Rule, tensors: list, param, shape: ModelShape, tp: int, rank: int
             view[:, :per].copy_(q.reshape(g, per, d, *rest)[groups])
             view[:, per].copy_(k.reshape(g, d, *rest)[groups])
             view[:, per + 1].copy_(v.reshape(g, d, *rest)[groups])
+
+
+def row_sources(rule: Rule, rows: int, hf_rows: int, tp: int, rank: int) -> list[tuple[int, int, int, int]] | None:
+    """Where this TP rank's parameter rows come from when each is a whole row of one HF tensor:
+    ``(first parameter row, row count, index into rule.hf, first HF row)`` per run of rows; rows not
+    covered are zeros (vocab padding). None for rules that need a transform (QKV interleave, a split
+    along columns). Same result as ``fill``, which the tests check; lets the import read (or map) the
+    bytes of the HF file straight into place.
+
+    ``rows``: the parameter's first dimension on this rank; ``hf_rows``: the HF tensor's."""
+    if rule.kind == "copy" and (rule.tp_axis is None or tp == 1):
+        return [(0, rows, 0, 0)]
+    if rule.kind == "copy" and rule.tp_axis == 0:
+        return [(0, rows, 0, rank * rows)]
+    if rule.kind == "vocab":
+        real = max(0, min(rows, hf_rows - rank * rows))
+        return [(0, real, 0, rank * rows)] if real else []
+    if rule.kind == "gate_up":
+        half = rows // 2
+        return [(0, half, 0, rank * half), (half, half, 1, rank * half)]
+    return None

@@ -39,23 +39,93 @@ class HFSource:
         """
         import torch
 
+        entry = self._entry(name)
+        out = torch.empty(entry["shape"], dtype=_TORCH_DTYPES[entry["dtype"]])
+        self.read_rows(name, out)
+        return out
+
+    def read_rows(self, name: str, out, start: int = 0) -> None:
+        """Rows ``start .. start + len(out)`` (first axis) of tensor ``name``, read straight into the
+        contiguous tensor ``out`` (converted when ``out`` has another dtype): a slice along the first
+        axis is one contiguous byte range of the file, so no full-size intermediate is needed."""
+        import torch
+
+        entry = self._entry(name)
+        file, shape = self.where[name], entry["shape"]
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        rows = out.shape[0] if out.dim() else 1
+        if tuple(out.shape[1:]) != tuple(shape[1:]) or start < 0 or start + rows > (shape[0] if shape else 1):
+            raise CheckpointError(f"internal: rows {start}..{start + rows} of {name!r} {list(shape)} "
+                                  f"do not fit {list(out.shape)}")
+        if out.dtype != dtype:
+            tmp = torch.empty(out.shape, dtype=dtype)
+            self.read_rows(name, tmp, start)
+            out.copy_(tmp)
+            return
+        if not out.is_contiguous():
+            raise CheckpointError(f"internal: read_rows of {name!r} into a non-contiguous tensor")
+        if not out.numel():
+            return
+        row_bytes = out[0].numel() * out.element_size() if out.dim() else out.element_size()
+        begin, end = entry["data_offsets"]
+        offset, size = self._handles[file][0] + begin + start * row_bytes, rows * row_bytes
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        with open(file, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            got = 0
+            while got < size:  # readinto may return short counts for large reads
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != size:
+            raise CheckpointError(f"{file}: tensor {name!r} is truncated ({got + start * row_bytes} of "
+                                  f"{end - begin} bytes); fix: download the shard again")
+
+    def map_rows(self, name: str, start: int, rows: int):
+        """Rows ``start .. start + rows`` of tensor ``name`` as a read-only tensor over a map of the
+        file (populated up front; unmapped when the tensor is freed). Its pages count in this
+        process's RSS only while it lives."""
+        import mmap
+        import warnings
+
+        import torch
+
+        entry = self._entry(name)
+        shape, dtype = entry["shape"], _TORCH_DTYPES[entry["dtype"]]
+        if not shape or start < 0 or rows < 1 or start + rows > shape[0]:
+            raise CheckpointError(f"internal: rows {start}..{start + rows} of {name!r} {list(shape)}")
+        row_bytes = dtype.itemsize
+        for d in shape[1:]:
+            row_bytes *= d
+        begin, end = entry["data_offsets"]
+        file = self.where[name]
+        offset = self._handles[file][0] + begin + start * row_bytes
+        size = rows * row_bytes
+        if self._handles[file][0] + end > file.stat().st_size:
+            raise CheckpointError(f"{file}: tensor {name!r} is truncated ({file.stat().st_size} bytes, the header "
+                                  f"says {self._handles[file][0] + end}); fix: download the shard again")
+        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with open(file, "rb") as fh:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(fh.fileno(), offset - aligned + size, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "non-writable buffer": the tensor is only read
+            flat = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - aligned)
+        return flat.view(dtype).view(rows, *shape[1:])
+
+    def dtype_of(self, name: str):
+        return _TORCH_DTYPES[self._entry(name)["dtype"]]
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry(name)["shape"])
+
+    def _entry(self, name: str) -> dict:
         file = self.where[name]
         header = self._handles.get(file)
         if header is None:
             header = self._handles[file] = _read_header(file)
-        start_data, entry = header[0], header[1][name]
-        dtype = _TORCH_DTYPES[entry["dtype"]]
-        begin, end = entry["data_offsets"]
-        out = torch.empty(entry["shape"], dtype=dtype)
-        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
-        if view is not None:
-            with open(file, "rb", buffering=0) as fh:
-                fh.seek(start_data + begin)
-                got = fh.readinto(memoryview(view))
-            if got != end - begin:
-                raise CheckpointError(f"{file}: tensor {name!r} is truncated ({got} of {end - begin} bytes); "
-                                      "fix: download the shard again")
-        return out
+        return header[1][name]
 
     def close(self) -> None:
         self._handles.clear()

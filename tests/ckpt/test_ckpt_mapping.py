@@ -41,6 +41,12 @@ def test_fill_equals_slice_of_full_and_export_inverts(tp):
             param = torch.full_like(want, float("nan"))
             mapping.fill(rule, hf, param, SHAPE, tp, rank)
             assert torch.equal(param, want), (rule.mcore, rank)
+            runs = mapping.row_sources(rule, want.shape[0], hf[0].shape[0], tp, rank)
+            if runs is not None:  # the row-copy description the import reads with, same result
+                param = torch.zeros_like(want)
+                for row, n, which, hf_row in runs:
+                    param[row:row + n] = hf[which][hf_row:hf_row + n]
+                assert torch.equal(param, want), (rule.mcore, rank, runs)
 
 
 def test_qkv_layout_is_grouped_per_kv_head():
