@@ -177,15 +177,25 @@ class TokenizersEncoder:
         return _flatten([e.ids for e in encodings])
 
 
-def _arrow_to_awkward(texts):
-    """Zero-copy view of an Arrow string array as the awkward string array gigatoken reads."""
-    import awkward as ak
+def arrow_offsets(texts) -> np.ndarray:
+    """The int64 offsets (length n+1) of an Arrow string/large_string array into its data buffer, zero-copy
+    for large_string (one small copy for string). Plain buffer access: no pyarrow.compute import."""
     import pyarrow as pa
 
-    if not pa.types.is_large_string(texts.type):
-        texts = texts.cast(pa.large_string())
-    _, offsets_buf, data_buf = texts.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets_buf = texts.buffers()[1]
+    if offsets_buf is None:  # an empty array may have no buffers
+        return np.zeros(len(texts) + 1, dtype=np.int64)
+    offsets = np.frombuffer(offsets_buf, dtype=width)[texts.offset : texts.offset + len(texts) + 1]
+    return offsets.astype(np.int64, copy=False)
+
+
+def _arrow_to_awkward(texts):
+    """Zero-copy view of an Arrow string array's characters as the awkward string array gigatoken reads."""
+    import awkward as ak
+
+    offsets = arrow_offsets(texts)
+    data_buf = texts.buffers()[2]
     chars = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     layout = ak.contents.ListOffsetArray(
         ak.index.Index64(offsets),
@@ -268,6 +278,16 @@ def same_ids(a: Encoder, b: Encoder, texts: list[str]) -> list[int]:
         i for i in range(len(texts))
         if not np.array_equal(fa[oa[i] : oa[i + 1]], fb[ob[i] : ob[i + 1]])
     ]
+
+
+def differing_ids(reference: Encoder, texts: list[str], flat: np.ndarray, offsets: np.ndarray) -> list[int]:
+    """Indices of the leading ``texts`` whose ids in (``flat``, ``offsets``), from another encoder, are
+    not the reference's (empty list: identical). Only the reference encodes here."""
+    rf, ro = reference.encode(texts)
+    n = len(texts)
+    if np.array_equal(np.diff(ro), np.diff(offsets[: n + 1])) and np.array_equal(rf, flat[offsets[0] : offsets[n]]):
+        return []
+    return [i for i in range(n) if not np.array_equal(rf[ro[i] : ro[i + 1]], flat[offsets[i] : offsets[i + 1]])]
 
 
 @dataclass

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.data import naming, shards, sources
-from experiment.data.encoders import LoadedEncoder, load_encoder, resolve_tokenizer, same_ids
+from experiment.data import encoders, naming, shards, sources
+from experiment.data.encoders import LoadedEncoder, differing_ids, load_encoder, resolve_tokenizer
 from experiment.data.errors import DataError
 from experiment.data.signature import TokenizerInfo
 
@@ -175,10 +175,33 @@ def _prefetch(blocks):
         thread.join()
 
 
+def _drop_empty(texts):
+    """The Arrow string array without its empty texts, and how many were dropped (read off the offsets,
+    without loading pyarrow.compute)."""
+    if not len(texts):
+        return texts, 0
+    keep = np.diff(encoders.arrow_offsets(texts)) > 0
+    n_empty = len(texts) - int(np.count_nonzero(keep))
+    if not n_empty:
+        return texts, 0
+    import pyarrow as pa
+
+    return texts.filter(pa.array(keep)), n_empty
+
+
+def _leading(texts, chars: int, most: int = 256) -> list[str]:
+    """The leading texts (at least one, at most ``most``) whose characters add up to at most ``chars``."""
+    head = texts.slice(0, most).to_pylist()
+    total = 0
+    for i, text in enumerate(head):
+        total += len(text)
+        if total > chars:
+            return head[: max(1, i)]
+    return head
+
+
 def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None) -> ShardResult:
     """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there)."""
-    import pyarrow.compute as pc
-
     stem = name.stem
     start = time.perf_counter()
     done = find_finished(cfg.output, stem)
@@ -197,22 +220,19 @@ def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
         for texts in _prefetch(sources.read_batches(path, cfg.text_key, cfg.block_bytes)):
-            keep = pc.greater(pc.binary_length(texts), 0)
-            n_empty = len(texts) - pc.sum(keep).as_py() if len(texts) else 0
-            if n_empty:
-                texts = texts.filter(keep)
-                empty += n_empty
-            if not checked and len(texts):
-                lengths = pc.cumulative_sum(pc.utf8_length(texts.slice(0, 256))).to_numpy()
-                sample = texts.slice(0, max(1, int((lengths <= SPOT_CHECK_CHARS).sum()))).to_pylist()
-                bad = same_ids(loaded.encoder, loaded.reference, sample)
+            texts, n_empty = _drop_empty(texts)
+            empty += n_empty
+            n = len(texts)
+            sample = _leading(texts, SPOT_CHECK_CHARS) if not checked and n else None
+            flat, offsets = loaded.encoder.encode(texts)
+            if sample is not None:  # the ids about to be written, re-encoded by the reference
+                bad = differing_ids(loaded.reference, sample, flat, offsets)
                 if bad:
                     raise DataError(
                         path, f"{loaded.encoder.backend} ids differ from {loaded.reference.backend} on document {bad[0] + 1}",
                         "re-run with --backend reference (and report the text to gigatoken)",
                     )
                 checked = True
-            flat, offsets = loaded.encoder.encode(texts)
             writer.append(flat, offsets)
             if on_bytes:
                 on_bytes(texts.nbytes)

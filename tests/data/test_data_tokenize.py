@@ -133,3 +133,44 @@ def test_converted_tokenizer_is_cached_by_hash(sp_model_path, tmp_path):
     assert spec.sha256() in cached.name and cached.read_text() == first
     assert _gigatoken_json(spec, tmp_path) == first == _gigatoken_json(spec, None)
     assert not json.loads(first)["added_tokens"]  # <s>, </s> removed: they stay text
+
+
+def test_spot_check_catches_fast_ids_that_differ_from_the_reference(tmp_path, sp_model_path, monkeypatch):
+    """The leading documents' written ids are re-encoded by sentencepiece: a wrong id stops the input."""
+    from experiment.data import encoders
+    from experiment.data.errors import DataError
+
+    src = tmp_path / "in" / "en_web_spot_split_0.jsonl"
+    src.parent.mkdir()
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["first document", "", "second document", "third"]))
+    real = encoders.GigatokenEncoder.encode
+
+    def wrong(self, texts):
+        flat, offsets = real(self, texts)
+        if isinstance(texts, list):  # the load-time probe passes lists: leave it right
+            return flat, offsets
+        flat = flat.copy()
+        flat[offsets[1]] += 1  # first id of the second non-empty document
+        return flat, offsets
+
+    monkeypatch.setattr(encoders.GigatokenEncoder, "encode", wrong)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="ids differ from sentencepiece on document 2"):
+        run(TokenizeConfig(inputs=[src], output=out, tokenizer=sp_model_path, backend="gigatoken", progress=False))
+    assert not [p for p in out.iterdir() if p.suffix in (".bin", ".idx") or ".tmp" in p.name]
+
+
+def test_empty_documents_are_dropped_from_sliced_arrow_blocks():
+    import numpy as np
+    import pyarrow as pa
+
+    from experiment.data import encoders
+    from experiment.data.tokenize import _drop_empty
+
+    for kind in (pa.string(), pa.large_string()):
+        texts = pa.array(["", "ab", "", "c", "déf", ""], type=kind).slice(1, 4)
+        kept, dropped = _drop_empty(texts)
+        assert kept.to_pylist() == ["ab", "c", "déf"] and dropped == 1
+        assert encoders.arrow_offsets(kept).tolist() == [0, 2, 3, 7]
+        assert encoders._arrow_to_awkward(texts).tolist() == ["ab", "", "c", "déf"]
+        assert np.diff(encoders.arrow_offsets(texts)).tolist() == [2, 0, 1, 4]
