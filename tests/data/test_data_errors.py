@@ -118,4 +118,5 @@ def test_cli_prints_file_line_and_fix(tmp_path, sp_model_path):
     bad.write_text('{"text": "ok"}\n{"text": "broken"\n')
     result = CliRunner().invoke(app, ["data", "tokenize", str(bad), "-o", str(tmp_path / "o"), "-t", str(sp_model_path), "--no-progress"])
     assert result.exit_code == 2
-    assert f"{bad}:2" in result.output and "malformed JSON" in result.output and "fix:" in result.output
+    said = " ".join(result.output.split())  # rich wraps at the terminal width
+    assert f"{bad}:2" in said and "malformed JSON" in said and "fix:" in said, result.output
