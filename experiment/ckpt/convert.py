@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiment.atomic import write_atomic
 from experiment.ckpt import mapping
 from experiment.ckpt.meta import (
     LATEST_NAME,
@@ -32,7 +33,6 @@ from experiment.ckpt.meta import (
     TOKENIZER_DIR,
     CheckpointError,
     CheckpointMeta,
-    atomic_write_text,
     iteration_dirname,
     iteration_path,
     read,
@@ -161,7 +161,7 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
                    source_hash: str) -> None:
     it_dir = tmp / iteration_dirname(IMPORT_ITERATION)
     files = {str(p.relative_to(it_dir)): p.stat().st_size for p in sorted(it_dir.rglob("*")) if p.is_file()}
-    atomic_write_text(it_dir / MANIFEST_NAME, json.dumps({"iteration": IMPORT_ITERATION, "files": files},
+    write_atomic(it_dir / MANIFEST_NAME, json.dumps({"iteration": IMPORT_ITERATION, "files": files},
                                                          indent=1, sort_keys=True))
     tok = tmp / TOKENIZER_DIR
     tok.mkdir()
@@ -176,7 +176,7 @@ def _finish_import(source: HFSource, tmp: Path, out_dir: Path, layout: ParallelL
         has_tokenizer=any(f.name.startswith("tokenizer") for f in side),
     )
     write(tmp, meta)
-    atomic_write_text(tmp / LATEST_NAME, f"{IMPORT_ITERATION}\n")
+    write_atomic(tmp / LATEST_NAME, f"{IMPORT_ITERATION}\n")
     _fsync_tree(tmp)
     if out_dir.exists():
         out_dir.rmdir()  # empty (checked by plan_import)
@@ -548,14 +548,14 @@ def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta
         weight_map |= {name: new for name in names}
     if n > 1:
         index = {"metadata": {"total_size": nbytes}, "weight_map": dict(sorted(weight_map.items()))}
-        atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        write_atomic(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
     config = dict(meta.hf_config) or mapping.config_from_shape(meta.shape, meta.family)  # from-scratch runs have none
     config.pop("quantization_config", None)  # a GGUF source's loader note, not a property of these weights
     if "torch_dtype" in config and "dtype" not in config:
         config["torch_dtype"] = dtype
     else:
         config["dtype"] = dtype
-    atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_atomic(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tok = ckpt_dir / TOKENIZER_DIR
     if tok.is_dir():
         for f in sorted(tok.iterdir()):

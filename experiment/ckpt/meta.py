@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experiment.presets import ModelShape
-from experiment.atomic import write_atomic as atomic_write_text
+from experiment.atomic import write_atomic
 
 META_NAME = "kit_checkpoint.json"
 LATEST_NAME = "latest_checkpointed_iteration.txt"
@@ -75,10 +75,8 @@ def read(ckpt_dir: str | Path) -> CheckpointMeta:
 def write(ckpt_dir: str | Path, meta: CheckpointMeta) -> Path:
     """Write ``kit_checkpoint.json`` atomically (temporary name in the same folder, then rename)."""
     path = Path(ckpt_dir) / META_NAME
-    atomic_write_text(path, meta.to_json())
+    write_atomic(path, meta.to_json())
     return path
-
-
 
 
 def iteration_dirname(iteration: int) -> str:

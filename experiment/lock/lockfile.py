@@ -37,7 +37,7 @@ from typing import Any, Mapping
 from experiment.folder import TrainingFolder
 from experiment.lock import environment
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
-from experiment.atomic import write_atomic  # re-exported: callers use lockfile.write_atomic
+from experiment.atomic import write_atomic
 
 LOCK_NAME = "run.lock.json"
 LOCK_VERSION = 1
@@ -84,8 +84,6 @@ def read(path: str | Path) -> dict:
         raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}; "
                         "use the kit version named in its 'kit' section")
     return lock
-
-
 
 
 # ---------------------------------------------------------------------------- sections

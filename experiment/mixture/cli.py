@@ -22,6 +22,7 @@ def _problems_table(title: str, problems) -> Table:
 
 def write_outputs(folder, out: Path) -> tuple[object, dict[str, Path]]:
     """Plan ``folder``'s mixture and write every output under ``out``; returns (plan, name -> path)."""
+    from experiment.atomic import write_atomic
     from experiment.mixture import outputs, report
     from experiment.mixture.plan import plan_folder
 
@@ -32,9 +33,9 @@ def write_outputs(folder, out: Path) -> tuple[object, dict[str, Path]]:
     files["report.md"] = report.markdown(plan, name, fp, folder.config.data.valid_fraction)
     written = {}
     for fname, content in files.items():
-        outputs.write_atomic(out / fname, content)
+        write_atomic(out / fname, content)
         written[fname] = out / fname
-    outputs.write_atomic(out / "mixture.png", report.chart_png(plan, name))
+    write_atomic(out / "mixture.png", report.chart_png(plan, name))
     written["mixture.png"] = out / "mixture.png"
     return plan, written
 

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from experiment.folder import Problem
-from experiment.mixture.outputs import fingerprint, mixture_json, write_atomic
+from experiment.atomic import write_atomic
+from experiment.mixture.outputs import fingerprint, mixture_json
 from experiment.mixture.plan import MixtureError, MixturePlan
 
 RECORD_NAME = "mixture.json"

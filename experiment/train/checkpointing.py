@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from experiment.atomic import write_atomic as _atomic_write
+from experiment.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ def iteration_dir(save_dir: Path, iteration: int) -> Path:
 
 
 # ---------------------------------------------------------------- folder bookkeeping (pure file ops)
-
 
 
 def _listing(folder: Path) -> dict[str, int]:
@@ -202,7 +201,7 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
     dist.barrier()
     if rank == 0:
         _normalize_dcp_metadata(partial, final.name, state.iteration)
-        _atomic_write(partial / MANIFEST_NAME,
+        write_atomic(partial / MANIFEST_NAME,
                       json.dumps({"iteration": state.iteration, "files": _listing(partial)}, indent=1, sort_keys=True))
         if final.exists():  # re-saving an iteration (after a fallback): keep the new one only
             stale = final.with_name(final.name + ".old")
@@ -214,8 +213,8 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
             os.replace(partial, final)
         _fsync_dir(save_dir)
         if meta_json is not None:
-            _atomic_write(save_dir / "kit_checkpoint.json", meta_json)
-        _atomic_write(save_dir / LATEST_NAME, f"{state.iteration}\n")
+            write_atomic(save_dir / "kit_checkpoint.json", meta_json)
+        write_atomic(save_dir / LATEST_NAME, f"{state.iteration}\n")
     dist.barrier()
     return final
 
