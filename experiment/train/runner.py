@@ -274,12 +274,13 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     # data
     blend = train_data.blend_from_folder(folder)
-    # a resume must read the blended index it started with (every rank checks; only rank 0 writes)
+    # a resume must read the blended index it started with: every rank checks, then rank 0 records the mixture
+    # this run reads from now on (atomically, so a rank still checking reads the old or the same new record)
     changes = (mixture_record.check_resume(log_dir, blend.plan, cfg.data.allow_mixture_change)
                if state.consumed_samples else [])
     for change in changes:
         _say(f"WARNING: mixture changed on resume (data.allow_mixture_change = true): {change}")
-    if env.rank == 0 and (changes or mixture_record.read_record(log_dir) is None or not state.consumed_samples):
+    if env.rank == 0:
         mixture_record.write_record(log_dir, blend.plan)
     cache = log_dir / "dataset_index"  # megatron's index cache: derived data, kept with the run's outputs
     valid_fraction = cfg.data.valid_fraction
