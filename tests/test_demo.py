@@ -29,6 +29,10 @@ def test_demo_end_to_end_and_reproduced():
 
     lock = json.loads((DEMO / "run.lock.json").read_text())
     assert lock["outputs"]["checkpoints"], "the lockfile lists the run's checkpoints"
+    # reproduce exits 0 also when only bookkeeping files differ: the second run's outputs section (per-step
+    # losses, every checkpoint file and tensor hash) must equal the first's
+    rerun = json.loads((DEMO / ".reproduce" / "training" / "demo" / "run.lock.json").read_text())
+    assert rerun["outputs"] == lock["outputs"]
     evals = [json.loads(line) for line in (DEMO / "logs" / "eval.jsonl").read_text().splitlines()]
     loss = {(e["domain"], e["iteration"]): float.fromhex(e["loss"]) for e in evals}
     last = max(e["iteration"] for e in evals)
