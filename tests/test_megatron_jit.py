@@ -1,0 +1,32 @@
+"""On a host without a GPU, importing megatron.core through the kit skips its torch.compile decorators."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+_PROBE = """
+import sys, experiment, torch
+import megatron.core
+from megatron.core.models.gpt import GPTModel
+import megatron.core.jit as jit
+print(torch.cuda.is_available(), jit.jit_fuser is jit.noop_decorator, "torch._dynamo" in sys.modules)
+"""
+
+
+def test_megatron_imports_without_dynamo_on_cpu():
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _PROBE], capture_output=True, text=True, check=True)
+    cuda, noop, dynamo = out.stdout.split()
+    if cuda == "True":
+        pytest.skip("a GPU is present: megatron keeps torch.compile")
+    assert (noop, dynamo) == ("True", "False"), out.stdout + out.stderr
+
+
+def test_without_the_kit_megatron_would_decorate_with_torch_compile():
+    """The hook is what makes the difference (guards against a megatron release changing jit_fuser)."""
+    probe = _PROBE.replace("import sys, experiment, torch", "import sys, torch")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, check=True)
+    cuda, noop, dynamo = out.stdout.split()
+    assert (noop, dynamo) == ("False", "True"), out.stdout + out.stderr
