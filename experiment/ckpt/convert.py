@@ -22,11 +22,13 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.atomic import write_atomic
 from experiment.ckpt import mapping
+from experiment.ckpt.boxes import metadata, read_boxes, stored_tensors
 from experiment.ckpt.meta import (
     LATEST_NAME,
     META_NAME,
@@ -38,6 +40,7 @@ from experiment.ckpt.meta import (
     read,
     write,
 )
+from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.ckpt.source import HFSource, content_hash, open_hf
 from experiment.presets import ModelShape
 from experiment.train.model import ParallelLayout, padded_vocab_size
@@ -317,7 +320,6 @@ def _streaming_save_strategy(producer: _Producer):
         def write_streaming(self, rank, write_buckets, results_queue) -> None:
             """megatron's write_preloaded_data, in this process, with each tensor made by ``producer``
             while the previous one is being written (one tensor ahead)."""
-            from concurrent.futures import ThreadPoolExecutor
 
             transforms = [self.transforms] if hasattr(self, "transforms") else []
             extra = {}
@@ -399,7 +401,7 @@ def global_shape(rule: mapping.Rule, shape: ModelShape, padded: int) -> tuple[in
 
 
 def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[mapping.Rule],
-               layer: int | None) -> dict[str, object]:
+               layer: int | None, md=None) -> dict[str, object]:
     """Hugging Face tensors for ``rules`` at ``layer`` (None: the non-layer tensors), read from the
     checkpoint's "model" entries only, one box of the stored global tensors each.
 
@@ -418,50 +420,19 @@ def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[map
             request[rule.ckpt] = ((0,) * len(full), torch.empty(full, dtype=dtype))
         else:
             request[rule.ckpt] = ((layer,) + (0,) * len(full), torch.empty((1, *full), dtype=dtype))
-    read_boxes(it_dir, request)
+    read_boxes(it_dir, request, md)
     out = {}
     for rule in rules:
         t = request[rule.ckpt][1]
-        parts = mapping.from_mcore(rule, t[0] if layer is not None else t, shape, meta.vocab_size)
-        for name, part in zip(rule.hf, parts):
-            out[name.format(i=layer)] = part.contiguous()
+        out.update(hf_parts(rule, t[0] if layer is not None else t, meta, layer))
     return out
 
 
-def read_boxes(it_dir: Path, request: dict[str, tuple[tuple[int, ...], object]]) -> None:
-    """Fill each ``tensor`` of ``request[key] = (global offsets, tensor)`` from the checkpoint in place."""
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
-    from torch.distributed.checkpoint.planner import LoadPlan
-    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
-
-    class BoxPlanner(DefaultLoadPlanner):
-        def create_local_plan(self) -> LoadPlan:
-            items = []
-            for key, (offsets, tensor) in request.items():
-                chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=tensor.shape)
-                items += create_read_items_for_chunk_list(key, self.metadata.state_dict_metadata[key], [chunk])
-            return LoadPlan(items)
-
-        def lookup_tensor(self, index):
-            return request[index.fqn][1]  # dest offsets of the read items are relative to this box
-
-    state = {key: tensor for key, (_, tensor) in request.items()}
-    dcp.load(state, storage_reader=dcp.FileSystemReader(str(it_dir)), planner=BoxPlanner(), no_dist=True)
-
-
-def stored_tensors(it_dir: Path) -> dict:
-    """Key -> TensorStorageMetadata (global size, dtype) of a checkpoint, without reading data."""
-    import torch.distributed.checkpoint as dcp
-
-    try:
-        md = dcp.FileSystemReader(str(it_dir)).read_metadata()
-    except (FileNotFoundError, OSError) as err:
-        raise CheckpointError(f"{it_dir}: not a torch_dist checkpoint ({err}); fix: export a folder written by "
-                              "`experiment ckpt import` or the kit's training runner") from err
-    return {k: v for k, v in md.state_dict_metadata.items() if hasattr(v, "chunks")}
+def hf_parts(rule: mapping.Rule, tensor, meta: CheckpointMeta, layer: int | None) -> dict[str, object]:
+    """The Hugging Face tensors (name -> contiguous tensor) of one layer's (or a global) Megatron tensor.
+    On the meta device it gives the names and shapes without data (the export plans its files so)."""
+    parts = mapping.from_mcore(rule, tensor, meta.shape, meta.vocab_size)
+    return {name.format(i=layer): part.contiguous() for name, part in zip(rule.hf, parts)}
 
 
 def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
@@ -474,7 +445,6 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
     round trip is bit-identical although megatron keeps norm weights in float32).
     Needs a (single-process) torch.distributed group: ``experiment.train.distributed.initialize()``."""
     import torch
-    from safetensors.torch import save_file
 
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()
     meta = read(ckpt_dir)
@@ -504,38 +474,62 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
     layer_rules = [r for r in rules if r.per_layer]
     other_rules = [r for r in rules if not r.per_layer]
     groups: list[int | None] = [None, *range(shape.num_layers)]
+    plan = {g: _planned_group(meta, other_rules if g is None else layer_rules, g, out_dtype) for g in groups}
     written: list[tuple[str, list[str]]] = []
-    buffer: dict = {}
-    buffered, nbytes, ntensors = 0, 0, 0
+    nbytes = sum(t.numel() * t.element_size() for g in groups for t in plan[g].values())
+    ntensors = sum(len(plan[g]) for g in groups)
+    md = metadata(it_dir)
 
-    def flush() -> None:
-        nonlocal buffer, buffered
-        if buffer:
-            name = f"part-{len(written):05d}.safetensors"
-            save_file(buffer, str(tmp / name), metadata={"format": "pt"})
-            written.append((name, list(buffer)))
-            buffer, buffered = {}, 0
+    def read_group(layer):
+        return load_group(it_dir, meta, stored, other_rules if layer is None else layer_rules, layer, md)
 
     try:
-        with _progress(show_progress, "export", len(groups)) as advance:
-            for layer in groups:
-                tensors = load_group(it_dir, meta, stored, other_rules if layer is None else layer_rules, layer)
-                tensors = {k: v.to(out_dtype) for k, v in tensors.items()}
-                size = sum(t.numel() * t.element_size() for t in tensors.values())
-                if buffered and buffered + size > max_shard_bytes:
-                    flush()
-                buffer.update(tensors)
-                buffered += size
-                nbytes += size
-                ntensors += len(tensors)
-                del tensors
-                advance("non-layer tensors" if layer is None else f"layer {layer}")
-            flush()
+        with _progress(show_progress, "export", len(groups)) as advance, ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(read_group, groups[0])
+            index = 0
+            for k, shard in enumerate(_shards(plan, groups, max_shard_bytes)):
+                name = f"part-{k:05d}.safetensors"
+                entries = [(n, t.dtype, tuple(t.shape)) for g in shard for n, t in plan[g].items()]
+                with SafetensorsWriter(tmp / name, entries, {"format": "pt"}) as out:
+                    for layer in shard:  # the next group is read while this one is written, then let go
+                        tensors = ahead.result()
+                        index += 1
+                        ahead = reader.submit(read_group, groups[index]) if index < len(groups) else None
+                        for hf_name, tensor in tensors.items():
+                            out.write(hf_name, tensor.to(out_dtype))
+                        del tensors
+                        advance("non-layer tensors" if layer is None else f"layer {layer}")
+                written.append((name, [e[0] for e in entries]))
         _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ConvertStats(ntensors, nbytes, time.perf_counter() - start, hf_dir)
+
+
+def _planned_group(meta: CheckpointMeta, rules: list[mapping.Rule], layer: int | None, dtype) -> dict:
+    """The Hugging Face tensors one group will give (name -> meta-device tensor of the output dtype), from
+    the checkpoint's metadata alone: the export writes each file's header before reading any data."""
+    import torch
+
+    out = {}
+    for rule in rules:
+        full = torch.empty(global_shape(rule, meta.shape, meta.padded_vocab_size), dtype=dtype, device="meta")
+        out.update(hf_parts(rule, full, meta, layer))
+    return out
+
+
+def _shards(plan: dict, groups: list, max_bytes: int) -> list[list]:
+    """Groups (never split) packed in order into files of at most ``max_bytes`` (a larger group alone)."""
+    shards, current, size = [], [], 0
+    for g in groups:
+        n = sum(t.numel() * t.element_size() for t in plan[g].values())
+        if current and size + n > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(g)
+        size += n
+    return shards + [current] if current else shards
 
 
 def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta, written, dtype: str,
