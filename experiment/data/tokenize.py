@@ -136,43 +136,67 @@ def _estimated_output_bytes(path: Path, itemsize: int) -> int:
     return raw * itemsize // 2  # text is >= 2 bytes per token in practice
 
 
-def _prefetch(blocks):
-    """Parse the next block (pyarrow, GIL released) while the current one is encoded and written."""
-    import queue
-    import threading
+class _Prefetch:
+    """Iterate ``blocks`` in a background thread, one item ahead (pyarrow parses with the GIL released
+    while the current block is encoded and written). The thread starts at once; ``close`` stops it."""
 
-    q: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    done = object()
+    def __init__(self, blocks) -> None:
+        import queue
+        import threading
 
-    def put(item) -> bool:
-        while not stop.is_set():
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._done = object()
+        self._thread = threading.Thread(target=self._produce, args=(blocks,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self, blocks) -> None:
         try:
             for block in blocks:
-                if not put(block):
+                if not self._put(block):
                     return
-            put(done)
+            self._put(self._done)
         except BaseException as err:  # handed to the consumer, raised there with its file:line
-            put(err)
+            self._put(err)
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._done:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _prefetch(blocks):
+    """Parse the next block while the current one is encoded and written (see ``_Prefetch``)."""
+    prefetch = _Prefetch(blocks)
     try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        yield from prefetch
     finally:
-        stop.set()
-        thread.join()
+        prefetch.close()
 
 
 def _drop_empty(texts):
@@ -200,13 +224,52 @@ def _leading(texts, chars: int, most: int = 256) -> list[str]:
     return head
 
 
-def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None) -> ShardResult:
-    """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there)."""
+_END = object()
+
+
+class _Reader:
+    """The text blocks of several inputs, parsed in order by one background thread that runs one block
+    ahead across file boundaries: the next input is parsed while the current one's last block is
+    encoded and written (most inputs are a single block, which a per-file reader could not overlap)."""
+
+    def __init__(self, paths: list[Path], cfg: TokenizeConfig) -> None:
+        self.paths = set(paths)
+
+        def produce():
+            for path in paths:
+                for block in sources.read_batches(path, cfg.text_key, cfg.block_bytes):
+                    yield path, block
+                yield path, _END
+
+        self._stream = _Prefetch(produce())
+
+    def blocks(self, path: Path):
+        """The blocks of ``path``, which must be the next input in the reader's order."""
+        while True:
+            owner, block = next(self._stream)
+            if owner != path:
+                raise RuntimeError(f"reader out of order: {owner} read, {path} expected")
+            if block is _END:
+                return
+            yield block
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def tokenize_file(
+    path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None, blocks=None
+) -> ShardResult:
+    """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there).
+
+    ``blocks``: the input's text blocks from a shared ``_Reader`` (default: read here, one block ahead)."""
     stem = name.stem
     start = time.perf_counter()
     done = find_finished(cfg.output, stem)
     input_bytes = path.stat().st_size
     if done is not None:
+        for _ in blocks or ():  # finished meanwhile by another run: keep a shared reader in step
+            pass
         counted = naming.parse(done.name)
         if on_bytes:
             on_bytes(input_bytes)
@@ -219,7 +282,9 @@ def tokenize_file(path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg
     empty = 0
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
-        for texts in _prefetch(sources.read_batches(path, cfg.text_key, cfg.block_bytes)):
+        if blocks is None:
+            blocks = _prefetch(sources.read_batches(path, cfg.text_key, cfg.block_bytes))
+        for texts in blocks:
             texts, n_empty = _drop_empty(texts)
             empty += n_empty
             n = len(texts)
@@ -259,6 +324,15 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
             raise DataError(path, f"gives the same shard name {name.stem} as {seen[name.stem]}", "rename one of the inputs")
         seen[name.stem] = path
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
+    # Parsing starts now, in the background, while the tokenizer loads (reading inputs changes nothing).
+    reader = _Reader([p for p, n in zip(inputs, names) if find_finished(cfg.output, n.stem) is None], cfg)
+    try:
+        return _run(cfg, console, started, inputs, names, spec, reader)
+    finally:
+        reader.close()
+
+
+def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader) -> TokenizeReport:
     loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
@@ -283,7 +357,8 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
                 if progress:
                     progress.advance(task, step)
 
-            result = tokenize_file(path, name, loaded, cfg, on_bytes=advance)
+            blocks = reader.blocks(path) if path in reader.paths else None  # None: finished before this run
+            result = tokenize_file(path, name, loaded, cfg, on_bytes=advance, blocks=blocks)
             if progress:
                 progress.advance(task, path.stat().st_size - before[0])
             report.shards.append(result)
