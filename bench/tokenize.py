@@ -214,7 +214,7 @@ def main() -> None:
         console.print(f"{kind}: {res.get('seconds', res.get('error'))}")
         sys.stdout.flush()
     ref_row = "sentencepiece" if "sentencepiece" in results else "gigatoken"  # identity vs gigatoken if sp skipped
-    reference = results[ref_row].get("digest")
+    reference = results.get(ref_row, {}).get("digest")
     identical = {k: r.get("digest") == reference for k, r in results.items() if "digest" in r}
     raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken") if identical.get(k)]
     fastest = max(raw, key=lambda k: results[k]["tokens"] / results[k]["seconds"]) if raw else None
