@@ -491,12 +491,14 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
                 name = f"part-{k:05d}.safetensors"
                 entries = [(n, t.dtype, tuple(t.shape)) for g in shard for n, t in plan[g].items()]
                 with SafetensorsWriter(tmp / name, entries, {"format": "pt"}) as out:
+                    kicked = 0
                     for layer in shard:  # the next group is read while this one is written, then let go
                         tensors = ahead.result()
                         index += 1
                         ahead = reader.submit(read_group, groups[index]) if index < len(groups) else None
                         for hf_name, tensor in tensors.items():
                             out.write(hf_name, tensor.to(out_dtype))
+                            kicked = _start_writeback(out.stream, kicked)
                         del tensors
                         advance("non-layer tensors" if layer is None else f"layer {layer}")
                 written.append((name, [e[0] for e in entries]))

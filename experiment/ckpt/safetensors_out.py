@@ -66,6 +66,11 @@ class SafetensorsWriter:
             self._fh.write(memoryview(data))
         self._next += 1
 
+    @property
+    def stream(self):
+        """The open file (the export starts its writeback as it goes)."""
+        return self._fh
+
     def __enter__(self) -> SafetensorsWriter:
         return self
 
