@@ -60,6 +60,47 @@ def read_boxes(it_dir: Path, request: dict[str, tuple[tuple[int, ...], object]],
         _read_with_dcp(it_dir, rest)
 
 
+def load_boxes(it_dir: Path, request: dict[str, tuple[tuple[int, ...], tuple[int, ...], object]], md=None) -> dict:
+    """``request[key] = (global offsets, shape, dtype)`` -> key -> tensor of that box. A box that is
+    exactly one plain stored chunk comes back as a read-only map of its bytes in the ``.distcp`` file
+    (no copy until someone reads it); the others are read into fresh tensors (``read_boxes``)."""
+    import torch
+
+    from experiment.ckpt.source import map_range
+
+    md = md if md is not None else metadata(it_dir)
+    out, rest = {}, {}
+    for key, (offsets, shape, dtype) in request.items():
+        mapped = None
+        try:
+            mapped = _plain_chunk(Path(it_dir), md, key, tuple(offsets), tuple(shape), dtype)
+        except _NotPlain:
+            pass
+        if mapped is not None:
+            out[key] = map_range(mapped[0], mapped[1], dtype, tuple(shape))
+        else:
+            rest[key] = (offsets, torch.empty(shape, dtype=dtype))
+    if rest:
+        read_boxes(it_dir, rest, md)
+        out.update({key: tensor for key, (_, tensor) in rest.items()})
+    return {key: out[key] for key in request}
+
+
+def _plain_chunk(it_dir: Path, md, key: str, offsets: tuple[int, ...], shape: tuple[int, ...], dtype):
+    """(file, byte offset) of the stored chunk that is exactly this box, when it is a plain record."""
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    meta = md.state_dict_metadata[key]
+    if meta.properties.dtype != dtype or 0 in shape:
+        return None
+    for chunk in meta.chunks:
+        if tuple(chunk.offsets) == offsets and tuple(chunk.sizes) == shape:
+            info = md.storage_data[MetadataIndex(key, chunk.offsets)]
+            path = it_dir / info.relative_path
+            return path, _record(path, info.offset, info.length, shape, dtype.itemsize)
+    return None
+
+
 def _read_direct(it_dir: Path, md, key: str, offsets: tuple[int, ...], tensor) -> None:
     """Every stored chunk of ``key`` inside the box, read into its place; raises _NotPlain (before
     writing anything) when one of them cannot be."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from experiment.atomic import write_atomic
 from experiment.ckpt import mapping
-from experiment.ckpt.boxes import metadata, read_boxes, stored_tensors
+from experiment.ckpt.boxes import load_boxes, metadata, stored_tensors
 from experiment.ckpt.meta import (
     LATEST_NAME,
     META_NAME,
@@ -403,27 +403,22 @@ def global_shape(rule: mapping.Rule, shape: ModelShape, padded: int) -> tuple[in
 def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[mapping.Rule],
                layer: int | None, md=None) -> dict[str, object]:
     """Hugging Face tensors for ``rules`` at ``layer`` (None: the non-layer tensors), read from the
-    checkpoint's "model" entries only, one box of the stored global tensors each.
-
-    Read with torch.distributed.checkpoint (the torch_dist format underneath megatron's
-    dist_checkpointing) and a planner that asks for a sub-box: megatron's own ``load`` describes a
-    partial request as shards owned by other ranks, which a single process cannot express.
-    """
-    import torch
-
+    checkpoint's "model" entries only, one box of the stored global tensors each (``boxes.load_boxes``:
+    a box that is one stored chunk is a read-only map of the file; the HF views of it -- embedding rows,
+    fc1 halves, whole copies -- stay maps until the writer copies them)."""
     shape = meta.shape
     request = {}
     for rule in rules:
         dtype = stored[rule.ckpt].properties.dtype
         full = global_shape(rule, shape, meta.padded_vocab_size)
         if layer is None:
-            request[rule.ckpt] = ((0,) * len(full), torch.empty(full, dtype=dtype))
+            request[rule.ckpt] = ((0,) * len(full), full, dtype)
         else:
-            request[rule.ckpt] = ((layer,) + (0,) * len(full), torch.empty((1, *full), dtype=dtype))
-    read_boxes(it_dir, request, md)
+            request[rule.ckpt] = ((layer,) + (0,) * len(full), (1, *full), dtype)
+    boxes = load_boxes(it_dir, request, md)
     out = {}
     for rule in rules:
-        t = request[rule.ckpt][1]
+        t = boxes[rule.ckpt]
         out.update(hf_parts(rule, t[0] if layer is not None else t, meta, layer))
     return out
 

@@ -84,13 +84,7 @@ class HFSource:
 
     def map_rows(self, name: str, start: int, rows: int):
         """Rows ``start .. start + rows`` of tensor ``name`` as a read-only tensor over a map of the
-        file (populated up front; unmapped when the tensor is freed). Its pages count in this
-        process's RSS only while it lives."""
-        import mmap
-        import warnings
-
-        import torch
-
+        file (see ``map_range``)."""
         entry = self._entry(name)
         shape, dtype = entry["shape"], _TORCH_DTYPES[entry["dtype"]]
         if not shape or start < 0 or rows < 1 or start + rows > shape[0]:
@@ -105,14 +99,7 @@ class HFSource:
         if self._handles[file][0] + end > file.stat().st_size:
             raise CheckpointError(f"{file}: tensor {name!r} is truncated ({file.stat().st_size} bytes, the header "
                                   f"says {self._handles[file][0] + end}); fix: download the shard again")
-        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-        with open(file, "rb") as fh:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            mapped = mmap.mmap(fh.fileno(), offset - aligned + size, flags=flags, prot=mmap.PROT_READ, offset=aligned)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "non-writable buffer": the tensor is only read
-            flat = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - aligned)
-        return flat.view(dtype).view(rows, *shape[1:])
+        return map_range(file, offset, dtype, (rows, *shape[1:]))
 
     def dtype_of(self, name: str):
         return _TORCH_DTYPES[self._entry(name)["dtype"]]
@@ -283,3 +270,25 @@ def content_hash(files: list[Path]) -> str:
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 h.update(chunk)
     return "blake3:" + h.hexdigest()
+
+
+def map_range(file: Path, offset: int, dtype, shape: tuple[int, ...]):
+    """The bytes of ``file`` from ``offset`` as a read-only tensor of ``dtype`` and ``shape`` over a map of
+    the file (populated up front; unmapped when the tensor is freed): a writer copies from the page cache
+    once, with no fresh memory. Its pages count in this process's RSS only while it lives."""
+    import mmap
+    import warnings
+
+    import torch
+
+    size = dtype.itemsize
+    for d in shape:
+        size *= d
+    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with open(file, "rb") as fh:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(fh.fileno(), offset - aligned + size, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "non-writable buffer": the tensor is only read
+        flat = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - aligned)
+    return flat.view(dtype).view(shape)

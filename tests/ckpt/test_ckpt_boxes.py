@@ -84,3 +84,39 @@ def test_safetensors_writer_is_read_by_safetensors(tmp_path):
     with pytest.raises(CheckpointError, match="closed without"):
         with SafetensorsWriter(tmp_path / "z.safetensors", [("a", torch.float32, (5,))], {}):
             pass
+
+
+def test_load_boxes_maps_whole_chunks_and_reads_the_rest(tiny_ckpt):
+    stored = boxes.stored_tensors(tiny_ckpt)
+    request = {}
+    for key, meta in stored.items():
+        size = tuple(meta.size)
+        if key.startswith("decoder.layers."):  # layer 1 of a stacked tensor: exactly one stored chunk -> a map
+            request[key] = ((1,) + (0,) * (len(size) - 1), (1, *size[1:]), meta.properties.dtype)
+        else:
+            request[key] = ((0,) * len(size), size, meta.properties.dtype)
+    emb = stored["embedding.word_embeddings.weight"]
+    request["embedding.word_embeddings.weight"] = ((2, 0), (emb.size[0] - 2, emb.size[1]), emb.properties.dtype)
+    got = boxes.load_boxes(tiny_ckpt, request)
+    assert list(got) == list(request)
+    for key, (offsets, shape, dtype) in request.items():
+        full = torch.empty(tuple(stored[key].size), dtype=dtype)
+        boxes._read_with_dcp(tiny_ckpt, {key: ((0,) * len(full.shape), full)})
+        want = full[tuple(slice(o, o + n) for o, n in zip(offsets, shape))]
+        assert got[key].shape == want.shape and torch.equal(got[key], want), key
+        one_chunk = any(tuple(c.offsets) == offsets and tuple(c.sizes) == shape for c in stored[key].chunks)
+        assert _in_a_map_of(got[key], ".distcp") == one_chunk, key  # mapped iff the box is one stored chunk
+    assert any(_in_a_map_of(t, ".distcp") for t in got.values())
+    assert not _in_a_map_of(got["embedding.word_embeddings.weight"], ".distcp")  # part of a chunk: read
+
+
+def _in_a_map_of(tensor, suffix: str) -> bool:
+    """Whether the tensor's memory lies in a mapping of a file ending with ``suffix`` (/proc/self/maps)."""
+    ptr = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].endswith(suffix):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= ptr < hi:
+                return True
+    return False
