@@ -407,19 +407,27 @@ def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[map
     a box that is one stored chunk is a read-only map of the file; the HF views of it -- embedding rows,
     fc1 halves, whole copies -- stay maps until the writer copies them)."""
     shape = meta.shape
-    request = {}
+    request, ups = {}, {}
     for rule in rules:
         dtype = stored[rule.ckpt].properties.dtype
         full = global_shape(rule, shape, meta.padded_vocab_size)
         if layer is None:
             request[rule.ckpt] = ((0,) * len(full), full, dtype)
+        elif rule.kind == "gate_up":  # gate and up asked for apart: megatron stores them as separate chunks
+            half = (1, full[0] // 2, *full[1:])
+            request[rule.ckpt] = ((layer,) + (0,) * len(full), half, dtype)
+            ups[rule.ckpt] = ((layer, full[0] // 2) + (0,) * (len(full) - 1), half, dtype)
         else:
             request[rule.ckpt] = ((layer,) + (0,) * len(full), (1, *full), dtype)
     boxes = load_boxes(it_dir, request, md)
+    up_boxes = load_boxes(it_dir, ups, md) if ups else {}
     out = {}
     for rule in rules:
         t = boxes[rule.ckpt]
-        out.update(hf_parts(rule, t[0] if layer is not None else t, meta, layer))
+        if rule.ckpt in up_boxes:  # = hf_parts of cat(gate, up): HF's gate_proj and up_proj
+            out.update({rule.hf[0].format(i=layer): t[0], rule.hf[1].format(i=layer): up_boxes[rule.ckpt][0]})
+        else:
+            out.update(hf_parts(rule, t[0] if layer is not None else t, meta, layer))
     return out
 
 
