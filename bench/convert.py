@@ -10,8 +10,8 @@
 3. Prints, next to the copy: the start-up every `experiment ckpt` command pays (torch + megatron.core
    imports, process group), the conversion itself (MB/s, ratio to the copy), the whole command's ratio,
    and peak RSS above the start-up, against the largest layer (the memory goal's unit).
-The three steps run --repeat times in turn, best of each kept: this host's disk writeback makes single
-timings swing by 2x. Page cache is warm for every reader (the files were just written).
+The three steps run --repeat times in turn, each after a `sync` and a 2 s pause, best of each kept: this
+host's disk writeback makes single timings swing by 2x. Page cache is warm for every reader (the files were just written).
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ def child(mode: str, src: str, dst: str) -> dict:
 
 def run_child(mode: str, src: Path, dst: Path) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
+    os.sync()  # every step starts with no writeback pending from the one before (the deletion included)
+    time.sleep(2)
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst)],
                           capture_output=True, text=True)
     if proc.returncode:
