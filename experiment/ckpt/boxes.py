@@ -1,22 +1,24 @@
-"""Read boxes of the global tensors of a torch_dist checkpoint straight into tensors.
+"""Read boxes of the global tensors of a torch_dist checkpoint without torch's per-chunk ``torch.load``.
 
 A torch_dist checkpoint (megatron's dist_checkpointing on torch.distributed.checkpoint) stores every
 chunk of a tensor as one small ``torch.save`` zip inside a ``.distcp`` file, at the byte range its
 ``.metadata`` names. torch's own reader ``torch.load``s each chunk into a fresh tensor through Python
 file reads and then copies it into the destination: twice the largest tensor in memory, ~200 MB/s.
 
-When a stored chunk lies wholly inside the requested box we read its bytes with one ``readinto``
-straight into the destination (or into one chunk-sized buffer when the destination view is not
-contiguous). The zip's ``data.pkl`` is read with a whitelisting unpickler that builds nothing (it only
-reports the storage, offset, size and stride), and the fast path is taken only when the chunk is the
-plain contiguous tensor the metadata says, of the same dtype, in an uncompressed record of exactly its
-byte size. Anything else (a chunk straddling the box, compression, another layout) goes through
-``torch.distributed.checkpoint.load`` with a sub-box planner, as before.
+``load_boxes`` returns a box that is exactly one stored chunk as a read-only map of the chunk's bytes in
+the ``.distcp`` file. ``read_boxes`` reads every stored chunk that lies wholly inside a box with one
+``readinto`` straight into the destination (or into one chunk-sized buffer when the destination view is
+not contiguous). Either way the zip's ``data.pkl`` is read with a whitelisting unpickler that builds
+nothing (it only reports the storage, offset, size and stride), and a chunk is used directly only when it
+is the plain contiguous tensor the metadata says, of the same dtype, in an uncompressed record of exactly
+its byte size. Anything else (a chunk straddling the box, compression, another layout) goes through
+``torch.distributed.checkpoint.load`` with a sub-box planner.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -88,24 +90,28 @@ def load_boxes(it_dir: Path, request: dict[str, tuple[tuple[int, ...], tuple[int
 
 def _plain_chunk(it_dir: Path, md, key: str, offsets: tuple[int, ...], shape: tuple[int, ...], dtype):
     """(file, byte offset) of the stored chunk that is exactly this box, when it is a plain record."""
-    from torch.distributed.checkpoint.metadata import MetadataIndex
-
     meta = md.state_dict_metadata[key]
     if meta.properties.dtype != dtype or 0 in shape:
         return None
     for chunk in meta.chunks:
         if tuple(chunk.offsets) == offsets and tuple(chunk.sizes) == shape:
-            info = md.storage_data[MetadataIndex(key, chunk.offsets)]
-            path = it_dir / info.relative_path
-            return path, _record(path, info.offset, info.length, shape, dtype.itemsize)
+            return _chunk_record(it_dir, md, key, chunk, dtype.itemsize)
     return None
+
+
+def _chunk_record(it_dir: Path, md, key: str, chunk, itemsize: int) -> tuple[Path, int]:
+    """(file, byte offset) of the raw bytes of one stored chunk of ``key``; raises _NotPlain unless the
+    chunk is a plain record (``_record``)."""
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    info = md.storage_data[MetadataIndex(key, chunk.offsets)]
+    path = it_dir / info.relative_path
+    return path, _record(path, info.offset, info.length, tuple(chunk.sizes), itemsize)
 
 
 def _read_direct(it_dir: Path, md, key: str, offsets: tuple[int, ...], tensor) -> None:
     """Every stored chunk of ``key`` inside the box, read into its place; raises _NotPlain (before
     writing anything) when one of them cannot be."""
-    from torch.distributed.checkpoint.metadata import MetadataIndex
-
     meta = md.state_dict_metadata[key]
     if meta.properties.dtype != tensor.dtype:
         raise _NotPlain
@@ -118,10 +124,9 @@ def _read_direct(it_dir: Path, md, key: str, offsets: tuple[int, ...], tensor) -
         if overlaps and not inside:
             raise _NotPlain
         if inside:
-            info = md.storage_data[MetadataIndex(key, chunk.offsets)]
-            where = _record(it_dir / info.relative_path, info.offset, info.length, tuple(chunk.sizes), tensor.element_size())
+            path, where = _chunk_record(it_dir, md, key, chunk, tensor.element_size())
             dest = tensor[tuple(slice(s0 - b0, s1 - b0) for (s0, s1), (b0, _) in zip(span, box))]
-            plan.append((it_dir / info.relative_path, where, dest))
+            plan.append((path, where, dest))
             covered += dest.numel()
     if covered != tensor.numel():
         raise _NotPlain
@@ -150,10 +155,8 @@ def _record(path: Path, start: int, length: int, sizes: tuple[int, ...], itemsiz
     """File offset of the raw bytes of the one tensor stored in the ``torch.save`` zip at
     ``path[start:start+length]``, after checking it is the plain contiguous tensor of ``sizes``."""
     with open(path, "rb") as fh:
-        fh.seek(start)
-        blob_head = _Slice(fh, start, length)
         try:
-            zf = zipfile.ZipFile(blob_head)
+            zf = zipfile.ZipFile(_Slice(fh, start, length))
         except zipfile.BadZipFile:
             raise _NotPlain from None
         names = zf.namelist()
@@ -162,16 +165,11 @@ def _record(path: Path, start: int, length: int, sizes: tuple[int, ...], itemsiz
         if len(pkl) != 1 or len(data) != 1:
             raise _NotPlain
         storage_key, offset, size, stride = _tensor_layout(zf.read(pkl[0]))
-        numel = 1
-        for s in sizes:
-            numel *= s
-        contiguous, acc = [], 1
-        for s in reversed(sizes):
-            contiguous.insert(0, acc)
-            acc *= s
+        numel = math.prod(sizes)
+        contiguous = tuple(math.prod(sizes[i + 1:]) for i in range(len(sizes)))
         info = zf.getinfo(data[0])
         if (data[0].rsplit("/", 1)[1] != storage_key or offset != 0 or size != sizes
-                or (numel > 1 and stride != tuple(contiguous)) or info.compress_type != zipfile.ZIP_STORED
+                or (numel > 1 and stride != contiguous) or info.compress_type != zipfile.ZIP_STORED
                 or info.file_size != numel * itemsize):
             raise _NotPlain
         order = [n for n in names if n.endswith("/byteorder")]

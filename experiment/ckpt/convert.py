@@ -11,9 +11,11 @@ largest tensor; the files are byte for byte those a filled model gives. Everythi
 ``.<out>.importing`` first and is renamed at the end, so a killed import leaves no checkpoint behind
 and is simply re-run.
 
-Export needs no model: it asks ``dist_checkpointing.load`` for one layer at a time (global, unsharded
-tensors: the checkpoint is resharded on read, whatever TP/PP it was saved with), maps it back to
-Hugging Face names and writes safetensors shards as they fill up. Peak memory: about one shard.
+Export needs no model: it reads one layer at a time, a box of each stored global tensor whatever TP/PP
+it was saved with (``experiment.ckpt.boxes``; whole stored chunks as read-only maps), the next layer while
+this one is written, maps it back to Hugging Face names and writes each tensor into safetensors files
+whose headers were planned from the checkpoint's metadata (``experiment.ckpt.safetensors_out``). Peak
+memory: about one layer (the embedding group) plus the next.
 """
 
 from __future__ import annotations
@@ -320,7 +322,6 @@ def _streaming_save_strategy(producer: _Producer):
         def write_streaming(self, rank, write_buckets, results_queue) -> None:
             """megatron's write_preloaded_data, in this process, with each tensor made by ``producer``
             while the previous one is being written (one tensor ahead)."""
-
             transforms = [self.transforms] if hasattr(self, "transforms") else []
             extra = {}
             if "serialization_format" in inspect.signature(_write_item).parameters:

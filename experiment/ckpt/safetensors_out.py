@@ -12,6 +12,7 @@ and each tensor is written as soon as it is read, then freed. The tests read eve
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -39,10 +40,7 @@ class SafetensorsWriter:
         for name, dtype, shape in entries:
             if name in header:
                 raise CheckpointError(f"internal: tensor {name!r} declared twice in {path.name}")
-            numel = 1
-            for s in shape:
-                numel *= s
-            nbytes = numel * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             header[name] = {"dtype": _code(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._expected.append((name, dtype, tuple(shape), nbytes))
             offset += nbytes

@@ -95,7 +95,6 @@ class HFSource:
         begin, end = entry["data_offsets"]
         file = self.where[name]
         offset = self._handles[file][0] + begin + start * row_bytes
-        size = rows * row_bytes
         if self._handles[file][0] + end > file.stat().st_size:
             raise CheckpointError(f"{file}: tensor {name!r} is truncated ({file.stat().st_size} bytes, the header "
                                   f"says {self._handles[file][0] + end}); fix: download the shard again")
@@ -276,14 +275,13 @@ def map_range(file: Path, offset: int, dtype, shape: tuple[int, ...]):
     """The bytes of ``file`` from ``offset`` as a read-only tensor of ``dtype`` and ``shape`` over a map of
     the file (populated up front; unmapped when the tensor is freed): a writer copies from the page cache
     once, with no fresh memory. Its pages count in this process's RSS only while it lives."""
+    import math
     import mmap
     import warnings
 
     import torch
 
-    size = dtype.itemsize
-    for d in shape:
-        size *= d
+    size = dtype.itemsize * math.prod(shape)
     aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
     with open(file, "rb") as fh:
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)

@@ -190,15 +190,6 @@ class _Prefetch:
         self._thread.join()
 
 
-def _prefetch(blocks):
-    """Parse the next block while the current one is encoded and written (see ``_Prefetch``)."""
-    prefetch = _Prefetch(blocks)
-    try:
-        yield from prefetch
-    finally:
-        prefetch.close()
-
-
 def _drop_empty(texts):
     """The Arrow string array without its empty texts, and how many were dropped (read off the offsets,
     without loading pyarrow.compute)."""
@@ -262,7 +253,7 @@ def tokenize_file(
 ) -> ShardResult:
     """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there).
 
-    ``blocks``: the input's text blocks from a shared ``_Reader`` (default: read here, one block ahead)."""
+    ``blocks``: the input's text blocks from a shared ``_Reader`` (default: read here)."""
     stem = name.stem
     start = time.perf_counter()
     done = find_finished(cfg.output, stem)
@@ -282,8 +273,8 @@ def tokenize_file(
     empty = 0
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
-        if blocks is None:
-            blocks = _prefetch(sources.read_batches(path, cfg.text_key, cfg.block_bytes))
+        if blocks is None:  # not in the run's reader (its output was there when the run started)
+            blocks = sources.read_batches(path, cfg.text_key, cfg.block_bytes)
         for texts in blocks:
             texts, n_empty = _drop_empty(texts)
             empty += n_empty
