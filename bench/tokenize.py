@@ -4,6 +4,7 @@
 
 Rows (each in its own process, so peak memory is its own):
   kit end to end   `experiment data tokenize`: read JSONL, encode, append EOD, write .bin/.idx, count, rename
+  kit-blocks       the same with whole_files=False: pyarrow parses blocks of texts, gigatoken encodes each block
   sentencepiece    the reference encoder, `encode(list, num_threads=N)` on in-memory texts, nothing written
   tokenizers       HF `encode_batch` on in-memory texts (tokenizer.json of the same model), nothing written
   gigatoken        `encode_batch` on in-memory texts, nothing written
@@ -72,12 +73,13 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
     import pyarrow as pa
 
     pa.set_cpu_count(threads)  # the kit's JSON parsing gets the same threads as the encoders
-    if kind == "kit":
+    if kind in ("kit", "kit-blocks"):
         from experiment.data.tokenize import TokenizeConfig, run
 
         out = work / "kit-out"
         t0, c0 = time.perf_counter(), _cpu()
-        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False, cache_dir=work / "cache"))
+        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False, cache_dir=work / "cache",
+                                    whole_files=kind == "kit"))
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         flats, lengths = [], []
         for shard in report.shards:
@@ -193,13 +195,14 @@ def main() -> None:
     tok_json = work / "tokenizer.json"
     tok_json.write_text(sentencepiece_to_tokenizer_json(tokenizer.read_bytes()))
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
-    kinds = ["sentencepiece", "kit", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
+    kinds = ["sentencepiece", "kit", "kit-blocks", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
     if args.rows:
         kinds = [k for k in kinds if k in args.rows.split(",")]
     results: dict[str, dict] = {}
     # The kit and the fastest raw encoder are timed alternately, --repeat times each, best kept: on a
     # shared machine the load changes by the minute, and the ratio is only fair side by side.
-    schedule = [k for k in kinds if k not in ("kit", "gigatoken")] + [k for k in ("kit", "gigatoken") if k in kinds] * args.repeat
+    paired = ("kit", "kit-blocks", "gigatoken")
+    schedule = [k for k in kinds if k not in paired] + [k for k in paired if k in kinds] * args.repeat
     for kind in schedule:
         import shutil
 
@@ -211,7 +214,7 @@ def main() -> None:
         best = results.get(kind)
         if best is None or res.get("seconds", float("inf")) < best.get("seconds", float("inf")):
             results[kind] = res
-        console.print(f"{kind}: {res.get('seconds', res.get('error'))}")
+        console.print(f"{kind}: {res.get('seconds', res.get('error'))} s, {res.get('cpu', 0):.2f} CPU-s")
         sys.stdout.flush()
     ref_row = "sentencepiece" if "sentencepiece" in results else "gigatoken"  # identity vs gigatoken if sp skipped
     reference = results.get(ref_row, {}).get("digest")
@@ -224,7 +227,7 @@ def main() -> None:
                         f"{tokenizer.name}; ratios vs {fastest}")
     for col in ("row", "timed", "wall s", "docs/s", "Mtok/s", "CPU s", "Mtok/CPU-s", "peak MB", f"ids == {ref_row[:5]}", "ratio wall", "ratio CPU"):
         table.add_column(col, justify="left" if col in ("row", "timed") else "right")
-    what = {"kit": "read+encode+write+count", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
+    what = {"kit": "read+encode+write+count", "kit-blocks": "same, block reader (no whole files)", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
             "gigatoken": "encode_batch, in memory", "preprocess_data": "whole command"}
     for kind in kinds:
         r = results[kind]

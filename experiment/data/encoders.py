@@ -209,22 +209,48 @@ class GigatokenEncoder:
     backend = "gigatoken"
 
     def __init__(self, spec: TokenizerSpec, reference: SentencePieceEncoder | TokenizersEncoder, cache_dir: Path | None = None) -> None:
-        import gigatoken
-
-        self.tok = gigatoken.Tokenizer.from_json(_gigatoken_json(spec, cache_dir))
+        self.tok = gigatoken_tokenizer(spec, cache_dir)
         self.vocab_size = reference.vocab_size
         self.eod_id = reference.eod_id
 
     def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
-        import awkward as ak
-
         batch = texts if isinstance(texts, list) else _arrow_to_awkward(texts)
-        layout = ak.to_layout(self.tok.encode_batch(batch))
-        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        flat = np.asarray(layout.content.data)
-        if offsets[0] != 0:
-            flat, offsets = flat[offsets[0] : offsets[-1]], offsets - offsets[0]
-        return flat[: offsets[-1]], offsets
+        return _flat_offsets(self.tok.encode_batch(batch))
+
+    def encode_jsonl(self, paths: list[Path], key: str) -> tuple[np.ndarray, np.ndarray]:
+        return encode_jsonl(self.tok, paths, key)
+
+
+def gigatoken_tokenizer(spec: TokenizerSpec, cache_dir: Path | None = None):
+    """gigatoken's tokenizer for ``spec`` (special added tokens removed), built once per process."""
+    return _gigatoken_tokenizer(spec, spec.sha256(), cache_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _gigatoken_tokenizer(spec: TokenizerSpec, sha256: str, cache_dir: Path | None):
+    import gigatoken
+
+    return gigatoken.Tokenizer.from_json(_gigatoken_json(spec, cache_dir))
+
+
+def encode_jsonl(tok, paths: list[Path], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every document of these JSONL files, read by gigatoken itself. Its reader is lenient, so the
+    caller checks the lines (``whole_files``), and only uses these ids once ``tok`` passed the probe."""
+    import gigatoken
+
+    return _flat_offsets(tok.encode_files(gigatoken.JsonlFileSource([str(p) for p in paths], field=key)))
+
+
+def _flat_offsets(batch) -> tuple[np.ndarray, np.ndarray]:
+    """gigatoken's awkward result as (flat uint32 ids, int64 offsets from 0), without copies."""
+    import awkward as ak
+
+    layout = ak.to_layout(batch)
+    offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+    flat = np.asarray(layout.content.data)
+    if offsets[0] != 0:
+        flat, offsets = flat[offsets[0] : offsets[-1]], offsets - offsets[0]
+    return flat[: offsets[-1]], offsets
 
 
 def _gigatoken_json(spec: TokenizerSpec, cache_dir: Path | None) -> str:

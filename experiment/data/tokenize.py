@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.data import encoders, naming, shards, sources
+from experiment.data import encoders, naming, shards, sources, whole_files
 from experiment.data.encoders import LoadedEncoder, differing_ids, load_encoder, resolve_tokenizer
 from experiment.data.errors import DataError
 from experiment.data.signature import TokenizerInfo
@@ -45,6 +45,9 @@ class TokenizeConfig:
     spot_check: bool = True
     progress: bool = True
     cache_dir: Path | None = None  # where the tokenizer.json converted for gigatoken is kept (None: not kept)
+    whole_files: bool = True  # plain .jsonl read and encoded whole by gigatoken (``whole_files``), else by block
+    whole_file_bytes: int = 512 << 20  # larger .jsonl files are read by block (their ids are held whole)
+    group_bytes: int = 128 << 20  # whole files encoded together, at most this much text per call
 
 
 @dataclass
@@ -248,12 +251,24 @@ class _Reader:
         self._stream.close()
 
 
+def _encode_blocks(blocks, loaded: LoadedEncoder, sample_first: bool):
+    """(flat ids, offsets, spot-check texts or None, empty docs dropped, text bytes) per block of texts."""
+    for texts in blocks:
+        texts, n_empty = _drop_empty(texts)
+        sample = _leading(texts, SPOT_CHECK_CHARS) if sample_first and len(texts) else None
+        sample_first = sample_first and sample is None
+        flat, offsets = loaded.encoder.encode(texts)
+        yield flat, offsets, sample, n_empty, texts.nbytes
+
+
 def tokenize_file(
-    path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None, blocks=None
+    path: Path, name: naming.ShardName, loaded: LoadedEncoder, cfg: TokenizeConfig, on_bytes=None, blocks=None,
+    encoded=None,
 ) -> ShardResult:
     """Tokenize one input into one counted shard in ``cfg.output`` (skipped if already there).
 
-    ``blocks``: the input's text blocks from a shared ``_Reader`` (default: read here)."""
+    ``blocks``: the input's text blocks from a shared ``_Reader`` (default: read here); ``encoded``: its
+    ids already encoded (``whole_files``), as ``_encode_blocks`` yields them."""
     stem = name.stem
     start = time.perf_counter()
     done = find_finished(cfg.output, stem)
@@ -273,15 +288,13 @@ def tokenize_file(
     empty = 0
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
-        if blocks is None:  # not in the run's reader (its output was there when the run started)
-            blocks = sources.read_batches(path, cfg.text_key, cfg.block_bytes)
-        for texts in blocks:
-            texts, n_empty = _drop_empty(texts)
+        if encoded is None:
+            if blocks is None:  # not in the run's reader (its output was there when the run started)
+                blocks = sources.read_batches(path, cfg.text_key, cfg.block_bytes)
+            encoded = _encode_blocks(blocks, loaded, not checked)
+        for flat, offsets, sample, n_empty, nbytes in encoded:
             empty += n_empty
-            n = len(texts)
-            sample = _leading(texts, SPOT_CHECK_CHARS) if not checked and n else None
-            flat, offsets = loaded.encoder.encode(texts)
-            if sample is not None:  # the ids about to be written, re-encoded by the reference
+            if sample and not checked:  # the ids about to be written, re-encoded by the reference
                 bad = differing_ids(loaded.reference, sample, flat, offsets)
                 if bad:
                     raise DataError(
@@ -291,7 +304,7 @@ def tokenize_file(
                 checked = True
             writer.append(flat, offsets)
             if on_bytes:
-                on_bytes(texts.nbytes)
+                on_bytes(nbytes)
         counts = writer.finish()
     except BaseException:
         writer.discard()
@@ -315,16 +328,45 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
             raise DataError(path, f"gives the same shard name {name.stem} as {seen[name.stem]}", "rename one of the inputs")
         seen[name.stem] = path
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
-    # Parsing starts now, in the background, while the tokenizer loads (reading inputs changes nothing).
-    reader = _Reader([p for p, n in zip(inputs, names) if find_finished(cfg.output, n.stem) is None], cfg)
+    pending = [p for p, n in zip(inputs, names) if find_finished(cfg.output, n.stem) is None]
+    whole = [p for p in pending if cfg.whole_files and cfg.backend != "reference" and whole_files.eligible(p, cfg.whole_file_bytes)]
+    # Reading starts now, in the background, while the tokenizer loads (reading inputs changes nothing):
+    # the line check of whole-file inputs, the parse of the others.
+    checker = whole_files.Checker(whole, cfg.text_key, SPOT_CHECK_CHARS) if whole else None
+    reader = _Reader([p for p in pending if p not in set(whole)], cfg)
     try:
-        return _run(cfg, console, started, inputs, names, spec, reader)
+        return _run(cfg, console, started, inputs, names, spec, reader, checker, whole)
     finally:
         reader.close()
+        if checker is not None:
+            checker.close()
 
 
-def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader) -> TokenizeReport:
-    loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
+def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader,
+         checker: "whole_files.Checker | None", whole: list[Path]) -> TokenizeReport:
+    group_encoder = _start_whole_files(cfg, spec, whole)
+    try:
+        loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
+        return _run_loaded(cfg, console, started, inputs, names, loaded, reader, checker, whole, group_encoder)
+    finally:
+        if group_encoder is not None:
+            group_encoder.close()
+
+
+def _start_whole_files(cfg: TokenizeConfig, spec, whole: list[Path]):
+    """gigatoken starts encoding the whole-file inputs now, while the reference loads and the probe runs."""
+    if not whole:
+        return None
+    try:
+        tok = encoders.gigatoken_tokenizer(spec, cfg.cache_dir)
+    except Exception:  # load_encoder says why (or falls back to the reference)
+        return None
+    groups = whole_files.plan_groups(whole, cfg.group_bytes)
+    return whole_files.GroupEncoder(lambda group: encoders.encode_jsonl(tok, group, cfg.text_key), groups)
+
+
+def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, loaded: LoadedEncoder,
+                reader: _Reader, checker, whole: list[Path], group_encoder) -> TokenizeReport:
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -335,9 +377,12 @@ def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names
     report = TokenizeReport(loaded.note)
     progress = _progress(console) if cfg.progress and console is not None else None
     total = sum(p.stat().st_size for p in inputs)
+    name_of = dict(zip(inputs, names))
+    results: dict[Path, ShardResult] = {}
     with progress or _Null():
         task = progress.add_task("tokenize", total=total) if progress else None
-        for path, name in zip(inputs, names):
+
+        def one(path: Path, **how) -> None:
             if progress:
                 progress.update(task, description=f"{path.name[:40]}")
             before = [0]
@@ -348,15 +393,68 @@ def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names
                 if progress:
                     progress.advance(task, step)
 
-            blocks = reader.blocks(path) if path in reader.paths else None  # None: finished before this run
-            result = tokenize_file(path, name, loaded, cfg, on_bytes=advance, blocks=blocks)
+            results[path] = tokenize_file(path, name_of[path], loaded, cfg, on_bytes=advance, **how)
             if progress:
                 progress.advance(task, path.stat().st_size - before[0])
-            report.shards.append(result)
+
+        if group_encoder is not None and isinstance(loaded.encoder, encoders.GigatokenEncoder):
+            _whole_file_groups(cfg.text_key, checker, group_encoder, one, results)
+        elif checker is not None:
+            checker.close()  # the reference encoder runs: these inputs are read block by block below
+        for path in inputs:
+            if path not in results:
+                one(path, blocks=reader.blocks(path) if path in reader.paths else None)  # None: read here
+    report.shards = [results[p] for p in inputs]
     report.seconds = time.perf_counter() - started
     if console is not None:
         console.print(summary_table(report))
     return report
+
+
+def _whole_file_groups(key: str, checker, group_encoder, one, results) -> None:
+    """Whole-file inputs: encoded by gigatoken in groups (one ahead), checked line by line, written per
+    input. A group whose check or count is in doubt goes to the block reader, which names any problem."""
+    for _ in range(group_encoder.groups):
+        group, encoded, seconds = group_encoder.next_group()
+        checks: list = []
+        error = None
+        for path in group:
+            try:
+                checks.append(checker.result(path))
+            except DataError as err:
+                error = err
+                break
+        pieces = None
+        if error is None and not isinstance(encoded, Exception) and not any(c.fallback for c in checks):
+            pieces = whole_files.split_group(checks, *encoded, key)
+        encoded = None  # the pieces are views; the group's arrays go when they do
+        if pieces is None:
+            for path in group[: len(checks)]:
+                one(path)
+        else:
+            sizes = [p.stat().st_size for p in group]
+            jobs = [(path, [(flat, offsets, check.leading, len(check.empty), size)])
+                    for path, check, (flat, offsets), size in zip(group, checks, pieces, sizes)]
+            _write_in_parallel(one, jobs)
+            for path, size in zip(group, sizes):
+                results[path].seconds += seconds * size / sum(sizes)
+        if error is not None:
+            raise error
+
+
+def _write_in_parallel(one, jobs: list, threads: int = 2) -> None:
+    """Write a group's shards two at a time (numpy's copies and fsync release the GIL): the last group's
+    writing is the one stage nothing else overlaps. The first failure in input order is raised, after
+    every other shard of the group is written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(jobs) == 1:
+        one(jobs[0][0], encoded=jobs[0][1])
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard-write") as pool:
+        futures = [pool.submit(one, path, encoded=encoded) for path, encoded in jobs]
+    for future in futures:
+        future.result()
 
 
 class _Null:

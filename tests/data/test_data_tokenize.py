@@ -135,28 +135,38 @@ def test_converted_tokenizer_is_cached_by_hash(sp_model_path, tmp_path):
     assert not json.loads(first)["added_tokens"]  # <s>, </s> removed: they stay text
 
 
-def test_spot_check_catches_fast_ids_that_differ_from_the_reference(tmp_path, sp_model_path, monkeypatch):
-    """The leading documents' written ids are re-encoded by sentencepiece: a wrong id stops the input."""
+@pytest.mark.parametrize("whole_files", [True, False], ids=["whole-files", "blocks"])
+def test_spot_check_catches_fast_ids_that_differ_from_the_reference(whole_files, tmp_path, sp_model_path, monkeypatch):
+    """The leading documents' written ids are re-encoded by sentencepiece: a wrong id stops the input
+    (whether gigatoken read the file itself or was handed blocks of texts)."""
     from experiment.data import encoders
     from experiment.data.errors import DataError
 
     src = tmp_path / "in" / "en_web_spot_split_0.jsonl"
     src.parent.mkdir()
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["first document", "", "second document", "third"]))
-    real = encoders.GigatokenEncoder.encode
+    real, real_files = encoders.GigatokenEncoder.encode, encoders.encode_jsonl
 
     def wrong(self, texts):
         flat, offsets = real(self, texts)
         if isinstance(texts, list):  # the load-time probe passes lists: leave it right
             return flat, offsets
         flat = flat.copy()
-        flat[offsets[1]] += 1  # first id of the second non-empty document
+        flat[offsets[1]] += 1  # first id of the second non-empty document (the empty one is dropped)
+        return flat, offsets
+
+    def wrong_files(tok, paths, key):
+        flat, offsets = real_files(tok, paths, key)
+        flat = flat.copy()
+        flat[offsets[2]] += 1  # the same document: here the empty text is still row 1
         return flat, offsets
 
     monkeypatch.setattr(encoders.GigatokenEncoder, "encode", wrong)
+    monkeypatch.setattr(encoders, "encode_jsonl", wrong_files)
     out = tmp_path / "out"
     with pytest.raises(DataError, match="ids differ from sentencepiece on document 2"):
-        run(TokenizeConfig(inputs=[src], output=out, tokenizer=sp_model_path, backend="gigatoken", progress=False))
+        run(TokenizeConfig(inputs=[src], output=out, tokenizer=sp_model_path, backend="gigatoken", progress=False,
+                           whole_files=whole_files))
     assert not [p for p in out.iterdir() if p.suffix in (".bin", ".idx") or ".tmp" in p.name]
 
 
