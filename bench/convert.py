@@ -11,7 +11,10 @@
    imports, process group), the conversion itself (MB/s, ratio to the copy), the whole command's ratio,
    and peak RSS above the start-up, against the largest layer (the memory goal's unit).
 The three steps run --repeat times in turn, each after a `sync` and a 2 s pause, best of each kept: this
-host's disk writeback makes single timings swing by 2x. Page cache is warm for every reader (the files were just written).
+host's disk writeback makes single timings swing by 2x. Every step's input is first put in the same page-cache
+state (--cache cold: its pages dropped, so copy, import and export all read from disk; --cache warm: read whole
+first). Without that the bench was unfair to export: the import drops the pages of what it writes (its
+writeback), so export read from disk while the copy read the HF files from memory.
 """
 
 from __future__ import annotations
@@ -142,9 +145,26 @@ def child(mode: str, src: str, dst: str) -> dict:
     return {"seconds": seconds, "startup": startup, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": baseline}
 
 
-def run_child(mode: str, src: Path, dst: Path) -> dict:
+def set_cache(folder: Path, state: str) -> None:
+    """Put every file under ``folder`` (a step's input) in one page-cache state, the same for every step:
+    ``cold`` drops its pages (clean after the sync: POSIX_FADV_DONTNEED), so the step reads from disk;
+    ``warm`` reads it whole first, so the step reads from memory."""
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if state == "cold":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.read(fd, 16 << 20):
+                    pass
+        finally:
+            os.close(fd)
+
+
+def run_child(mode: str, src: Path, dst: Path, cache: str) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
     os.sync()  # every step starts with no writeback pending from the one before (the deletion included)
+    set_cache(src, cache)
     time.sleep(2)
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst)],
                           capture_output=True, text=True)
@@ -163,6 +183,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-convert"))
     ap.add_argument("--repeat", type=int, default=2, help="rounds of copy, import, export; best of each")
+    ap.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                    help="page-cache state of each step's input, the same for all three steps (default: cold)")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -178,7 +200,7 @@ def main() -> None:
     best: dict[str, dict] = {}
     for _ in range(args.repeat):
         for name, mode, src, dst in steps:
-            r = run_child(mode, src, dst)
+            r = run_child(mode, src, dst, args.cache)
             print(f"{name}: {r['seconds']:.2f} s (+{r['startup']:.2f} s start-up), peak {r['peak_rss_mb']:.0f} MB", flush=True)
             old = best.get(name)
             best[name] = r if old is None or r["seconds"] < old["seconds"] else old
@@ -187,7 +209,7 @@ def main() -> None:
     floor = rows[0][1]
     layer_mb, tensor_mb = info["layer_bytes"] / 1e6, info["largest_tensor_bytes"] / 1e6
     table = Table(title=f"{args.preset} ({info['layers']} layers, {args.dtype}): {size / 1e9:.2f} GB of safetensors; "
-                        f"one layer {layer_mb:.0f} MB, largest tensor {tensor_mb:.0f} MB")
+                        f"one layer {layer_mb:.0f} MB, largest tensor {tensor_mb:.0f} MB; inputs {args.cache} in the page cache")
     for col in ("step", "start-up s", "convert s", "MB/s", "vs copy", "whole command vs copy", "peak RSS MB",
                 "RSS above start-up MB", "above / largest layer"):
         table.add_column(col, justify="right" if col != "step" else "left")
