@@ -47,6 +47,8 @@ def tokenize(
     reserve_mb: float = typer.Option(0.0, help="keep at least this much space free on the output disk"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "midtrain-kit", help="keeps the tokenizer converted for gigatoken"),
+    whole_files: bool = typer.Option(True, help="let gigatoken read plain .jsonl inputs whole (each line checked first)"),
+    group_mb: float = typer.Option(128.0, help="whole .jsonl files encoded together, at most this much text per call"),
 ) -> None:
     """Tokenize each input shard into one counted Megatron shard (EOD appended, restartable)."""
     from experiment.data.tokenize import TokenizeConfig, run
@@ -55,6 +57,7 @@ def tokenize(
         inputs=list(inputs), output=output, tokenizer=tokenizer, text_key=text_key, backend=backend,
         language=language, domain=domain, subdomain=subdomain, eod_token=eod_token,
         reserve_bytes=int(reserve_mb * 1e6), progress=not no_progress, cache_dir=cache_dir,
+        whole_files=whole_files, group_bytes=int(group_mb * 1e6),
     )
     run(cfg, console=console)
 

@@ -438,6 +438,7 @@ def _whole_file_groups(key: str, checker, group_encoder, one, results) -> None:
             _write_in_parallel(one, jobs)
             for path, size in zip(group, sizes):
                 results[path].seconds += seconds * size / sum(sizes)
+        group_encoder.written()
         if error is not None:
             raise error
 
