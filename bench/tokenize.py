@@ -199,6 +199,7 @@ def main() -> None:
     if args.rows:
         kinds = [k for k in kinds if k in args.rows.split(",")]
     results: dict[str, dict] = {}
+    rounds: dict[str, list[dict]] = {}  # every run of each row, in order (the paired rows once per round)
     # The kit and the fastest raw encoder are timed alternately, --repeat times each, best kept: on a
     # shared machine the load changes by the minute, and the ratio is only fair side by side.
     paired = ("kit", "kit-blocks", "gigatoken")
@@ -211,6 +212,7 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         res = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        rounds.setdefault(kind, []).append(res)
         best = results.get(kind)
         if best is None or res.get("seconds", float("inf")) < best.get("seconds", float("inf")):
             results[kind] = res
@@ -239,6 +241,16 @@ def main() -> None:
                       f"{r['cpu']:.2f}", f"{cpu_rate / 1e6:.2f}", f"{r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO",
                       f"{rate / anchor:.2f}" if anchor else "-", f"{cpu_rate / cpu_anchor:.2f}" if cpu_anchor else "-")
     console.print(table)
+    # Per round, each kit row against the gigatoken run right after it: on a VM whose speed drifts by
+    # tens of percent within a minute, the spread of these side-by-side ratios is the honest figure.
+    for kit_row in ("kit", "kit-blocks"):
+        pairs = [(a["seconds"], b["seconds"], a["cpu"], b["cpu"]) for a, b in zip(rounds.get(kit_row, []), rounds.get("gigatoken", []))
+                 if "seconds" in a and "seconds" in b]
+        if pairs:
+            wall = sorted(g / k for k, g, _, _ in pairs)
+            cpu = sorted(gc / kc for _, _, kc, gc in pairs)
+            console.print(f"{kit_row} / gigatoken, per round ({len(pairs)}): wall ratio min {wall[0]:.2f} median "
+                          f"{wall[len(wall) // 2]:.2f} max {wall[-1]:.2f}; CPU ratio min {cpu[0]:.2f} median {cpu[len(cpu) // 2]:.2f} max {cpu[-1]:.2f}")
     if "kit" in results and "note" in results["kit"]:
         console.print(f"kit backend: {results['kit']['note']}")
 
