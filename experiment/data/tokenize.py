@@ -399,8 +399,10 @@ def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path]
 
         if group_encoder is not None and isinstance(loaded.encoder, encoders.GigatokenEncoder):
             _whole_file_groups(cfg.text_key, checker, group_encoder, one, results)
-        elif checker is not None:
-            checker.close()  # the reference encoder runs: these inputs are read block by block below
+        elif checker is not None:  # the reference encoder runs: these inputs are read block by block below
+            checker.close()
+            if group_encoder is not None:
+                group_encoder.close(wait=False)
         for path in inputs:
             if path not in results:
                 one(path, blocks=reader.blocks(path) if path in reader.paths else None)  # None: read here

@@ -203,9 +203,11 @@ class GroupEncoder:
         """The caller is done with a group: the next one may start encoding."""
         self._slots.release()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop after the group being encoded (``wait``: until then)."""
         self._stop.set()
-        self._thread.join()
+        if wait:
+            self._thread.join()
 
 
 def split_group(checks: list[FileCheck], flat: np.ndarray, offsets: np.ndarray, key: str):

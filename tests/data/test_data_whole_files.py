@@ -120,3 +120,12 @@ def test_large_files_and_a_count_mismatch_use_the_block_reader(sample_dir, sp_sh
     monkeypatch.setattr(encoders, "encode_jsonl", one_row_short)
     _tokenize([sample_dir], tmp_path / "short", sp_model_path)
     assert _digest(tmp_path / "short") == _digest(sp_shards)
+
+
+def test_a_failed_probe_discards_the_early_encoding(sample_dir, sp_shards, sp_model_path, tmp_path, monkeypatch):
+    """gigatoken starts on the whole files before the probe has run; if the probe then fails, the
+    reference encodes every input and nothing gigatoken made is written."""
+    monkeypatch.setattr(encoders, "same_ids", lambda a, b, texts: [0])
+    report = _tokenize([sample_dir], tmp_path / "out", sp_model_path, cache_dir=tmp_path / "cache")  # a fresh load_encoder
+    assert "sentencepiece" in report.backend_note and "differs" in report.backend_note
+    assert _digest(tmp_path / "out") == _digest(sp_shards)
