@@ -82,7 +82,7 @@ class DedupReport:
 def _count_lines(paths) -> int:
     n = 0
     for p in paths:
-        with sources._open_binary(p) as fh:
+        with sources.open_binary(p) as fh:
             n += sum(1 for line in fh if line.strip())
     return n
 

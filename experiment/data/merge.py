@@ -47,7 +47,7 @@ def _records(path: Path, text_key: str):
     """Raw, validated JSONL records of one input (bytes ending in a newline)."""
     if os.path.getsize(path) == 0:
         raise DataError(path, "the file is empty", "remove it from the inputs")
-    with sources._open_binary(path) as stream:
+    with sources.open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
             text = sources._decode(raw, path, number)
             if not text.strip():

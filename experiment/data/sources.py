@@ -67,7 +67,8 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, decompressed for ``.jsonl.gz`` / ``.jsonl.zst``."""
     fmt = format_of(path)
     if fmt == "jsonl.gz":
         return gzip.open(path, "rb")
@@ -123,7 +124,7 @@ def iter_documents(path: str | Path, text_key: str = "text") -> Iterator[Documen
         return
     count = 0
     try:
-        with _open_binary(path) as stream:
+        with open_binary(path) as stream:
             for number, raw in enumerate(stream, start=1):
                 if fmt == "txt":
                     text = _decode(raw, path, number)
