@@ -343,7 +343,7 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
 
 
 def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader,
-         checker: "whole_files.Checker | None", whole: list[Path]) -> TokenizeReport:
+         checker: whole_files.Checker | None, whole: list[Path]) -> TokenizeReport:
     group_encoder = _start_whole_files(cfg, spec, whole)
     try:
         loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)

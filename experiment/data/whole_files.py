@@ -134,11 +134,8 @@ def empty_documents(path: Path, key: str) -> list[int]:
 def _strict_verdict(check: FileCheck, path: Path, key: str, line_no: int) -> FileCheck:
     """A line our check refused: the strict reader names the problem, or (if it sees none, e.g. a line
     of non-ASCII blanks) the file goes to the block reader."""
-    try:
-        for _ in sources.iter_documents(path, key):
-            pass
-    except DataError:
-        raise
+    for _ in sources.iter_documents(path, key):  # raises the DataError with file:line
+        pass
     check.fallback = f"line {line_no} is read differently by the strict reader"
     return check
 
@@ -200,7 +197,7 @@ class GroupEncoder:
         self._thread = threading.Thread(target=work, daemon=True, name="jsonl-encode")
         self._thread.start()
 
-    def next_group(self) -> tuple[list[Path], "tuple[np.ndarray, np.ndarray] | Exception", float]:
+    def next_group(self) -> tuple[list[Path], tuple[np.ndarray, np.ndarray] | Exception, float]:
         """The next group, its (flat, offsets) or the error, and the seconds its encoding took."""
         return self._queue.get()
 
