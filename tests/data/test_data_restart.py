@@ -66,3 +66,25 @@ def test_killed_run_resumes_to_identical_bytes(mode, n, sample_dir, sp_shards, s
     report = run(TokenizeConfig(inputs=[sample_dir], output=out, tokenizer=sp_model_path, progress=False))
     assert sum(s.skipped for s in report.shards) == len(finished)
     assert _digest(out) == _digest(sp_shards)  # also: no temporary or orphan files remain
+
+
+def test_output_index_lists_finished_shards_and_leftovers_once(tmp_path):
+    """One listing of the output folder finds what a glob per input found: finished pairs, and what a
+    killed run leaves (temporary files, a .bin renamed before its .idx); other files are ignored."""
+    from experiment.data.tokenize import OutputIndex
+
+    done = "en_web_a_split_0_text_document_dc=2_sc=2_tc=9"
+    orphan = "en_web_b_split_0_text_document_dc=1_sc=1_tc=4"
+    for name in (f"{done}.bin", f"{done}.idx", f"{orphan}.bin", ".en_web_b_split_0_text_document.tmp-123.bin",
+                 ".en_web_c.x_split_0_text_document.tmp-9.idx", "tokenizer_info.json", "notes.bin"):
+        (tmp_path / name).write_bytes(b"")
+    index = OutputIndex(tmp_path)
+    assert index.finished("en_web_a_split_0_text_document") == tmp_path / done
+    assert index.finished("en_web_b_split_0_text_document") is None
+    index.clean("en_web_b_split_0_text_document")
+    assert not (tmp_path / f"{orphan}.bin").exists() and not (tmp_path / ".en_web_b_split_0_text_document.tmp-123.bin").exists()
+    index.clean("en_web_c.x_split_0_text_document")  # a '.' in the subdomain
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{done}.bin", f"{done}.idx", "tokenizer_info.json", "notes.bin"])
+    index.add("en_web_b_split_0_text_document", tmp_path / orphan)
+    assert index.finished("en_web_b_split_0_text_document") == tmp_path / orphan
+    assert OutputIndex(tmp_path / "missing").finished("x") is None
