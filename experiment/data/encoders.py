@@ -306,6 +306,26 @@ def same_ids(a: Encoder, b: Encoder, texts: list[str]) -> list[int]:
     ]
 
 
+class SpotSample:
+    """The leading texts of an input that the reference re-encodes (the spot check): the longest run of
+    at most ``most`` texts whose characters add up to at most ``chars``, and at least one. Fed one
+    non-empty text at a time, so the block reader and the whole-file line check take the same sample."""
+
+    def __init__(self, chars: int = 16_000, most: int = 256) -> None:
+        self.texts: list[str] = []
+        self.wanted = chars > 0 and most > 0
+        self._room, self._most = chars, most
+
+    def offer(self, text: str) -> bool:
+        """Consider the next text; False once the sample is complete."""
+        if self.wanted:
+            self._room -= len(text)
+            if self._room >= 0 or not self.texts:
+                self.texts.append(text)
+            self.wanted = self._room > 0 and len(self.texts) < self._most
+        return self.wanted
+
+
 def differing_ids(reference: Encoder, texts: list[str], flat: np.ndarray, offsets: np.ndarray) -> list[int]:
     """Indices of the leading ``texts`` whose ids in (``flat``, ``offsets``), from another encoder, are
     not the reference's (empty list: identical). Only the reference encodes here."""

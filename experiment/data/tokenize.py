@@ -24,7 +24,6 @@ from experiment.data.errors import DataError
 from experiment.data.signature import TokenizerInfo
 
 TOKENIZER_INFO = "tokenizer_info.json"
-SPOT_CHECK_CHARS = 16_000  # leading documents of every input (at least one) re-encoded by the reference
 
 
 @dataclass(frozen=True)
@@ -237,15 +236,13 @@ def _drop_empty(texts):
     return texts.filter(pa.array(keep)), n_empty
 
 
-def _leading(texts, chars: int, most: int = 256) -> list[str]:
-    """The leading texts (at least one, at most ``most``) whose characters add up to at most ``chars``."""
-    head = texts.slice(0, most).to_pylist()
-    total = 0
-    for i, text in enumerate(head):
-        total += len(text)
-        if total > chars:
-            return head[: max(1, i)]
-    return head
+def _leading(texts, most: int = 256) -> list[str]:
+    """The spot-check sample (``encoders.SpotSample``) of a block's leading, non-empty texts."""
+    sample = encoders.SpotSample()
+    for text in texts.slice(0, most).to_pylist():
+        if not sample.offer(text):
+            break
+    return sample.texts
 
 
 _END = object()
@@ -285,7 +282,7 @@ def _encode_blocks(blocks, loaded: LoadedEncoder, sample_first: bool):
     """(flat ids, offsets, spot-check texts or None, empty docs dropped, text bytes) per block of texts."""
     for texts in blocks:
         texts, n_empty = _drop_empty(texts)
-        sample = _leading(texts, SPOT_CHECK_CHARS) if sample_first and len(texts) else None
+        sample = _leading(texts) if sample_first and len(texts) else None
         sample_first = sample_first and sample is None
         flat, offsets = loaded.encoder.encode(texts)
         yield flat, offsets, sample, n_empty, texts.nbytes
@@ -367,8 +364,9 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     whole = [p for p in pending if cfg.whole_files and cfg.backend != "reference" and whole_files.eligible(p, cfg.whole_file_bytes)]
     # Reading starts now, in the background, while the tokenizer loads (reading inputs changes nothing):
     # the line check of whole-file inputs, the parse of the others.
-    checker = whole_files.Checker(whole, cfg.text_key, SPOT_CHECK_CHARS) if whole else None
-    reader = _Reader([p for p in pending if p not in set(whole)], cfg)
+    checker = whole_files.Checker(whole, cfg.text_key) if whole else None
+    whole_set = set(whole)
+    reader = _Reader([p for p in pending if p not in whole_set], cfg)
     try:
         return _run(cfg, console, started, inputs, names, spec, reader, checker, whole, index)
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment.data import sources
+from experiment.data.encoders import SpotSample
 from experiment.data.errors import DataError
 
 _BOM = b"\xef\xbb\xbf"
@@ -68,7 +69,7 @@ def plan_groups(paths: list[Path], group_bytes: int) -> list[list[Path]]:
     return groups + [paths[-1:]] if paths else groups
 
 
-def check_file(path: Path, key: str, leading_chars: int, leading_most: int = 256) -> FileCheck:
+def check_file(path: Path, key: str) -> FileCheck:
     """Check every line of ``path`` as ``sources.iter_documents`` would; raise its DataError (file:line).
 
     simdjson validates each line (structure, UTF-8, escapes) without building Python objects; that the
@@ -78,8 +79,7 @@ def check_file(path: Path, key: str, leading_chars: int, leading_most: int = 256
     parser = simdjson.Parser()
     obj_type = simdjson.Object
     check = FileCheck(path)
-    chars = 0
-    leading_open = leading_chars > 0 and leading_most > 0
+    sample = SpotSample()
     line_no = 0
     try:
         with sources.open_binary(path) as fh:
@@ -100,19 +100,17 @@ def check_file(path: Path, key: str, leading_chars: int, leading_most: int = 256
                     if hits > 1:  # gigatoken would take the first, Python's json the last, pyarrow refuses
                         raise DataError(path, f"the key {key!r} appears twice in one object", "keep one text per line", line_no)
                     return _strict_verdict(check, path, key, line_no)  # not an object, or no such key
-                if leading_open:  # as tokenize._leading: the longest run within leading_chars, at least one
+                if sample.wanted:
                     text = record[key]
                     if type(text) is str and text:
-                        chars += len(text)
-                        if chars <= leading_chars or not check.leading:
-                            check.leading.append(text)
-                        leading_open = chars < leading_chars and len(check.leading) < leading_most
+                        sample.offer(text)
                 del record
                 check.docs += 1
     except OSError:  # a file that cannot be read: the strict reader names it
         return _strict_verdict(check, path, key, line_no)
     if check.docs == 0:
         raise DataError(path, "the file holds no documents", "remove it from the inputs or re-create it")
+    check.leading = sample.texts
     return check
 
 
@@ -143,7 +141,7 @@ def _strict_verdict(check: FileCheck, path: Path, key: str, line_no: int) -> Fil
 class Checker:
     """``check_file`` for each path in order, in a background thread that runs ahead of the writer."""
 
-    def __init__(self, paths: list[Path], key: str, leading_chars: int) -> None:
+    def __init__(self, paths: list[Path], key: str) -> None:
         self._results: dict[Path, queue.Queue] = {p: queue.Queue(maxsize=1) for p in paths}
         self._stop = threading.Event()
 
@@ -152,7 +150,7 @@ class Checker:
                 if self._stop.is_set():
                     return
                 try:
-                    result = check_file(path, key, leading_chars)
+                    result = check_file(path, key)
                 except BaseException as err:  # raised in the writer, in input order
                     result = err
                 self._results[path].put(result)

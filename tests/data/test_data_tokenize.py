@@ -184,3 +184,25 @@ def test_empty_documents_are_dropped_from_sliced_arrow_blocks():
         assert encoders.arrow_offsets(kept).tolist() == [0, 2, 3, 7]
         assert encoders._arrow_to_awkward(texts).tolist() == ["ab", "", "c", "déf"]
         assert np.diff(encoders.arrow_offsets(texts)).tolist() == [2, 0, 1, 4]
+
+
+@pytest.mark.parametrize("texts,chars,most,expected", [
+    (["aaaa", "bb", "c"], 6, 256, ["aaaa", "bb"]),  # the longest run within the characters
+    (["aaa", "aaa", "a"], 6, 256, ["aaa", "aaa"]),  # exactly at the bound
+    (["aaaaaaa", "b"], 6, 256, ["aaaaaaa"]),  # at least one, even when it alone is over
+    (["a"] * 5, 100, 3, ["a"] * 3),  # at most `most`
+])
+def test_spot_sample_rule(texts, chars, most, expected):
+    """The block reader and the whole-file check take the spot-check sample by the same rule."""
+    import pyarrow as pa
+
+    from experiment.data.encoders import SpotSample
+    from experiment.data.tokenize import _leading
+
+    sample = SpotSample(chars, most)
+    for text in texts:
+        if not sample.offer(text):
+            break
+    assert sample.texts == expected
+    block = pa.array(["x" * 10_000, "y" * 5_000, "z" * 2_000])  # the block reader's sample, 16,000 characters
+    assert _leading(block) == ["x" * 10_000, "y" * 5_000]
