@@ -217,9 +217,6 @@ class GigatokenEncoder:
         batch = texts if isinstance(texts, list) else _arrow_to_awkward(texts)
         return _flat_offsets(self.tok.encode_batch(batch))
 
-    def encode_jsonl(self, paths: list[Path], key: str) -> tuple[np.ndarray, np.ndarray]:
-        return encode_jsonl(self.tok, paths, key)
-
 
 def gigatoken_tokenizer(spec: TokenizerSpec, cache_dir: Path | None = None):
     """gigatoken's tokenizer for ``spec`` (special added tokens removed), built once per process."""

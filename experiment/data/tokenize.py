@@ -380,7 +380,7 @@ def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names
     group_encoder = _start_whole_files(cfg, spec, whole)
     try:
         loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
-        return _run_loaded(cfg, console, started, inputs, names, loaded, reader, checker, whole, group_encoder, index)
+        return _run_loaded(cfg, console, started, inputs, names, loaded, reader, checker, group_encoder, index)
     finally:
         if group_encoder is not None:
             group_encoder.close()
@@ -399,7 +399,7 @@ def _start_whole_files(cfg: TokenizeConfig, spec, whole: list[Path]):
 
 
 def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, loaded: LoadedEncoder,
-                reader: _Reader, checker, whole: list[Path], group_encoder, index: OutputIndex) -> TokenizeReport:
+                reader: _Reader, checker, group_encoder, index: OutputIndex) -> TokenizeReport:
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -471,8 +471,9 @@ def _whole_file_groups(key: str, checker, group_encoder, one, results) -> None:
             jobs = [(path, [(flat, offsets, check.leading, len(check.empty), size)])
                     for path, check, (flat, offsets), size in zip(group, checks, pieces, sizes)]
             _write_in_parallel(one, jobs)
+            total = sum(sizes)
             for path, size in zip(group, sizes):
-                results[path].seconds += seconds * size / sum(sizes)
+                results[path].seconds += seconds * size / total  # the group's encoding, shared by size
         group_encoder.written()
         if error is not None:
             raise error
