@@ -5,6 +5,7 @@
 Rows (each in its own process, so peak memory is its own):
   kit end to end   `experiment data tokenize`: read JSONL, encode, append EOD, write .bin/.idx, count, rename
   kit-blocks       the same with whole_files=False: pyarrow parses blocks of texts, gigatoken encodes each block
+  kit-tasks        the same as --threads datatrove tasks (`--tasks N`: N processes, one encoder thread each)
   sentencepiece    the reference encoder, `encode(list, num_threads=N)` on in-memory texts, nothing written
   tokenizers       HF `encode_batch` on in-memory texts (tokenizer.json of the same model), nothing written
   gigatoken        `encode_batch` on in-memory texts, nothing written
@@ -73,13 +74,19 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
     import pyarrow as pa
 
     pa.set_cpu_count(threads)  # the kit's JSON parsing gets the same threads as the encoders
-    if kind in ("kit", "kit-blocks"):
+    if kind in ("kit", "kit-blocks", "kit-tasks"):
         from experiment.data.tokenize import TokenizeConfig, run
 
         out = work / "kit-out"
+        cfg = TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False, cache_dir=work / "cache",
+                             whole_files=kind != "kit-blocks")
         t0, c0 = time.perf_counter(), _cpu()
-        report = run(TokenizeConfig(inputs=[corpus], output=out, tokenizer=tokenizer, progress=False, cache_dir=work / "cache",
-                                    whole_files=kind == "kit"))
+        if kind == "kit-tasks":  # one datatrove task per thread, each a process with one encoder thread
+            from experiment.data.tokenize_tasks import run_tasks
+
+            report = run_tasks(cfg, tasks=threads, workers=threads)
+        else:
+            report = run(cfg)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         flats, lengths = [], []
         for shard in report.shards:
@@ -167,8 +174,8 @@ def main() -> None:
     if args.child:
         kind, corpus, tok, tok_json, work, threads, megatron = args.child
         result = child(kind, Path(corpus), Path(tok), Path(tok_json), Path(work), int(threads), megatron if megatron != "-" else None)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        result["peak_mb"] = usage.ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # kit-tasks: the largest of the process and its tasks
+        result["peak_mb"] = max(usage.ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
         print("RESULT " + json.dumps(result))
         return
 
@@ -201,14 +208,14 @@ def main() -> None:
 
     _gigatoken_json(resolve_tokenizer(tokenizer), work / "cache")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
-    kinds = ["sentencepiece", "kit", "kit-blocks", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
+    kinds = ["sentencepiece", "kit", "kit-blocks", "kit-tasks", "tokenizers", "gigatoken"] + (["preprocess_data"] if args.megatron_lm else [])
     if args.rows:
         kinds = [k for k in kinds if k in args.rows.split(",")]
     results: dict[str, dict] = {}
     rounds: dict[str, list[dict]] = {}  # every run of each row, in order (the paired rows once per round)
     # The kit and the fastest raw encoder are timed alternately, --repeat times each, best kept: on a
     # shared machine the load changes by the minute, and the ratio is only fair side by side.
-    paired = ("kit", "kit-blocks", "gigatoken")
+    paired = ("kit", "kit-blocks", "kit-tasks", "gigatoken")
     schedule = [k for k in kinds if k not in paired] + [k for k in paired if k in kinds] * args.repeat
     for kind in schedule:
         import shutil
@@ -235,7 +242,8 @@ def main() -> None:
                         f"{tokenizer.name}; ratios vs {fastest}")
     for col in ("row", "timed", "wall s", "docs/s", "Mtok/s", "CPU s", "Mtok/CPU-s", "peak MB", f"ids == {ref_row[:5]}", "ratio wall", "ratio CPU"):
         table.add_column(col, justify="left" if col in ("row", "timed") else "right")
-    what = {"kit": "read+encode+write+count", "kit-blocks": "same, block reader (no whole files)", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
+    what = {"kit": "read+encode+write+count", "kit-blocks": "same, block reader (no whole files)",
+            "kit-tasks": "same, one datatrove task per thread", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
             "gigatoken": "encode_batch, in memory", "preprocess_data": "whole command"}
     for kind in kinds:
         r = results[kind]
@@ -249,7 +257,7 @@ def main() -> None:
     console.print(table)
     # Per round, each kit row against the gigatoken run right after it: on a VM whose speed drifts by
     # tens of percent within a minute, the spread of these side-by-side ratios is the honest figure.
-    for kit_row in ("kit", "kit-blocks"):
+    for kit_row in ("kit", "kit-blocks", "kit-tasks"):
         pairs = [(a["seconds"], b["seconds"], a["cpu"], b["cpu"]) for a, b in zip(rounds.get(kit_row, []), rounds.get("gigatoken", []))
                  if "seconds" in a and "seconds" in b]
         if pairs:

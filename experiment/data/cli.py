@@ -49,6 +49,15 @@ def tokenize(
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "midtrain-kit", help="keeps the tokenizer converted for gigatoken"),
     whole_files: bool = typer.Option(True, help="let gigatoken read plain .jsonl inputs whole (each line checked first)"),
     group_mb: float = typer.Option(128.0, help="whole .jsonl files encoded together, at most this much text per call"),
+    threads: int = typer.Option(None, help="cores to use in this process (default: all; with --tasks: per task)"),
+    tasks: int = typer.Option(1, help="share the inputs over this many datatrove tasks (processes or Slurm array tasks)"),
+    workers: int = typer.Option(None, help="--executor local: tasks running at once (default: one per core)"),
+    executor: str = typer.Option("local", help="with --tasks: local (processes here) or slurm (a job array)"),
+    partition: str = typer.Option(None, help="slurm: partition"),
+    time_limit: str = typer.Option("04:00:00", "--time", help="slurm: time limit per task"),
+    cpus_per_task: int = typer.Option(16, help="slurm: cores per task (its encoder threads)"),
+    mem_per_cpu_gb: float = typer.Option(2.0, help="slurm: memory per core, GB"),
+    env_command: str = typer.Option(None, help="slurm: shell line that puts the kit on PATH in the job (e.g. source .venv/bin/activate)"),
 ) -> None:
     """Tokenize each input shard into one counted Megatron shard (EOD appended, restartable)."""
     from experiment.data.tokenize import TokenizeConfig, run
@@ -57,9 +66,16 @@ def tokenize(
         inputs=list(inputs), output=output, tokenizer=tokenizer, text_key=text_key, backend=backend,
         language=language, domain=domain, subdomain=subdomain, eod_token=eod_token,
         reserve_bytes=int(reserve_mb * 1e6), progress=not no_progress, cache_dir=cache_dir,
-        whole_files=whole_files, group_bytes=int(group_mb * 1e6),
+        whole_files=whole_files, group_bytes=int(group_mb * 1e6), threads=threads,
     )
-    run(cfg, console=console)
+    if tasks == 1 and executor == "local":
+        run(cfg, console=console)
+        return
+    from experiment.data.tokenize_tasks import SlurmOptions, run_tasks
+
+    slurm = SlurmOptions(partition=partition, time=time_limit, cpus_per_task=cpus_per_task, mem_per_cpu_gb=mem_per_cpu_gb,
+                         env_command=env_command)
+    run_tasks(cfg, tasks, workers=workers, executor=executor, slurm=slurm, console=console)
 
 
 @data_app.command()

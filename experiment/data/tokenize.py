@@ -47,6 +47,8 @@ class TokenizeConfig:
     whole_files: bool = True  # plain .jsonl read and encoded whole by gigatoken (``whole_files``), else by block
     whole_file_bytes: int = 512 << 20  # larger .jsonl files are read by block (their ids are held whole)
     group_bytes: int = 128 << 20  # whole files encoded together, at most this much text per call
+    threads: int | None = None  # encoder/parser threads (None: all cores; see ``apply_threads``)
+    share: tuple[Path, ...] | None = None  # only these inputs (one datatrove task's); names count over all inputs
 
 
 @dataclass
@@ -156,7 +158,7 @@ def _claim_output(output: Path, info: TokenizerInfo) -> None:
                 "choose an empty --output folder for this tokenizer",
             )
         return
-    tmp = output / f".{TOKENIZER_INFO}.tmp"
+    tmp = output / f".{TOKENIZER_INFO}.tmp-{os.getpid()}"  # tasks of one run may claim at once
     tmp.write_text(json.dumps(info.model_dump(), indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
@@ -348,9 +350,21 @@ def tokenize_file(
     return ShardResult(path, final, counts.docs, counts.sentences, counts.tokens, input_bytes, time.perf_counter() - start, empty_docs=empty)
 
 
-def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
-    """Tokenize every input (sorted) into ``cfg.output``; progress bar and summary table on ``console``."""
-    started = time.perf_counter()
+def apply_threads(threads: int | None) -> None:
+    """Use ``threads`` cores in this process: gigatoken's rayon pool (read when the pool starts, i.e. before
+    the first parallel encode of the process) and pyarrow's; sentencepiece takes it per call."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise DataError("--threads", f"must be at least 1, not {threads}", "pass --threads 1 or more")
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    import pyarrow as pa
+
+    pa.set_cpu_count(threads)
+
+
+def input_names(cfg: TokenizeConfig) -> tuple[list[Path], list[naming.ShardName]]:
+    """Every input (sorted) and its uncounted shard name; two inputs may not give one name."""
     inputs = sources.find_inputs(cfg.inputs)
     names = [output_name(p, i, cfg) for i, p in enumerate(inputs)]
     seen: dict[str, Path] = {}
@@ -358,6 +372,19 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
         if name.stem in seen:
             raise DataError(path, f"gives the same shard name {name.stem} as {seen[name.stem]}", "rename one of the inputs")
         seen[name.stem] = path
+    return inputs, names
+
+
+def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
+    """Tokenize every input (sorted) into ``cfg.output``; progress bar and summary table on ``console``."""
+    started = time.perf_counter()
+    apply_threads(cfg.threads)
+    inputs, names = input_names(cfg)
+    if cfg.share is not None:  # a task's inputs: named as in the whole run (split ids), then kept
+        share = set(cfg.share)
+        inputs, names = [p for p in inputs if p in share], [n for p, n in zip(inputs, names) if p in share]
+        if not inputs:
+            return TokenizeReport("nothing to do", seconds=time.perf_counter() - started)
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
     index = OutputIndex(cfg.output)
     pending = [p for p, n in zip(inputs, names) if index.finished(n.stem) is None]
@@ -379,7 +406,7 @@ def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names
          checker: whole_files.Checker | None, whole: list[Path], index: OutputIndex) -> TokenizeReport:
     group_encoder = _start_whole_files(cfg, spec, whole)
     try:
-        loaded = load_encoder(spec, cfg.backend, cache_dir=cfg.cache_dir)
+        loaded = load_encoder(spec, cfg.backend, threads=cfg.threads, cache_dir=cfg.cache_dir)
         return _run_loaded(cfg, console, started, inputs, names, loaded, reader, checker, group_encoder, index)
     finally:
         if group_encoder is not None:

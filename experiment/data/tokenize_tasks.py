@@ -1,0 +1,147 @@
+"""``experiment data tokenize --tasks N``: the inputs shared out over N datatrove tasks, run as local
+processes or as a Slurm job array.
+
+Why: one process encodes on all cores, but its line check and shard writers are Python threads, so past a
+few dozen cores they, not the encoders, set the pace (seed 002: "even with 128 core cpu nodes, the
+tokenization becomes slower"), and one process never uses a second node. datatrove's executors already
+run a step as N tasks on local processes (``LocalPipelineExecutor``) or as a Slurm array
+(``SlurmPipelineExecutor``), with per-task logs; the kit adds no scheduler of its own. Each task runs the
+ordinary tokenizer on its share of the inputs with the split ids of the whole run, so the shards are
+byte-for-byte those of one process, and a re-run (or a requeued task) redoes only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from datatrove.pipeline.base import PipelineStep
+
+from experiment.data import tokenize
+from experiment.data.errors import DataError
+
+LOGS = ".tokenize-tasks"  # under the output folder: datatrove's logs and each task's report
+
+
+def assign(inputs: list[Path], sizes: list[int], tasks: int) -> list[list[Path]]:
+    """Each task's inputs: largest first onto the task with the fewest bytes so far (lowest rank on a tie),
+    each share in input order. Deterministic, so every task computes the same split."""
+    loads = [0] * tasks
+    shares: list[list[int]] = [[] for _ in range(tasks)]
+    for i in sorted(range(len(inputs)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(tasks), key=lambda r: (loads[r], r))
+        loads[rank] += sizes[i]
+        shares[rank].append(i)
+    return [[inputs[i] for i in sorted(share)] for share in shares]
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What ``SlurmPipelineExecutor`` needs beyond the step (see ``experiment data tokenize --help``)."""
+
+    partition: str | None = None
+    time: str = "04:00:00"
+    cpus_per_task: int = 16
+    mem_per_cpu_gb: float = 2.0
+    env_command: str | None = None  # e.g. "source /opt/kit/.venv/bin/activate" (datatrove runs launch_pickled_pipeline)
+    job_name: str = "tokenize"
+
+
+class TokenizeShards(PipelineStep):
+    """One task: ``tokenize.run`` on this rank's share of the inputs; its report kept for the summary."""
+
+    name = "tokenize shards"
+    type = "TOKENIZE"
+
+    def __init__(self, cfg: tokenize.TokenizeConfig, threads: int | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.threads = threads
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        inputs, _ = tokenize.input_names(self.cfg)
+        share = assign(inputs, [p.stat().st_size for p in inputs], world_size)[rank]
+        report = tokenize.run(replace(self.cfg, share=tuple(share), progress=False, threads=self.threads))
+        _write_report(self.cfg.output, rank, report)
+        yield from ()
+
+
+def _reports_dir(output: Path) -> Path:
+    return output / LOGS / "reports"
+
+
+def _write_report(output: Path, rank: int, report: tokenize.TokenizeReport) -> None:
+    folder = _reports_dir(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"backend_note": report.backend_note, "seconds": report.seconds,
+            "shards": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()} for s in report.shards]}
+    tmp = folder / f".{rank:05d}.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, folder / f"{rank:05d}.json")
+
+
+def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.TokenizeReport:
+    shards, notes = [], set()
+    for rank in range(tasks):
+        path = _reports_dir(output) / f"{rank:05d}.json"
+        if not path.is_file():
+            raise DataError(path, f"task {rank} left no report (it failed)", f"read its log under {output / LOGS / 'logs'} and re-run")
+        data = json.loads(path.read_text())
+        if data["shards"]:
+            notes.add(data["backend_note"])
+        for s in data["shards"]:
+            shards.append(tokenize.ShardResult(**{k: Path(v) if k in ("input", "prefix") else v for k, v in s.items()}))
+    shards.sort(key=lambda s: s.input)
+    return tokenize.TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds)
+
+
+def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions):
+    """datatrove's Slurm array for ``cfg``: ``tasks`` tasks, each with ``cpus_per_task`` threads."""
+    from datatrove.executor import SlurmPipelineExecutor
+
+    return SlurmPipelineExecutor(
+        [TokenizeShards(cfg, slurm.cpus_per_task)], tasks=tasks, time=slurm.time, partition=slurm.partition,
+        cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=slurm.mem_per_cpu_gb, job_name=slurm.job_name,
+        env_command=slurm.env_command, logging_dir=str(cfg.output / LOGS), skip_completed=False,
+    )
+
+
+def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = None, executor: str = "local",
+              slurm: SlurmOptions | None = None, console=None) -> tokenize.TokenizeReport | None:
+    """Tokenize ``cfg`` as ``tasks`` datatrove tasks. Local: ``workers`` processes at a time (default: one
+    per core, up to ``tasks``), each with an equal part of the cores; returns the merged report. Slurm:
+    submits the array (``slurm``: its options) and returns None; each task gets ``cpus_per_task`` threads."""
+    import time
+
+    if tasks < 1:
+        raise DataError("--tasks", f"must be at least 1, not {tasks}", "pass --tasks 1 or more")
+    if executor not in ("local", "slurm"):
+        raise DataError("--executor", f"unknown executor {executor!r}", "use local or slurm")
+    # Checked once, before any task starts: the inputs and their names, the tokenizer path.
+    inputs, _ = tokenize.input_names(cfg)
+    spec = tokenize.resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    for stale in _reports_dir(cfg.output).glob("*.json"):
+        stale.unlink()
+    started = time.perf_counter()
+    if executor == "slurm":
+        slurm_executor(cfg, tasks, slurm or SlurmOptions()).run()
+        if console is not None:
+            console.print(f"submitted {tasks} Slurm tasks for {len(inputs)} inputs ({spec.name}); logs in {cfg.output / LOGS}. "
+                          "When they are done, the same command without --tasks prints the summary (every shard skipped).")
+        return None
+    from datatrove.executor import LocalPipelineExecutor
+
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, tasks))
+    threads = cfg.threads or max(1, cores // workers)
+    # skip_completed=False: a rank's inputs follow from this run's inputs, not from a marker of the last run;
+    # the tokenizer itself skips every shard already finished.
+    LocalPipelineExecutor([TokenizeShards(cfg, threads)], tasks=tasks, workers=workers, logging_dir=str(cfg.output / LOGS),
+                          skip_completed=False).run()
+    report = _read_reports(cfg.output, tasks, time.perf_counter() - started)
+    if console is not None:
+        console.print(tokenize.summary_table(report))
+    return report
