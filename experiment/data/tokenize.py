@@ -69,6 +69,7 @@ class TokenizeReport:
     backend_note: str
     shards: list[ShardResult] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # user + system of this process (all its threads) during the run; tasks: summed
 
 
 def output_name(path: Path, index: int, cfg: TokenizeConfig) -> naming.ShardName:
@@ -350,6 +351,11 @@ def tokenize_file(
     return ShardResult(path, final, counts.docs, counts.sentences, counts.tokens, input_bytes, time.perf_counter() - start, empty_docs=empty)
 
 
+def _process_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def apply_threads(threads: int | None) -> None:
     """Use ``threads`` cores in this process: gigatoken's rayon pool (read when the pool starts, i.e. before
     the first parallel encode of the process) and pyarrow's; sentencepiece takes it per call."""
@@ -377,7 +383,7 @@ def input_names(cfg: TokenizeConfig) -> tuple[list[Path], list[naming.ShardName]
 
 def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     """Tokenize every input (sorted) into ``cfg.output``; progress bar and summary table on ``console``."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _process_cpu()
     apply_threads(cfg.threads)
     inputs, names = input_names(cfg)
     if cfg.share is not None:  # a task's inputs: named as in the whole run (split ids), then kept
@@ -395,14 +401,14 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     whole_set = set(whole)
     reader = _Reader([p for p in pending if p not in whole_set], cfg)
     try:
-        return _run(cfg, console, started, inputs, names, spec, reader, checker, whole, index)
+        return _run(cfg, console, (started, cpu_started), inputs, names, spec, reader, checker, whole, index)
     finally:
         reader.close()
         if checker is not None:
             checker.close()
 
 
-def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader,
+def _run(cfg: TokenizeConfig, console, started: tuple[float, float], inputs: list[Path], names: list, spec, reader: _Reader,
          checker: whole_files.Checker | None, whole: list[Path], index: OutputIndex) -> TokenizeReport:
     group_encoder = _start_whole_files(cfg, spec, whole)
     try:
@@ -425,7 +431,7 @@ def _start_whole_files(cfg: TokenizeConfig, spec, whole: list[Path]):
     return whole_files.GroupEncoder(lambda group: encoders.encode_jsonl(tok, group, cfg.text_key), groups)
 
 
-def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, loaded: LoadedEncoder,
+def _run_loaded(cfg: TokenizeConfig, console, started: tuple[float, float], inputs: list[Path], names: list, loaded: LoadedEncoder,
                 reader: _Reader, checker, group_encoder, index: OutputIndex) -> TokenizeReport:
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
@@ -467,7 +473,8 @@ def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path]
             if path not in results:
                 one(path, blocks=reader.blocks(path) if path in reader.paths else None)  # None: read here
     report.shards = [results[p] for p in inputs]
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started[0]
+    report.cpu_seconds = _process_cpu() - started[1]
     if console is not None:
         console.print(summary_table(report))
     return report

@@ -75,7 +75,7 @@ def _reports_dir(output: Path) -> Path:
 def _write_report(output: Path, rank: int, report: tokenize.TokenizeReport) -> None:
     folder = _reports_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"backend_note": report.backend_note, "seconds": report.seconds,
+    data = {"backend_note": report.backend_note, "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
             "shards": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()} for s in report.shards]}
     tmp = folder / f".{rank:05d}.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -83,7 +83,7 @@ def _write_report(output: Path, rank: int, report: tokenize.TokenizeReport) -> N
 
 
 def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.TokenizeReport:
-    shards, notes = [], set()
+    shards, notes, cpu = [], set(), 0.0
     for rank in range(tasks):
         path = _reports_dir(output) / f"{rank:05d}.json"
         if not path.is_file():
@@ -91,10 +91,11 @@ def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.Tokenize
         data = json.loads(path.read_text())
         if data["shards"]:
             notes.add(data["backend_note"])
+        cpu += data["cpu_seconds"]
         for s in data["shards"]:
             shards.append(tokenize.ShardResult(**{k: Path(v) if k in ("input", "prefix") else v for k, v in s.items()}))
     shards.sort(key=lambda s: s.input)
-    return tokenize.TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds)
+    return tokenize.TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds, cpu)
 
 
 def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions):

@@ -42,6 +42,7 @@ def test_local_tasks_write_the_bytes_of_one_process(sample_dir, sp_model_path, s
         (s.input, s.prefix.name, s.docs, s.tokens) for s in single.shards]
     assert not any(s.skipped for s in report.shards)
     assert "gigatoken" in report.backend_note
+    assert report.cpu_seconds > 0  # summed over the tasks' processes
 
     # A re-run finds every shard done; a lost shard is redone alone, to the same bytes.
     victim = sorted(out.glob("*.bin"))[2]
