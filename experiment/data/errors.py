@@ -18,3 +18,6 @@ class DataError(Exception):
         self.fix = fix
         where = f"{self.file}:{line}" if line else self.file
         super().__init__(f"{where}: {message}\n  fix: {fix}")
+
+    def __reduce__(self):  # rebuilt whole when a task process hands it back (datatrove's local executor)
+        return self.__class__, (self.file, self.message, self.fix, self.line)

@@ -11,6 +11,7 @@ import dill
 import pytest
 
 from experiment.data import tokenize_tasks
+from experiment.data.errors import DataError
 from experiment.data.tokenize import TokenizeConfig, run
 from experiment.data.tokenize_tasks import SlurmOptions, assign, run_tasks, slurm_executor
 
@@ -83,6 +84,27 @@ def test_slurm_array_tasks_run_the_pickled_executor(sample_dir, sp_model_path, s
             pass
     assert _shards(out) == _shards(sp_shards)
     assert sorted(p.name for p in (out / tokenize_tasks.LOGS / "reports").glob("*.json")) == ["00000.json", "00001.json"]
+
+
+def test_a_bad_line_in_one_task_names_its_file_and_line(sample_dir, sp_model_path, tmp_path):
+    """The task's DataError comes back from its process whole (file, line, fix); the other shards are kept."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted(sample_dir.glob("*.jsonl"))[:3]
+    for p in good:
+        (inputs / p.name).write_bytes(p.read_bytes())
+    bad = inputs / "en_web_bad_split_0000.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "unterminated\n')
+    cfg = TokenizeConfig(inputs=[inputs], output=tmp_path / "out", tokenizer=sp_model_path, progress=False)
+    with pytest.raises(DataError) as info:
+        run_tasks(cfg, tasks=2, workers=2)
+    assert (info.value.file, info.value.line) == (str(bad), 2) and "malformed JSON" in info.value.message
+    # The pool stops the other task wherever it was: nothing is left under a final name half-written, and once
+    # the line is fixed a re-run finishes every shard and leaves no temporary file.
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "terminated"}\n')
+    report = run_tasks(cfg, tasks=2, workers=2)
+    assert len(report.shards) == 4 and len(list((tmp_path / "out").glob("*.idx"))) == 4
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name]
 
 
 def test_bad_task_counts_are_refused(sample_dir, sp_model_path, tmp_path):
