@@ -98,6 +98,40 @@ def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.Tokenize
     return tokenize.TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds, cpu)
 
 
+class _FolderProgress:
+    """A progress bar over the shards the tasks have finished: the output folder, listed twice a second
+    (the tasks are other processes; their finished shards are what they share)."""
+
+    def __init__(self, cfg: tokenize.TokenizeConfig, inputs: list[Path], names: list, console) -> None:
+        import threading
+
+        self._sizes = {name.stem: path.stat().st_size for path, name in zip(inputs, names)}
+        self._output = cfg.output
+        self._stop = threading.Event()
+        self._progress = tokenize._progress(console)
+        self._task = self._progress.add_task(f"tokenize ({len(inputs)} inputs)", total=sum(self._sizes.values()))
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="tasks-progress")
+
+    def _done(self) -> int:
+        index = tokenize.OutputIndex(self._output)
+        return sum(size for stem, size in self._sizes.items() if index.finished(stem) is not None)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self._progress.update(self._task, completed=self._done())
+
+    def __enter__(self):
+        self._progress.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._progress.__exit__(*exc)
+        return False
+
+
 def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions):
     """datatrove's Slurm array for ``cfg``: ``tasks`` tasks, each with ``cpus_per_task`` threads."""
     from datatrove.executor import SlurmPipelineExecutor
@@ -121,7 +155,7 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     if executor not in ("local", "slurm"):
         raise DataError("--executor", f"unknown executor {executor!r}", "use local or slurm")
     # Checked once, before any task starts: the inputs and their names, the tokenizer path.
-    inputs, _ = tokenize.input_names(cfg)
+    inputs, names = tokenize.input_names(cfg)
     spec = tokenize.resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
     cfg.output.mkdir(parents=True, exist_ok=True)
     for stale in _reports_dir(cfg.output).glob("*.json"):
@@ -140,8 +174,13 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     threads = cfg.threads or max(1, cores // workers)
     # skip_completed=False: a rank's inputs follow from this run's inputs, not from a marker of the last run;
     # the tokenizer itself skips every shard already finished.
-    LocalPipelineExecutor([TokenizeShards(cfg, threads)], tasks=tasks, workers=workers, logging_dir=str(cfg.output / LOGS),
-                          skip_completed=False).run()
+    executor = LocalPipelineExecutor([TokenizeShards(cfg, threads)], tasks=tasks, workers=workers,
+                                     logging_dir=str(cfg.output / LOGS), skip_completed=False)
+    if cfg.progress and console is not None:
+        with _FolderProgress(cfg, inputs, names, console):
+            executor.run()
+    else:
+        executor.run()
     report = _read_reports(cfg.output, tasks, time.perf_counter() - started)
     if console is not None:
         console.print(tokenize.summary_table(report))

@@ -121,10 +121,10 @@ def test_cli_tasks_and_threads(sample_dir, sp_model_path, sp_shards, tmp_path):
     from experiment.cli import app
 
     out = tmp_path / "out"
-    args = ["data", "tokenize", str(sample_dir), "-o", str(out), "-t", str(sp_model_path), "--no-progress"]
-    result = CliRunner().invoke(app, [*args, "--tasks", "2", "--workers", "2"])
+    args = ["data", "tokenize", str(sample_dir), "-o", str(out), "-t", str(sp_model_path)]
+    result = CliRunner().invoke(app, [*args, "--tasks", "2", "--workers", "2"])  # with the progress bar
     assert result.exit_code == 0, result.output
     assert "tokenized with gigatoken" in result.output and "total" in result.output  # the merged summary table
     assert _shards(out) == _shards(sp_shards)
-    result = CliRunner().invoke(app, [*args, "--threads", "0"])
+    result = CliRunner().invoke(app, [*args, "--no-progress", "--threads", "0"])
     assert result.exit_code == 2 and "--threads" in result.output and "at least 1" in result.output
