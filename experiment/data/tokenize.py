@@ -441,7 +441,7 @@ def _run_loaded(cfg: TokenizeConfig, console, started: tuple[float, float], inpu
         raise DataError(cfg.output, "the output folder is not writable", "choose a writable --output folder")
     _claim_output(cfg.output, tokenizer_info(loaded))
     report = TokenizeReport(loaded.note)
-    progress = _progress(console) if cfg.progress and console is not None else None
+    progress = progress_bar(console) if cfg.progress and console is not None else None
     total = sum(p.stat().st_size for p in inputs)
     name_of = dict(zip(inputs, names))
     results: dict[Path, ShardResult] = {}
@@ -536,7 +536,7 @@ class _Null:
         return False
 
 
-def _progress(console):
+def progress_bar(console):
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(

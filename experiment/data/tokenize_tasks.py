@@ -108,7 +108,7 @@ class _FolderProgress:
         self._sizes = {name.stem: path.stat().st_size for path, name in zip(inputs, names)}
         self._output = cfg.output
         self._stop = threading.Event()
-        self._progress = tokenize._progress(console)
+        self._progress = tokenize.progress_bar(console)
         self._task = self._progress.add_task(f"tokenize ({len(inputs)} inputs)", total=sum(self._sizes.values()))
         self._thread = threading.Thread(target=self._poll, daemon=True, name="tasks-progress")
 
@@ -157,6 +157,9 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     # Checked once, before any task starts: the inputs and their names, the tokenizer path.
     inputs, names = tokenize.input_names(cfg)
     spec = tokenize.resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
+    # The tasks get this list of files, not the folders: a file added before a (Slurm) task starts must not
+    # change the split or the split ids the other tasks already used.
+    cfg = replace(cfg, inputs=list(inputs))
     cfg.output.mkdir(parents=True, exist_ok=True)
     for stale in _reports_dir(cfg.output).glob("*.json"):
         stale.unlink()
@@ -174,13 +177,13 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     threads = cfg.threads or max(1, cores // workers)
     # skip_completed=False: a rank's inputs follow from this run's inputs, not from a marker of the last run;
     # the tokenizer itself skips every shard already finished.
-    executor = LocalPipelineExecutor([TokenizeShards(cfg, threads)], tasks=tasks, workers=workers,
-                                     logging_dir=str(cfg.output / LOGS), skip_completed=False)
+    local = LocalPipelineExecutor([TokenizeShards(cfg, threads)], tasks=tasks, workers=workers,
+                                  logging_dir=str(cfg.output / LOGS), skip_completed=False)
     if cfg.progress and console is not None:
         with _FolderProgress(cfg, inputs, names, console):
-            executor.run()
+            local.run()
     else:
-        executor.run()
+        local.run()
     report = _read_reports(cfg.output, tasks, time.perf_counter() - started)
     if console is not None:
         console.print(tokenize.summary_table(report))
