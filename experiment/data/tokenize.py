@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiment.atomic import write_atomic
 from experiment.data import encoders, naming, shards, sources, whole_files
 from experiment.data.encoders import LoadedEncoder, differing_ids, load_encoder, resolve_tokenizer
 from experiment.data.errors import DataError
@@ -159,9 +160,7 @@ def _claim_output(output: Path, info: TokenizerInfo) -> None:
                 "choose an empty --output folder for this tokenizer",
             )
         return
-    tmp = output / f".{TOKENIZER_INFO}.tmp-{os.getpid()}"  # tasks of one run may claim at once
-    tmp.write_text(json.dumps(info.model_dump(), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(info.model_dump(), indent=1, sort_keys=True) + "\n")  # tasks may claim at once
 
 
 def _estimated_output_bytes(path: Path, itemsize: int) -> int:

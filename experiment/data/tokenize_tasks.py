@@ -19,6 +19,7 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
+from experiment.atomic import write_atomic
 from experiment.data import tokenize
 from experiment.data.errors import DataError
 
@@ -73,13 +74,9 @@ def _reports_dir(output: Path) -> Path:
 
 
 def _write_report(output: Path, rank: int, report: tokenize.TokenizeReport) -> None:
-    folder = _reports_dir(output)
-    folder.mkdir(parents=True, exist_ok=True)
     data = {"backend_note": report.backend_note, "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
             "shards": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()} for s in report.shards]}
-    tmp = folder / f".{rank:05d}.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, folder / f"{rank:05d}.json")
+    write_atomic(_reports_dir(output) / f"{rank:05d}.json", json.dumps(data, indent=1) + "\n")
 
 
 def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.TokenizeReport:
