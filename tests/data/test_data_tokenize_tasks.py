@@ -12,6 +12,7 @@ import pytest
 
 from experiment.data import tokenize_tasks
 from experiment.data.errors import DataError
+from experiment.data.shards import read_shard
 from experiment.data.tokenize import TokenizeConfig, run
 from experiment.data.tokenize_tasks import SlurmOptions, assign, run_tasks, slurm_executor
 
@@ -87,7 +88,8 @@ def test_slurm_array_tasks_run_the_pickled_executor(sample_dir, sp_model_path, s
 
 
 def test_a_bad_line_in_one_task_names_its_file_and_line(sample_dir, sp_model_path, tmp_path):
-    """The task's DataError comes back from its process whole (file, line, fix); the other shards are kept."""
+    """The task's DataError comes back from its process whole (file, line, fix); whatever finished is whole,
+    and once the line is fixed a re-run completes the folder."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = sorted(sample_dir.glob("*.jsonl"))[:3]
@@ -99,8 +101,10 @@ def test_a_bad_line_in_one_task_names_its_file_and_line(sample_dir, sp_model_pat
     with pytest.raises(DataError) as info:
         run_tasks(cfg, tasks=2, workers=2)
     assert (info.value.file, info.value.line) == (str(bad), 2) and "malformed JSON" in info.value.message
-    # The pool stops the other task wherever it was: nothing is left under a final name half-written, and once
-    # the line is fixed a re-run finishes every shard and leaves no temporary file.
+    # The pool stops the other task wherever it was: a shard under its final name is whole, and once the line
+    # is fixed a re-run finishes every shard and leaves no temporary file.
+    for idx in (tmp_path / "out").glob("*.idx"):
+        read_shard(idx.with_suffix(""))
     bad.write_bytes(b'{"text": "fine"}\n{"text": "terminated"}\n')
     report = run_tasks(cfg, tasks=2, workers=2)
     assert len(report.shards) == 4 and len(list((tmp_path / "out").glob("*.idx"))) == 4
@@ -109,9 +113,9 @@ def test_a_bad_line_in_one_task_names_its_file_and_line(sample_dir, sp_model_pat
 
 def test_bad_task_counts_are_refused(sample_dir, sp_model_path, tmp_path):
     cfg = TokenizeConfig(inputs=[sample_dir], output=tmp_path / "out", tokenizer=sp_model_path, progress=False)
-    with pytest.raises(Exception, match="--tasks"):
+    with pytest.raises(DataError, match="--tasks"):
         run_tasks(cfg, tasks=0)
-    with pytest.raises(Exception, match="unknown executor"):
+    with pytest.raises(DataError, match="unknown executor"):
         run_tasks(cfg, tasks=2, executor="ray-ish")
 
 
