@@ -400,14 +400,16 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     whole_set = set(whole)
     reader = _Reader([p for p in pending if p not in whole_set], cfg)
     try:
-        return _run(cfg, console, (started, cpu_started), inputs, names, spec, reader, checker, whole, index)
+        report = _run(cfg, console, started, inputs, names, spec, reader, checker, whole, index)
+        report.cpu_seconds = _process_cpu() - cpu_started
+        return report
     finally:
         reader.close()
         if checker is not None:
             checker.close()
 
 
-def _run(cfg: TokenizeConfig, console, started: tuple[float, float], inputs: list[Path], names: list, spec, reader: _Reader,
+def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, spec, reader: _Reader,
          checker: whole_files.Checker | None, whole: list[Path], index: OutputIndex) -> TokenizeReport:
     group_encoder = _start_whole_files(cfg, spec, whole)
     try:
@@ -430,7 +432,7 @@ def _start_whole_files(cfg: TokenizeConfig, spec, whole: list[Path]):
     return whole_files.GroupEncoder(lambda group: encoders.encode_jsonl(tok, group, cfg.text_key), groups)
 
 
-def _run_loaded(cfg: TokenizeConfig, console, started: tuple[float, float], inputs: list[Path], names: list, loaded: LoadedEncoder,
+def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, loaded: LoadedEncoder,
                 reader: _Reader, checker, group_encoder, index: OutputIndex) -> TokenizeReport:
     try:
         cfg.output.mkdir(parents=True, exist_ok=True)
@@ -472,8 +474,7 @@ def _run_loaded(cfg: TokenizeConfig, console, started: tuple[float, float], inpu
             if path not in results:
                 one(path, blocks=reader.blocks(path) if path in reader.paths else None)  # None: read here
     report.shards = [results[p] for p in inputs]
-    report.seconds = time.perf_counter() - started[0]
-    report.cpu_seconds = _process_cpu() - started[1]
+    report.seconds = time.perf_counter() - started
     if console is not None:
         console.print(summary_table(report))
     return report
