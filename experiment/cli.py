@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "experiment.ckpt.cli",      # experiment ckpt import|export|check
     "experiment.train.cli",     # experiment run
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
+    "experiment.compare",       # experiment compare A B
     "experiment.demo",          # experiment demo
 )
 

@@ -167,6 +167,34 @@ class LaunchSection(_Section):
     walltime: str = "24:00:00"
 
 
+class TrackingSection(_Section):
+    """Experiment trackers that mirror the TensorBoard scalars (rank 0 only; see docs/tracking.md).
+    Credentials never go here: MLflow and W&B read them from their own environment variables."""
+
+    mlflow: bool = Field(default=False, description="log to MLflow (default store: a SQLite file in logs/)")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default sqlite:///<folder>/logs/mlflow.db (relative "
+        "sqlite paths are relative to the folder)")
+    mlflow_experiment: str | None = Field(default=None, description="MLflow experiment name (default: the folder's name)")
+    wandb: bool = Field(default=False, description="log to Weights & Biases")
+    wandb_mode: Literal["offline", "online"] = Field(
+        default="offline", description="offline writes logs/wandb/ to `wandb sync` later from a login node")
+    wandb_project: str | None = Field(default=None, description="W&B project (default: the folder's name)")
+    wandb_entity: str | None = None
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "TrackingSection":
+        from urllib.parse import urlsplit
+
+        uri = self.mlflow_tracking_uri or ""
+        parts = urlsplit(uri)
+        if parts.password or parts.username or "token=" in parts.query.lower() or "key=" in parts.query.lower():
+            raise ValueError("tracking.mlflow_tracking_uri carries credentials; write the URI without them and set "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the "
+                             "environment (never in experiment.toml, which the lockfile records)")
+        return self
+
+
 class TrainingFolderConfig(_Section):
     """The content of ``experiment.toml``."""
 
@@ -178,6 +206,7 @@ class TrainingFolderConfig(_Section):
     checkpoint: CheckpointSection
     image: ImageSection = ImageSection()
     launch: LaunchSection = LaunchSection()
+    tracking: TrackingSection = TrackingSection()
 
     @model_validator(mode="after")
     def _parallel_layout(self) -> "TrainingFolderConfig":
