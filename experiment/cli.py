@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "experiment.train.cli",     # experiment run
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
     "experiment.compare",       # experiment compare A B
+    "experiment.report",        # experiment report FOLDER
     "experiment.demo",          # experiment demo
 )
 
