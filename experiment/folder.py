@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from experiment.presets import PRESETS, ModelShape
+from experiment.model.presets import PRESETS, ModelShape
 
 CONFIG_NAME = "experiment.toml"
 
@@ -86,7 +86,7 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    """A named preset (``experiment.presets``) with optional per-field overrides."""
+    """A named preset (``experiment.model.presets``) with optional per-field overrides."""
 
     preset: str = "tiny"
     seq_length: int = Field(default=256, gt=0)

@@ -4,7 +4,7 @@ megatron.core wraps its fusion kernels with ``megatron.core.jit.jit_fuser`` (``t
 import time. Decorating imports ``torch._dynamo`` and ``torch._inductor``: 2.5-3 s of every process that
 imports megatron on the 2-core CI host (measured: megatron.core import 4.7 s -> 1.9 s), paid by every
 torchrun rank, checkpoint conversion and test, for kernels that never run without a GPU (the kit turns
-the fusions off on CPU, ``experiment.train.model``). When ``megatron.core.jit`` is loaded on a host with
+the fusions off on CPU, ``experiment.model.build``). When ``megatron.core.jit`` is loaded on a host with
 no usable CUDA device we call megatron's own ``disable_jit_fuser()``, so each later decoration is the
 identity. With a GPU nothing changes.
 

@@ -39,7 +39,7 @@ def _init_single() -> bool:
     """A one-process group for export/check; True when this command started it (and must end it)."""
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize()
@@ -69,7 +69,7 @@ def import_cmd(
     TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
     from experiment.ckpt import convert, gguf
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train.model import ParallelLayout
+    from experiment.model.build import ParallelLayout
 
     _quiet()
     layout = ParallelLayout(tp, pp)
@@ -93,7 +93,7 @@ def import_cmd(
 
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize(layout)
@@ -134,7 +134,7 @@ def export_cmd(
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     from experiment.ckpt import convert
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
     owned = _init_single()
@@ -166,7 +166,7 @@ def check_cmd(
     """Run both models on the same token batches; exit 1 when they disagree beyond the tolerances."""
     from experiment.ckpt import compare
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
     try:

@@ -1,7 +1,7 @@
 """Import (Hugging Face -> Megatron-Core distributed checkpoint) and export (back), streaming.
 
 Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds its own
-GPTModel slice on the meta device (``experiment.train.model.build_gpt_model``: shapes, dtypes and
+GPTModel slice on the meta device (``experiment.model.build.build_gpt_model``: shapes, dtypes and
 megatron's sharding, no data) and saves its sharded state dict with ``megatron.core.dist_checkpointing``
 (torch_dist, megatron's planner and format), which any other TP/PP layout can load. Only the writer
 differs: it asks for each tensor just before writing it, and the tensor is made then from the
@@ -44,8 +44,8 @@ from experiment.ckpt.meta import (
 )
 from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.ckpt.source import HFSource, content_hash, open_hf
-from experiment.presets import ModelShape
-from experiment.train.model import ParallelLayout, padded_vocab_size
+from experiment.model.presets import ModelShape
+from experiment.model.build import ParallelLayout, padded_vocab_size
 
 IMPORT_ITERATION = 1
 MANIFEST_NAME = "kit_manifest.json"  # same file the training checkpointer writes (experiment.train.checkpointing)
@@ -112,13 +112,13 @@ def plan_import(hf_dir: str | Path, out_dir: str | Path, layout: ParallelLayout)
 def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLayout, *,
                       show_progress: bool = True) -> ConvertStats:
     """Write the Megatron checkpoint of ``source`` to ``out_dir``. Collective over the TP x PP ranks
-    (``experiment.train.distributed.initialize(layout)`` must have run)."""
+    (``experiment.model.parallel.initialize(layout)`` must have run)."""
     import torch
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
-    from experiment.train.model import build_gpt_model
+    from experiment.model.build import build_gpt_model
 
     out_dir = Path(out_dir).absolute()
     world = dist.get_world_size()
@@ -447,7 +447,7 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
 
     Tensors are written in ``dtype`` (default: the imported source's dtype, so an import -> export
     round trip is bit-identical although megatron keeps norm weights in float32).
-    Needs a (single-process) torch.distributed group: ``experiment.train.distributed.initialize()``."""
+    Needs a (single-process) torch.distributed group: ``experiment.model.parallel.initialize()``."""
     import torch
 
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()

@@ -10,7 +10,7 @@ this kit converts on. The layouts below follow the two references:
 - Megatron-Bridge ``models/llama/llama_bridge.py`` (``QKVMapping``, ``GatedMLPMapping``, ``AutoMapping``).
 
 Names on the Megatron side are those of ``GPTModel`` built with the local layer spec
-(``experiment.train.model.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
+(``experiment.model.build.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
 stacked under ``decoder.layers.*`` with the layer as a leading axis, and the local spec's norms are
 saved under Transformer Engine's names (``linear_qkv.layer_norm_weight``), so checkpoints load with
 either spec.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 Kind = Literal["copy", "qkv", "gate_up", "vocab"]
 When = Literal["always", "qkv_bias", "untied"]
@@ -164,7 +164,7 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
     if head_dim is not None and int(head_dim) * heads != hidden:
         raise CheckpointError(
             f"{where}: field 'head_dim' = {head_dim} differs from hidden_size/num_attention_heads = {hidden // heads}; "
-            "fix: such models need kv_channels support in experiment.presets.ModelShape"
+            "fix: such models need kv_channels support in experiment.model.presets.ModelShape"
         )
     theta, scaling, factor = _rope(config, where)
     shape = ModelShape(

@@ -315,7 +315,7 @@ def check_base(lock: dict, folder: TrainingFolder, cache: HashCache, base: Path 
 def determinism_now(folder: TrainingFolder) -> dict[str, str]:
     """What a run of this folder exports now (the runner's recipe for its ``training.deterministic``)."""
     try:
-        from experiment.train import determinism
+        from experiment import determinism
     except ModuleNotFoundError:
         return {}
     return dict(sorted(determinism.environment(folder.config.training.deterministic).items()))

@@ -77,7 +77,7 @@ def run(
 ) -> None:
     """Train a folder: local torchrun, inside the kit's image, or a Slurm/PBS job script."""
     from experiment.launch import local
-    from experiment.train import determinism
+    from experiment import determinism
 
     preview = _load(folder, require_artifacts=False)
     kind = launcher or preview.config.launch.launcher

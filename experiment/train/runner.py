@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from experiment.train import determinism
+from experiment import determinism
 from experiment.train.checkpointing import TrainState
 
 log = logging.getLogger("experiment.train")
@@ -103,7 +103,7 @@ def _copy_tokenizer(base_dir: Path, save_dir: Path) -> None:
 def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
     """Padded vocabulary and base folder; the base's recorded shape must be the folder's."""
     from experiment.ckpt import meta as ckpt_meta
-    from experiment.train.model import padded_vocab_size
+    from experiment.model.build import padded_vocab_size
 
     ck = folder.config.checkpoint
     if ck.from_scratch or ck.base is None:
@@ -205,9 +205,9 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     from experiment.train import checkpointing as ckpt
     from experiment.train import data as train_data
-    from experiment.train import distributed, metrics
+    from experiment.model import parallel as distributed, metrics
     from experiment.train.attention import layer_spec
-    from experiment.train.model import ParallelLayout, build_gpt_model
+    from experiment.model.build import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
     from experiment.train.signals import StopRequest
     from experiment.mixture import record as mixture_record

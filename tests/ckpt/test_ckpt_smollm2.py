@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from experiment.ckpt import convert, gguf
 from experiment.ckpt.meta import read
 from experiment.cli import app
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import real_text
 
 pytestmark = pytest.mark.slow

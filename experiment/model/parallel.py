@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from experiment.train import cpu
-from experiment.train.model import ParallelLayout
+from experiment.model import cpu
+from experiment.model.build import ParallelLayout
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def build_gpt_model(
     **config_kwargs,
 ):
     """The GPTModel for this rank's pipeline stage. Needs megatron's parallel state initialised
-    (``experiment.train.distributed.initialize``). ``layer_spec``: another TE-free spec with the same
+    (``experiment.model.parallel.initialize``). ``layer_spec``: another TE-free spec with the same
     parameters (the runner's SDPA attention, ``experiment.train.attention``); default: the local spec."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
