@@ -8,8 +8,9 @@ the fusions off on CPU, ``experiment.model.build``). When ``megatron.core.jit`` 
 no usable CUDA device we call megatron's own ``disable_jit_fuser()``, so each later decoration is the
 identity. With a GPU nothing changes.
 
-``install()`` runs when the ``experiment`` package is imported, before any megatron import of ours;
-it costs one name comparison per import and removes itself once the module is loaded.
+Importing ``experiment`` changes nothing: a process opts in by calling ``install()`` (the CLI's root
+callback, each torchrun worker, ``experiment.model`` before building). It costs one name comparison per
+import and removes itself once the module is loaded; with megatron already imported it does nothing.
 """
 
 from __future__ import annotations

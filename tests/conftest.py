@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """The test process opts in to the kit's megatron import hook, as the CLI and the workers do."""
+    from experiment import megatron_jit
+
+    megatron_jit.install()
+
+
 @pytest.fixture(scope="session")
 def sp_model_path() -> Path:
     """Mistral's 32k SentencePiece model (Llama-family BPE), from the PyPI package mistral-common."""
