@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experiment.model.layout import ParallelLayout, layout_mismatches
 from experiment.model.presets import PRESETS, ModelShape
 
 CONFIG_NAME = "experiment.toml"
@@ -183,15 +184,9 @@ class TrainingFolderConfig(_Section):
     def _parallel_layout(self) -> "TrainingFolderConfig":
         shape, t = self.model.shape, self.training
         errors = []
-        if shape.num_attention_heads % t.tensor_parallel or shape.num_query_groups % t.tensor_parallel:
-            errors.append(
-                f"training.tensor_parallel={t.tensor_parallel} does not divide the {shape.num_attention_heads} "
-                f"attention heads and {shape.num_query_groups} KV groups"
-            )
-        if shape.num_layers % t.pipeline_parallel:
-            errors.append(
-                f"training.pipeline_parallel={t.pipeline_parallel} does not divide the {shape.num_layers} layers"
-            )
+        for m in layout_mismatches(shape, ParallelLayout(t.tensor_parallel, t.pipeline_parallel)):
+            errors.append(f"training.{m.parallel}={m.size} does not divide the model's {m.field} = {m.value} "
+                          f"(use one of {m.divisors})")
         world = self.launch.nnodes * self.launch.nproc_per_node
         model_parallel = t.tensor_parallel * t.pipeline_parallel
         if world % model_parallel:

@@ -45,6 +45,7 @@ from experiment.ckpt.meta import (
 from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.ckpt.source import HFSource, content_hash, open_hf
 from experiment.model.presets import ModelShape
+from experiment.model.strategies import dist_strategies
 from experiment.model.build import ParallelLayout, padded_vocab_size
 
 IMPORT_ITERATION = 1
@@ -64,14 +65,9 @@ class ConvertStats:
 
 
 def _strategies():
-    from megatron.core.dist_checkpointing.strategies.torch import (
-        TorchDistLoadShardedStrategy,
-        TorchDistSaveShardedStrategy,
-    )
-
+    """The kit's checkpoint strategies, with the writer's results kept in this process (see below)."""
     _in_process_results_queue()
-    # synchronous, one writer bucket per rank (the same strategies as experiment.train.checkpointing)
-    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1), TorchDistLoadShardedStrategy()
+    return dist_strategies()
 
 
 def _in_process_results_queue() -> None:

@@ -11,13 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from experiment import megatron_jit
+from experiment.model.layout import ParallelLayout
 from experiment.model.presets import ModelShape
-
-
-@dataclass(frozen=True)
-class ParallelLayout:
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
 
 
 def transformer_config(

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from experiment import determinism
+from experiment.atomic import write_atomic
 from experiment.train.checkpointing import TrainState
 
 log = logging.getLogger("experiment.train")
@@ -188,9 +189,7 @@ def _seed_host_rngs(seed: int) -> None:
 
 
 def _write_status(log_dir: Path, payload: dict) -> None:
-    tmp = log_dir / f".{STATUS_NAME}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    tmp.replace(log_dir / STATUS_NAME)
+    write_atomic(log_dir / STATUS_NAME, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ run

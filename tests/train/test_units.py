@@ -9,7 +9,8 @@ import pytest
 from experiment.train import checkpointing as ckpt
 from experiment import determinism
 from experiment.train import metrics
-from experiment.train.data import BatchPlan, split_string
+from experiment.mixture.outputs import split_string
+from experiment.train.data import BatchPlan
 from experiment.train.runner import train_iterations
 
 
