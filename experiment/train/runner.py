@@ -204,7 +204,8 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     from experiment.train import checkpointing as ckpt
     from experiment.train import data as train_data
-    from experiment.model import parallel as distributed, metrics
+    from experiment.model import parallel as distributed
+    from experiment.train import metrics
     from experiment.train.attention import layer_spec
     from experiment.model.build import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
