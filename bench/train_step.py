@@ -60,7 +60,7 @@ BOOKKEEPING: list[float] = []
 
 
 def kit_round(folder_path: Path, iters: int) -> list[float]:
-    from experiment.folder import load
+    from experiment.mixture.checks import load
     from experiment.train.runner import RunOptions, run
 
     os.environ["MASTER_PORT"] = _free_port()
@@ -79,7 +79,7 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
-    from experiment.folder import load
+    from experiment.mixture.checks import load
     from experiment.train import data as train_data
     from experiment.model import parallel as distributed
     from experiment.train.attention import layer_spec

@@ -46,7 +46,7 @@ def _root(version: bool = typer.Option(False, "--version", help="print the kit's
 @app.command()
 def check(folder: Path = typer.Argument(..., help="training folder, e.g. training/demo")) -> None:
     """Validate a training folder and print every problem at once (file, field, fix)."""
-    from experiment.folder import check as check_folder
+    from experiment.mixture.checks import check as check_folder
 
     loaded, problems = check_folder(folder)
     if problems:
@@ -66,13 +66,7 @@ def check(folder: Path = typer.Argument(..., help="training folder, e.g. trainin
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_all()

@@ -16,11 +16,11 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
-import importlib
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -221,9 +221,10 @@ class TrainingFolder:
         return json.loads(self.resolve(relative).read_text())
 
 
-# Semantic checks owned by other modules, run after the schema passes. Each entry is
-# "module:function", taking a TrainingFolder and returning list[Problem]. Explicit, no magic.
-SEMANTIC_CHECKS: tuple[str, ...] = ("experiment.mixture.checks:check_folder",)
+# A semantic check: owned by a higher layer (the mixture's is ``experiment.mixture.checks.check_folder``),
+# run after the schema passes, returning every problem it finds. Callers pass them in; this module
+# imports nothing above itself.
+SemanticCheck = Callable[["TrainingFolder"], list[Problem]]
 
 _FIXES = {
     "missing": "add the field",
@@ -293,8 +294,11 @@ def _json_problems(folder: TrainingFolder) -> list[Problem]:
     return problems
 
 
-def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
-    """Validate a training folder; returns the folder (None if the schema failed) and all problems."""
+def check(path: str | Path, semantic: Sequence[SemanticCheck] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+    """Validate a training folder; returns the folder (None if the schema failed) and all problems.
+
+    ``semantic`` checks run once the schema holds and the signatures exist; the full validation of the
+    kit is ``experiment.mixture.checks.check``, which passes the mixture's."""
     path = Path(path)
     raw, problems = _read_config(path)
     if raw is None:
@@ -306,15 +310,8 @@ def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
     folder = TrainingFolder(path.resolve(), config)
     problems = _json_problems(folder)
     if not errors(problems) and all(f.is_file() for f in folder.signature_paths):
-        for entry in SEMANTIC_CHECKS:
-            module_name, func_name = entry.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name != module_name:
-                    raise
-                continue  # the owning feature is not part of this build yet
-            problems.extend(getattr(module, func_name)(folder))
+        for semantic_check in semantic:
+            problems.extend(semantic_check(folder))
     return folder, problems
 
 
@@ -323,13 +320,13 @@ def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if not p.missing_artifact]
 
 
-def load(path: str | Path, *, require_artifacts: bool = True) -> TrainingFolder:
+def load(path: str | Path, *, require_artifacts: bool = True, semantic: Sequence[SemanticCheck] = ()) -> TrainingFolder:
     """The validated folder, or ``FolderError`` listing every problem.
 
     ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
     are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.
     """
-    folder, problems = check(path)
+    folder, problems = check(path, semantic)
     blocking = problems if require_artifacts else errors(problems)
     if blocking or folder is None:
         raise FolderError(blocking or problems)

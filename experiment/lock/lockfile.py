@@ -203,10 +203,8 @@ def data_section(folder: TrainingFolder, cache: HashCache | None, data_root: Pat
 
 def blend_section(folder: TrainingFolder, data_root: Path | None = None) -> dict:
     """The blend (prefix, weight) in the order given to Megatron, prefixes relative to their data root."""
-    try:
-        from experiment.mixture.plan import plan_folder
-    except ModuleNotFoundError:
-        return {"available": False, "reason": "experiment.mixture.plan is not installed", "entries": []}
+    from experiment.mixture.plan import plan_folder
+
     prefixes, weights = plan_folder(folder).megatron_blend()
     roots = sorted({(str(info["root"]), key.split("::")[0]) for key, info in shard_files(folder).items()},
                    key=lambda r: -len(r[0]))

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from experiment.folder import FolderError, TrainingFolder, load
+from experiment.folder import FolderError, TrainingFolder
+from experiment.mixture.checks import load
 from experiment.lock import environment, lockfile
 from experiment.lock.hashing import HashCache, hash_files
 
@@ -314,10 +315,8 @@ def check_base(lock: dict, folder: TrainingFolder, cache: HashCache, base: Path 
 
 def determinism_now(folder: TrainingFolder) -> dict[str, str]:
     """What a run of this folder exports now (the runner's recipe for its ``training.deterministic``)."""
-    try:
-        from experiment import determinism
-    except ModuleNotFoundError:
-        return {}
+    from experiment import determinism
+
     return dict(sorted(determinism.environment(folder.config.training.deterministic).items()))
 
 

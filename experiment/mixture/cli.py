@@ -45,7 +45,8 @@ def mix(
     out: Path = typer.Option(None, "--out", help="output folder (default: FOLDER/mixture)"),
 ) -> None:
     """Plan the data mixture: Megatron --data-path, DATA_PATH bash, per-split JSON, train_data.sh, report, PNG."""
-    from experiment.folder import check, errors
+    from experiment.folder import errors
+    from experiment.mixture.checks import check
     from experiment.mixture.plan import MixtureError
     from experiment.mixture.report import group
 

@@ -4,7 +4,6 @@ through a Slurm/PBS job script. Parses, builds one ``Launch``, calls one functio
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -23,7 +22,8 @@ def _fail(message: str, code: int = 2) -> None:
 def _load(folder: Path, require_artifacts: bool = True):
     """The validated folder. Rendering a job script with --dry-run does not need the base checkpoint and
     shards on this host (they live on the cluster's filesystem); running does."""
-    from experiment.folder import FolderError, load
+    from experiment.folder import FolderError
+    from experiment.mixture.checks import load
 
     try:
         return load(folder, require_artifacts=require_artifacts)
@@ -47,11 +47,9 @@ def _check_world(loaded, nnodes: int, nproc: int) -> None:
 
 
 def _write_lock(loaded, launch, launcher: str) -> None:
-    """After a finished local run: the reproducibility lockfile (``experiment.lock``), when installed."""
-    try:
-        lockfile = importlib.import_module("experiment.lock.lockfile")
-    except ModuleNotFoundError:
-        return
+    """After a finished local run: the reproducibility lockfile (``experiment.lock``)."""
+    from experiment.lock import lockfile
+
     status_file = loaded.path / "logs" / "run_status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     if status.get("state") != "finished":

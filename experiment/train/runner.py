@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from experiment import megatron_jit
-    from experiment.folder import FolderError, load
+    from experiment.folder import FolderError
+    from experiment.mixture.checks import load
 
     megatron_jit.install()  # before the first megatron import of this worker
 

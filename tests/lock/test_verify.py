@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from experiment.folder import load
+from experiment.mixture.checks import load
 from experiment.lock import lockfile, reproduce
 from experiment.lock.hashing import HashCache
 
