@@ -34,9 +34,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import ValidationError
+
 from experiment.folder import TrainingFolder
 from experiment import runlog
 from experiment.lock import environment
+from experiment.lock.records import Record, RunLock
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
 from experiment.atomic import write_atomic
 
@@ -68,12 +71,15 @@ def _canonical(value: Any, where: str = "") -> Any:
     return value
 
 
-def dumps(lock: Mapping) -> str:
+def dumps(lock: RunLock | Mapping) -> str:
     """The canonical text of a lock (sorted keys, indent 1, repr floats, trailing newline)."""
+    if isinstance(lock, Record):
+        lock = lock.dump()
     return json.dumps(_canonical(lock), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def read(path: str | Path) -> dict:
+def read(path: str | Path) -> RunLock:
+    """The typed lock; a file that is not a lock of this version names the field and the fix."""
     path = Path(path)
     try:
         lock = json.loads(path.read_text())
@@ -84,7 +90,19 @@ def read(path: str | Path) -> dict:
     if lock.get("lock_version") != LOCK_VERSION:
         raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}; "
                         "use the kit version named in its 'kit' section")
-    return lock
+    return parse(lock, str(path))
+
+
+def parse(lock: Mapping, where: str = "run.lock.json") -> RunLock:
+    """A lock dict as the typed record, or ``LockError`` naming the first field that does not fit."""
+    try:
+        return RunLock.model_validate(lock)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise LockError(f"{where}: field {field}: {first['msg']} ({err.error_count()} problem(s)); the file is "
+                        "not a run.lock.json of this kit version: restore it, or use the kit version named in "
+                        "its 'kit' section (docs/reproducibility.md)") from None
 
 
 # ---------------------------------------------------------------------------- sections
@@ -363,12 +381,12 @@ def build_run_lock(
     resolved_args: Mapping | None = None,
     hash_cache: str | Path | None = None,
     tensors: bool = True,
-) -> dict:
-    """The lock as a dict (see the module docstring); ``write_run_lock`` writes it."""
+) -> RunLock:
+    """The typed lock (see the module docstring); ``write_run_lock`` writes it."""
     if image == "detect":
         image = environment.detect_image()
     cache = HashCache(Path(hash_cache).expanduser() if hash_cache else None)
-    return {
+    return parse({
         "lock_version": LOCK_VERSION,
         "name": folder.config.name,
         "kit": environment.kit_section(),
@@ -382,7 +400,7 @@ def build_run_lock(
         "determinism": dict(sorted((determinism_env or {}).items())),
         "launch": launch_section(folder, launch),
         "outputs": outputs_section(folder, cache, tensors),
-    }
+    })
 
 
 def write_run_lock(

@@ -64,7 +64,7 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     cli = [sys.executable, "-m", "experiment.cli"]
     host = subprocess.run([*cli, "run", str(folder)], capture_output=True, text=True)
     assert host.returncode == 0, host.stdout[-3000:] + host.stderr[-3000:]
-    lock = lockfile.read(folder / "run.lock.json")
+    lock = lockfile.read(folder / "run.lock.json").dump()
     assert lock["environment"]["containerized"] is False
 
     rep = subprocess.run([*cli, "reproduce", str(folder / "run.lock.json"), "--container", "--image", TAG,
