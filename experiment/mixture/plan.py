@@ -35,6 +35,7 @@ import numpy
 import orjson
 
 from experiment.folder import FolderError, Problem, TrainingFolder
+from experiment.mixture import inputs
 
 #: Megatron's BlendedDataset indexes its datasets with int16 (``assert len(datasets) < 32767``).
 MAX_BLEND_DATASETS = 32766
@@ -259,38 +260,15 @@ def _number(value: Any) -> bool:
 
 
 def _ratio_problems(spec: MixtureSpec) -> list[Problem]:
-    """data_ratio.json's shape: all numbers (flat) or all {domain: number} (per language), none negative."""
-    out, f = [], spec.ratio_file
-    if not isinstance(spec.data_ratio, Mapping):
-        return [Problem(f, "", "is not a JSON object", 'write {"domain": multiplier} or {"lang": {...}}')]
-    values = list(spec.data_ratio.values())
-    nested = [isinstance(v, Mapping) for v in values]
-    if any(nested) and not all(nested):
-        flat_keys = [k for k, v in spec.data_ratio.items() if not isinstance(v, Mapping)]
-        out.append(Problem(f, ", ".join(flat_keys), "mixes flat domain multipliers with per-language objects",
-                           "use either {domain: multiplier} or {lang: {domain: multiplier}} throughout"))
-        return out
-    items = ([(f"{lang}.{dom}", v) for lang, d in spec.data_ratio.items() for dom, v in d.items()]
-             if all(nested) and values else list(spec.data_ratio.items()))
-    for key, v in items:
-        if not _number(v) or v < 0:
-            out.append(Problem(f, key, f"multiplier {v!r} is not a number >= 0",
-                               "write a multiplier >= 0 (0 leaves the domain out)"))
-    return out
+    return inputs.ratio_problems(spec.data_ratio, spec.ratio_file)
 
 
 def _lang_prob_problems(spec: MixtureSpec) -> list[Problem]:
     out, f = [], spec.lang_prob_file
     if spec.lang_prob is None:
         return out
-    if not isinstance(spec.lang_prob, Mapping):
-        return [Problem(f, "", "is not a JSON object", 'write {"lang": probability, ...}')]
-    bad = False
-    for k, v in spec.lang_prob.items():
-        if not _number(v) or v < 0:
-            out.append(Problem(f, k, f"probability {v!r} is not a number >= 0", "write a number in [0, 1]"))
-            bad = True
-    if bad:
+    out = inputs.lang_prob_problems(spec.lang_prob, f)
+    if out:
         return out
     total = math.fsum(spec.lang_prob.values())
     if total <= 0:
@@ -650,12 +628,10 @@ def _plan(t: ShardTable, spec: MixtureSpec) -> MixturePlan:
 
 def read_exclude(raw: Any, file: str) -> list[str]:
     """``[name, ...]`` or seed 002's ``{"exclude_iterator_name": [name, ...]}``."""
-    if isinstance(raw, Mapping) and "exclude_iterator_name" in raw:
-        raw = raw["exclude_iterator_name"]
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise MixtureError([Problem(file, "", "is not a list of shard names",
-                                    'write ["name", ...] or {"exclude_iterator_name": ["name.bin", ...]}')])
-    return raw
+    names, problems = inputs.read_exclude_list(raw, file)
+    if problems:
+        raise MixtureError(problems)
+    return names
 
 
 _TEXT = ("prefix", "language", "domain", "subdomain")
