@@ -21,6 +21,8 @@ operations per column, and the per-rule work happens once per (language, domain)
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import gc
 import math
 import re
@@ -118,6 +120,13 @@ class ShardTable:
 _TABLE_FIELDS = ("prefix", "name", "language", "domain", "subdomain", "tokens", "bin_bytes", "idx_bytes", "signature")
 
 
+class MixtureMode(StrEnum):
+    """How the budget is split: multipliers x language probabilities (seed 002), or fixed domain shares."""
+
+    RATIO = "ratio"
+    PROPORTIONS = "proportions"
+
+
 @dataclass(frozen=True)
 class MixtureSpec:
     """The mixing rules, already read from their files; file names are kept for messages only."""
@@ -172,7 +181,7 @@ class Dropped(NamedTuple):
 class MixturePlan:
     """The per-shard weights (in Megatron's blend order) and everything the outputs and the report need."""
 
-    mode: str
+    mode: MixtureMode
     table: ShardTable  # the kept shards, in blend order
     multiplier: list[float]
     weight: list[float]
@@ -306,7 +315,7 @@ def _multiplier(data_ratio: Mapping[str, Any], per_language: bool, lang: str, do
     return table.get(domain)
 
 
-def _empty(mode: str, spec: MixtureSpec) -> MixturePlan:
+def _empty(mode: MixtureMode, spec: MixtureSpec) -> MixturePlan:
     return MixturePlan(mode, ShardTable.from_shards([]), [], [], spec.budget_tokens, spec.budget_from,
                        spec.seq_length)
 
@@ -374,7 +383,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
     problems.extend(_ratio_problems(spec))
     problems.extend(_lang_prob_problems(spec))
     if problems:
-        return _empty("ratio", spec)
+        return _empty(MixtureMode.RATIO, spec)
     per_language = is_per_language(spec.data_ratio)
     optional = set(spec.optional)
     rows, dropped = _apply_excludes(t, spec, problems)
@@ -484,7 +493,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
         problems.append(Problem(spec.ratio_file, "", "no shard is left to train on",
                                 "check data_ratio.json, lang_prob.json and the exclude list"))
     if problems or not kept:
-        return _empty("ratio", spec)
+        return _empty(MixtureMode.RATIO, spec)
 
     # w = tc*m / (sum of the language's tc*m) * p, with seed 002's operation order
     order = sorted(range(len(kept)), key=code.__getitem__)  # stable: grouped by language, names sorted within
@@ -503,7 +512,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
     if zero.size:
         keep = numpy.flatnonzero(w > 0)
         kept, mult, w = [kept[j] for j in keep], [mult[j] for j in keep], w[keep]
-    result = MixturePlan("ratio", t.take(kept), [float(m) for m in mult], w.tolist(), spec.budget_tokens,
+    result = MixturePlan(MixtureMode.RATIO, t.take(kept), [float(m) for m in mult], w.tolist(), spec.budget_tokens,
                          spec.budget_from, spec.seq_length, tuple(sorted(dropped)), tuple(notes))
     _check_budget_and_weights(result, spec, problems)
     return result
@@ -548,7 +557,7 @@ def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) 
         if not problems:
             problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",
                                     "check the shares and the exclude list"))
-        return _empty("proportions", spec)
+        return _empty(MixtureMode.PROPORTIONS, spec)
     domain_tokens: dict[str, int] = {}
     domain_count: dict[str, int] = {}
     for i in kept:
@@ -559,7 +568,7 @@ def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) 
         d = t.domain[i]
         share = targets[d] / mass
         w.append(share * t.tokens[i] / domain_tokens[d] if domain_tokens[d] else share / domain_count[d])
-    result = MixturePlan("proportions", t.take(kept), [1.0] * len(kept), w, spec.budget_tokens, spec.budget_from,
+    result = MixturePlan(MixtureMode.PROPORTIONS, t.take(kept), [1.0] * len(kept), w, spec.budget_tokens, spec.budget_from,
                          spec.seq_length, tuple(sorted(dropped)), tuple(notes), targets)
     if not problems:
         _check_budget_and_weights(result, spec, problems)
