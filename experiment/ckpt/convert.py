@@ -380,21 +380,8 @@ def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | 
 # ---------------------------------------------------------------- export
 
 def global_shape(rule: mapping.Rule, shape: ModelShape, padded: int) -> tuple[int, ...]:
-    """Shape of one layer's (or a global) tensor in the checkpoint, unsharded."""
-    h, d, f = shape.hidden_size, shape.kv_channels, shape.ffn_hidden_size
-    qkv = (shape.num_attention_heads + 2 * shape.num_query_groups) * d
-    return {
-        "embedding.word_embeddings.weight": (padded, h),
-        "output_layer.weight": (padded, h),
-        "decoder.final_layernorm.weight": (h,),
-        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (h,),
-        "decoder.layers.self_attention.linear_qkv.weight": (qkv, h),
-        "decoder.layers.self_attention.linear_qkv.bias": (qkv,),
-        "decoder.layers.self_attention.linear_proj.weight": (h, shape.num_attention_heads * d),
-        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (h,),
-        "decoder.layers.mlp.linear_fc1.weight": (2 * f, h),
-        "decoder.layers.mlp.linear_fc2.weight": (h, f),
-    }[rule.ckpt]
+    """Shape of one layer's (or a global) tensor in the checkpoint, unsharded (from the rule's HF shapes)."""
+    return rule.ckpt_shape(shape, padded)
 
 
 def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[mapping.Rule],
