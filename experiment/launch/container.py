@@ -15,6 +15,7 @@ recorded at build (``experiment.lock.environment.detect_image``), and the lockfi
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import os
 import shlex
 import shutil
@@ -32,7 +33,7 @@ CONTAINERS_CONF = REPO_ROOT / "env" / "containers.conf"
 STORAGE_CONF = REPO_ROOT / "env" / "storage.conf"
 
 
-class ContainerError(Exception):
+class ContainerError(KitError):
     """No engine, no image, or the container failed; the message says what to do."""
 
 

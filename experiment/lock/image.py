@@ -13,6 +13,7 @@ With no engine it says so, prints the commands to run, and exits non-zero.
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import argparse
 import json
 import os
@@ -34,7 +35,7 @@ IMAGE_REF = "localhost/midtrain-kit:{flavor}"
 EPOCH = "0"
 
 
-class BuildError(Exception):
+class BuildError(KitError):
     pass
 
 
