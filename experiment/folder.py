@@ -16,6 +16,7 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import importlib
 import json
 import tomllib
@@ -49,12 +50,17 @@ class Problem:
         return f"{where}: [{kind}] {self.message} -- fix: {self.fix}"
 
 
-class FolderError(Exception):
+class FolderError(KitError):
     """Raised by ``load`` with every problem found."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+        if len(problems) == 1:  # the CLI handler prints file, field and fix from these
+            self.file, self.field, self.fix = problems[0].file, problems[0].field, problems[0].fix
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 class _Section(BaseModel):

@@ -169,6 +169,10 @@ def check_cmd(
     from experiment.model import parallel as distributed
 
     _quiet()
+    hf_fix = "pass the Hugging Face folder `experiment ckpt export` wrote (config.json, *.safetensors, tokenizer)"
+    if not (hf_dir / "config.json").is_file():
+        _fail(CheckpointError(f"{hf_dir / 'config.json'}: missing: {hf_dir} is not a Hugging Face model folder; "
+                              f"fix: {hf_fix}"))
     try:
         body = text.read_text(encoding="utf-8") if text else compare.default_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -178,6 +182,9 @@ def check_cmd(
         report = compare.check(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches, iteration=iteration)
     except CheckpointError as err:
         _fail(err)
+    except (OSError, ValueError) as err:  # transformers' own loading errors, wrapped at the boundary
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _fail(CheckpointError(f"{hf_dir}: transformers cannot load it ({reason}); fix: {hf_fix}"))
     finally:
         if owned:
             distributed.shutdown()

@@ -28,6 +28,7 @@ Megatron), ``tokenizer``, ``base_checkpoint``, ``config`` (resolved model/traini
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import json
 import math
 import os
@@ -48,7 +49,7 @@ OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce")
 METADATA_FILE = ".metadata"  # torch DCP: pickled, holds a random save_id -> hashed without it
 
 
-class LockError(Exception):
+class LockError(KitError):
     """A lockfile that cannot be written or read, with the reason and the fix."""
 
 
