@@ -128,7 +128,8 @@ def export_cmd(
     ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder (import or training output)"),
     hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
     iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
-    max_shard_mb: int = typer.Option(500, help="safetensors shard size in MB (also bounds the memory used)"),
+    max_shard_mb: int | None = typer.Option(None, help="safetensors shard size in MB (default: transformers' "
+                                            "save_pretrained default, 50GB in transformers 5)"),
     dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
@@ -140,7 +141,7 @@ def export_cmd(
     owned = _init_single()
     try:
         stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
-                                          max_shard_bytes=max_shard_mb * 1_000_000)
+                                          max_shard_bytes=None if max_shard_mb is None else max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:

@@ -116,6 +116,7 @@ def inner_run_command(folder: TrainingFolder, nproc: int | None = None) -> tuple
     cmd = ["experiment", "run", os.fspath(folder.path)]
     if nproc:
         cmd += ["--nproc", str(nproc)]
+    cmd += [a for o in getattr(folder, "overrides", ()) for a in ("--set", o)]
     return tuple(cmd)
 
 

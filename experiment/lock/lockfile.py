@@ -334,8 +334,11 @@ def base_checkpoint_section(folder: TrainingFolder, cache: HashCache | None = No
 
 
 def config_section(folder: TrainingFolder, resolved_args: Mapping | None) -> dict:
+    """The resolved config (experiment.toml with the ``--set`` overrides applied) and the overrides
+    themselves, in order: ``reproduce`` passes them again."""
     cfg = folder.config
     return {
+        "overrides": list(folder.overrides),
         "experiment": cfg.model_dump(mode="json"),
         "model_shape": cfg.model.shape.model_dump(mode="json"),
         "resolved": dict(resolved_args or {}),
