@@ -73,7 +73,20 @@ _register_all()
 
 
 def main() -> None:
-    app()
+    """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
+    field and fix, and exit code 1; never a traceback."""
+    from rich.text import Text
+
+    from experiment.errors import KitError
+
+    try:
+        app()
+    except KitError as err:
+        first, *rest = err.lines()
+        console.print(Text("error: ", style="bold red") + Text(first))
+        for line in rest:
+            console.print(Text("  " + line))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

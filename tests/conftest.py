@@ -16,6 +16,17 @@ def pytest_configure(config):
     megatron_jit.install()
 
 
+def require_system_packages(*groups: str) -> None:
+    """Fail (never skip) when a declared Debian package a test needs is missing: CI installs every one
+    (`.ci/run`), so a skip there would hide exactly the gap a fresh machine hits."""
+    from experiment import system_packages
+
+    absent = system_packages.missing(system_packages.names(*groups))
+    if absent:
+        pytest.fail(f"declared Debian packages missing: {' '.join(absent)}; "
+                    f"fix: {system_packages.install_command(absent)}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def sp_model_path() -> Path:
     """Mistral's 32k SentencePiece model (Llama-family BPE), from the PyPI package mistral-common."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.atomic import write_atomic
-from experiment.ckpt import mapping
+from experiment.ckpt import card, mapping
 from experiment.ckpt.boxes import load_boxes, metadata, stored_tensors
 from experiment.ckpt.meta import (
     LATEST_NAME,
@@ -423,13 +423,15 @@ def hf_parts(rule: mapping.Rule, tensor, meta: CheckpointMeta, layer: int | None
 
 
 def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
-                      dtype: str | None = None, max_shard_bytes: int = 500_000_000,
+                      dtype: str | None = None, max_shard_bytes: int | None = None,
                       show_progress: bool = True) -> ConvertStats:
     """Write a Hugging Face folder (safetensors shards + config + tokenizer files) from a kit
     checkpoint, of any TP/PP layout, training checkpoints included (only "model" is read).
 
     Tensors are written in ``dtype`` (default: the imported source's dtype, so an import -> export
-    round trip is bit-identical although megatron keeps norm weights in float32).
+    round trip is bit-identical although megatron keeps norm weights in float32). Shards are at most
+    ``max_shard_bytes`` (default: transformers' ``save_pretrained`` default). Beside the weights:
+    ``generation_config.json`` and a model card ``README.md`` (``experiment.ckpt.card``).
     Needs a (single-process) torch.distributed group: ``experiment.model.parallel.initialize()``."""
     import torch
 
@@ -437,6 +439,8 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
     meta = read(ckpt_dir)
     it_dir = iteration_path(ckpt_dir, iteration)
     refuse_existing_output(hf_dir, "HF_DIR")
+    if max_shard_bytes is None:
+        max_shard_bytes = card.transformers_max_shard_bytes()
     shape = meta.shape
     rules = mapping.rules_for(shape)
     stored = stored_tensors(it_dir)
@@ -489,7 +493,7 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
                         del tensors
                         advance("non-layer tensors" if layer is None else f"layer {layer}")
                 written.append((name, [e[0] for e in entries]))
-        _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes)
+        _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes, int(it_dir.name.split("_")[-1]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -522,7 +526,7 @@ def _shards(plan: dict, groups: list, max_bytes: int) -> list[list]:
 
 
 def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta, written, dtype: str,
-                   nbytes: int) -> None:
+                   nbytes: int, iteration: int) -> None:
     n = len(written)
     weight_map = {}
     for k, (old, names) in enumerate(written):
@@ -544,6 +548,8 @@ def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta
         for f in sorted(tok.iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+    write_atomic(tmp / card.GENERATION_NAME, card.generation_config(config))
+    write_atomic(tmp / card.CARD_NAME, card.model_card(meta, ckpt_dir, iteration))
     _fsync_tree(tmp)
     if hf_dir.exists():
         hf_dir.rmdir()

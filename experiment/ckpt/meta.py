@@ -10,6 +10,7 @@ Readers use ``read(ckpt_dir)``; the training runner needs only ``.shape`` and ``
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(KitError):
     """A checkpoint folder or conversion input is not usable; the message names the file and the fix."""
 
 

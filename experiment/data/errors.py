@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 from pathlib import Path
 
 
-class DataError(Exception):
+class DataError(KitError):
     """Bad input or an unusable output place: ``file:line: message`` plus how to fix it.
 
     ``line`` is 1-based (a JSONL/text line or a Parquet row); 0 means the whole file.
     """
 
     def __init__(self, file: str | Path, message: str, fix: str, line: int = 0) -> None:
+        where = f"{file}:{line}" if line else str(file)
+        super().__init__(f"{where}: {message}\n  fix: {fix}")
         self.file = str(file)
         self.line = line
         self.message = message
         self.fix = fix
-        where = f"{self.file}:{line}" if line else self.file
-        super().__init__(f"{where}: {message}\n  fix: {fix}")
+        self.field = f"line {line}" if line else None
 
     def __reduce__(self):  # rebuilt whole when a task process hands it back (datatrove's local executor)
         return self.__class__, (self.file, self.message, self.fix, self.line)

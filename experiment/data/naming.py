@@ -9,6 +9,7 @@ is the Megatron prefix of one ``.bin``/``.idx`` pair. Language and domain are th
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import re
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ _NAME = re.compile(
 _PART = re.compile(r"^[A-Za-z0-9.\-]+$")
 
 
-class ShardNameError(ValueError):
+class ShardNameError(KitError, ValueError):
     """A shard name that does not follow the convention."""
 
 

@@ -15,6 +15,7 @@ recorded at build (``experiment.lock.environment.detect_image``), and the lockfi
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import os
 import shlex
 import shutil
@@ -30,7 +31,7 @@ ENGINES = ("podman", "docker")
 DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
 
 
-class ContainerError(Exception):
+class ContainerError(KitError):
     """No engine, no image, or the container failed; the message says what to do."""
 
 
@@ -115,6 +116,7 @@ def inner_run_command(folder: TrainingFolder, nproc: int | None = None) -> tuple
     cmd = ["experiment", "run", os.fspath(folder.path)]
     if nproc:
         cmd += ["--nproc", str(nproc)]
+    cmd += [a for o in getattr(folder, "overrides", ()) for a in ("--set", o)]
     return tuple(cmd)
 
 

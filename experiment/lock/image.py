@@ -13,6 +13,7 @@ With no engine it says so, prints the commands to run, and exits non-zero.
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import argparse
 import json
 import os
@@ -36,7 +37,7 @@ BASE_REF = "localhost/midtrain-kit-base:bookworm"
 IMAGE_REF = "localhost/midtrain-kit:{flavor}"
 
 
-class BuildError(Exception):
+class BuildError(KitError):
     pass
 
 

@@ -28,6 +28,7 @@ Megatron), ``tokenizer``, ``base_checkpoint``, ``config`` (resolved model/traini
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import json
 import math
 import os
@@ -51,7 +52,7 @@ OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce")
 METADATA_FILE = ".metadata"  # torch DCP: pickled, holds a random save_id -> hashed without it
 
 
-class LockError(Exception):
+class LockError(KitError):
     """A lockfile that cannot be written or read, with the reason and the fix."""
 
 
@@ -349,8 +350,11 @@ def base_checkpoint_section(folder: TrainingFolder, cache: HashCache | None = No
 
 
 def config_section(folder: TrainingFolder, resolved_args: Mapping | None) -> dict:
+    """The resolved config (experiment.toml with the ``--set`` overrides applied) and the overrides
+    themselves, in order: ``reproduce`` passes them again."""
     cfg = folder.config
     return {
+        "overrides": list(folder.overrides),
         "experiment": cfg.model_dump(mode="json"),
         "model_shape": cfg.model.shape.model_dump(mode="json"),
         "resolved": dict(resolved_args or {}),

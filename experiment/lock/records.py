@@ -129,6 +129,7 @@ class ConfigRecord(Record):
     experiment: dict[str, Any]
     model_shape: dict[str, Any]
     resolved: dict[str, Any] = Field(default_factory=dict)
+    overrides: list[str] = Field(default_factory=list)  # `experiment run --set` (absent from older locks)
 
 
 class LaunchRecord(Record):

@@ -114,14 +114,16 @@ def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan 
         return getattr(err, "plan", None), list(err.problems)
 
 
-def check(path) -> tuple[TrainingFolder | None, list[Problem]]:
-    """The kit's full validation of a training folder: schema, files, then the mixture (all problems)."""
-    return folder_module.check(path, semantic=(check_folder,))
+def check(path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+    """The kit's full validation of a training folder (``--set`` overrides applied): schema, files, then
+    the mixture, every problem at once."""
+    return folder_module.check(path, overrides, semantic=(check_folder,))
 
 
-def load(path, *, require_artifacts: bool = True) -> TrainingFolder:
+def load(path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
     """The validated folder (schema, files and mixture), or ``FolderError`` listing every problem."""
-    return folder_module.load(path, require_artifacts=require_artifacts, semantic=(check_folder,))
+    return folder_module.load(path, require_artifacts=require_artifacts, overrides=overrides,
+                              semantic=(check_folder,))
 
 
 def check_folder(folder: TrainingFolder) -> list[Problem]:

@@ -12,6 +12,7 @@ is skipped with a warning and the previous complete one is used.
 
 from __future__ import annotations
 
+from experiment.errors import KitError
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ MANIFEST_NAME = "kit_manifest.json"
 PARTIAL_SUFFIX = ".partial"
 
 
-class CheckpointLoadError(RuntimeError):
+class CheckpointLoadError(KitError, RuntimeError):
     """No usable checkpoint where one was required; the message names the folder and the fix."""
 
 

@@ -450,11 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--max-iterations", type=int, default=None)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")  # experiment run --set
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     _quiet_known_warnings()
     try:
-        folder = load(args.folder)
+        folder = load(args.folder, overrides=args.overrides)
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)

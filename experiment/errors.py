@@ -1,0 +1,39 @@
+"""The one root of every error the kit raises on bad input or an unusable place: ``KitError``.
+
+Why: each command, given a bad file, must print one message naming the file, the field and the fix, and
+exit non-zero, never a traceback. With one root the CLI has one handler (``experiment.cli.main``) for all
+of them; feature modules keep their own subclasses (DataError, LockError, ...) for callers that care.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class KitError(Exception):
+    """A failure the user can fix. ``file``/``field``/``fix`` are filled where known (None otherwise);
+    ``str(err)`` stays the full one-paragraph message older callers print."""
+
+    file: str | None = None
+    field: str | None = None
+    fix: str | None = None
+
+    def __init__(self, message: str = "", *, file: str | Path | None = None, field: str | None = None,
+                 fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if file is not None:
+            self.file = str(file)
+        if field is not None:
+            self.field = field
+        if fix is not None:
+            self.fix = fix
+
+    def lines(self) -> list[str]:
+        """What the CLI prints: ``file: field: message`` then ``fix: ...`` (parts not known are left out)."""
+        message = getattr(self, "message", None) or str(self)
+        where = ": ".join(p for p in (self.file, self.field) if p and p not in message)
+        out = [f"{where}: {message}" if where else message]
+        if self.fix and self.fix not in message:
+            out.append(f"fix: {self.fix}")
+        return out
