@@ -71,12 +71,12 @@ class DataSection(_Section):
     """Which tokenized data the run reads and how it is mixed (semantics: ``experiment.mixture``)."""
 
     signatures: list[str] = Field(min_length=1, description="data signature JSON files, relative to the folder")
-    data_ratio: str = "data_ratio.json"
-    lang_prob: str | None = None
-    exclude_iterator: str | None = None
-    token_budget: str | None = Field(default=None, description="total tokens to train on, e.g. '50B'")
+    data_ratio: str = Field(default="data_ratio.json", description="multipliers per domain, or per language and domain (docs/mixture.md); relative to the folder")
+    lang_prob: str | None = Field(default=None, description="JSON file of each language's share of the budget, summing to 1 (ratio mode)")
+    exclude_iterator: str | None = Field(default=None, description="JSON list of shard names to leave out")
+    token_budget: str | None = Field(default=None, description="total tokens the mixture is planned for, e.g. '50B', or 'scaled' (sum of tokens x multiplier); default: what training.train_iters or train_tokens gives")
     target_proportions: dict[str, float] | None = Field(
-        default=None, description="per-source share of the budget (OLMo 2 Dolmino style)"
+        default=None, description="per-domain share of the budget, summing to 1 (proportion mode, OLMo 2 Dolmino style); data_ratio.json must then be {}"
     )
     max_epochs: float | None = Field(default=None, gt=0, description="cap on repetitions of any source")
     valid_fraction: float = Field(default=0.0002, ge=0, lt=0.5, description="held-out share per source")
@@ -95,9 +95,9 @@ class DataSection(_Section):
 class ModelSection(_Section):
     """A named preset (``experiment.model.presets``) with optional per-field overrides."""
 
-    preset: str = "tiny"
-    seq_length: int = Field(default=256, gt=0)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    preset: str = Field(default="tiny", description="model shape by name: " + ", ".join(sorted(PRESETS)))
+    seq_length: int = Field(default=256, gt=0, description="tokens per training sample")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="per-field changes to the preset's shape, e.g. {num_layers = 2}")
 
     @model_validator(mode="after")
     def _known_preset(self) -> "ModelSection":
@@ -112,28 +112,30 @@ class ModelSection(_Section):
 
 
 class TrainingSection(_Section):
-    tensor_parallel: int = Field(default=1, ge=1)
-    pipeline_parallel: int = Field(default=1, ge=1)
-    micro_batch_size: int = Field(default=1, ge=1)
-    global_batch_size: int = Field(default=8, ge=1)
-    train_iters: int | None = Field(default=None, ge=1)
+    """How the model is trained: parallel layout, batch, length, optimizer and schedule, intervals."""
+
+    tensor_parallel: int = Field(default=1, ge=1, description="tensor-parallel size (divides heads, KV groups, FFN)")
+    pipeline_parallel: int = Field(default=1, ge=1, description="pipeline-parallel size (divides the layers)")
+    micro_batch_size: int = Field(default=1, ge=1, description="samples per forward/backward on one rank")
+    global_batch_size: int = Field(default=8, ge=1, description="samples per optimizer step, over all data-parallel ranks")
+    train_iters: int | None = Field(default=None, ge=1, description="optimizer steps to train (or train_tokens)")
     train_tokens: str | None = Field(default=None, description="alternative to train_iters, e.g. '50B'")
-    lr: float = Field(default=3e-4, gt=0)
-    min_lr: float = Field(default=3e-5, ge=0)
-    lr_warmup_iters: int = Field(default=0, ge=0)
-    lr_decay_style: Literal["constant", "linear", "cosine", "WSD"] = "cosine"
-    lr_wsd_decay_iters: int | None = Field(default=None, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    clip_grad: float = Field(default=1.0, ge=0)
-    precision: Literal["fp32", "bf16"] = "bf16"
-    seed: int = 1234
-    save_interval: int = Field(default=1000, ge=1)
-    eval_interval: int = Field(default=1000, ge=1)
-    eval_iters: int = Field(default=10, ge=0)
-    log_interval: int = Field(default=1, ge=1)
-    deterministic: bool = False
+    lr: float = Field(default=3e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(default=3e-5, ge=0, description="learning rate at the end of the decay")
+    lr_warmup_iters: int = Field(default=0, ge=0, description="linear warm-up steps")
+    lr_decay_style: Literal["constant", "linear", "cosine", "WSD"] = Field(default="cosine", description="learning-rate decay after warm-up (megatron.core's OptimizerParamScheduler)")
+    lr_wsd_decay_iters: int | None = Field(default=None, ge=0, description="WSD only: steps of the final decay")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(default=0.9, description="AdamW beta1")
+    adam_beta2: float = Field(default=0.95, description="AdamW beta2")
+    clip_grad: float = Field(default=1.0, ge=0, description="gradient-norm clipping (0: off)")
+    precision: Literal["fp32", "bf16"] = Field(default="bf16", description="parameter and compute precision (bf16 needs a GPU; CPU runs use fp32)")
+    seed: int = Field(default=1234, description="seed of weights init, data order and dropout")
+    save_interval: int = Field(default=1000, ge=1, description="steps between checkpoints (the last step is always saved)")
+    eval_interval: int = Field(default=1000, ge=1, description="steps between held-out evaluations")
+    eval_iters: int = Field(default=10, ge=0, description="batches per evaluation (0: no evaluation)")
+    log_interval: int = Field(default=1, ge=1, description="steps between console log lines")
+    deterministic: bool = Field(default=False, description="bitwise repeatable runs: export Megatron's deterministic-mode environment (docs/reproducibility.md)")
     attention: Literal["sdpa", "local"] = Field(
         default="sdpa", description="core attention without Transformer Engine: torch SDPA kernels or "
         "megatron's local unfused DotProductAttention (same weights, same math)")
@@ -148,9 +150,11 @@ class TrainingSection(_Section):
 
 
 class CheckpointSection(_Section):
-    base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from")
-    from_scratch: bool = False
-    save: str = "checkpoints"
+    """Where the run starts from and where it saves."""
+
+    base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from (`experiment ckpt import` makes one)")
+    from_scratch: bool = Field(default=False, description="train from random weights; required when there is no base")
+    save: str = Field(default="checkpoints", description="folder for the run's checkpoints, relative to the folder")
 
     @model_validator(mode="after")
     def _base_or_scratch(self) -> "CheckpointSection":
@@ -160,31 +164,35 @@ class CheckpointSection(_Section):
 
 
 class ImageSection(_Section):
-    flavor: Literal["cpu", "gpu"] = "cpu"
-    ref: str = "localhost/midtrain-kit:cpu"
-    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """The container image a run uses with `experiment run --container` (docs/containers.md)."""
+
+    flavor: Literal["cpu", "gpu"] = Field(default="cpu", description="which of the kit's images")
+    ref: str = Field(default="localhost/midtrain-kit:cpu", description="image reference")
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$", description="pin: the image's digest, checked before a run")
 
 
 class LaunchSection(_Section):
-    launcher: Literal["local", "slurm", "pbs"] = "local"
-    nnodes: int = Field(default=1, ge=1)
-    nproc_per_node: int = Field(default=1, ge=1)
-    partition: str | None = None
-    account: str | None = None
-    walltime: str = "24:00:00"
+    """How `experiment run` starts the job (docs/training.md)."""
+
+    launcher: Literal["local", "slurm", "pbs"] = Field(default="local", description="local torchrun, or a Slurm/PBS job script")
+    nnodes: int = Field(default=1, ge=1, description="nodes")
+    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node")
+    partition: str | None = Field(default=None, description="Slurm partition / PBS queue")
+    account: str | None = Field(default=None, description="Slurm account / PBS project")
+    walltime: str = Field(default="24:00:00", description="job time limit, HH:MM:SS")
 
 
 class TrainingFolderConfig(_Section):
     """The content of ``experiment.toml``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    description: str = ""
-    data: DataSection
-    model: ModelSection = ModelSection()
-    training: TrainingSection
-    checkpoint: CheckpointSection
-    image: ImageSection = ImageSection()
-    launch: LaunchSection = LaunchSection()
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the run's name (letters, digits, . _ -)")
+    description: str = Field(default="", description="free text, for people")
+    data: DataSection = Field(description="[data]: the tokenized data and how it is mixed")
+    model: ModelSection = Field(default=ModelSection(), description="[model]: the model's shape")
+    training: TrainingSection = Field(description="[training]: optimizer, schedule, batch and parallel layout")
+    checkpoint: CheckpointSection = Field(description="[checkpoint]: base weights and where to save")
+    image: ImageSection = Field(default=ImageSection(), description="[image]: the container image")
+    launch: LaunchSection = Field(default=LaunchSection(), description="[launch]: how the job is started")
 
     @model_validator(mode="after")
     def _parallel_layout(self) -> "TrainingFolderConfig":
@@ -235,7 +243,7 @@ SemanticCheck = Callable[["TrainingFolder"], list[Problem]]
 
 _FIXES = {
     "missing": "add the field",
-    "extra_forbidden": "remove it or correct its spelling (see experiment/folder.py for the schema)",
+    "extra_forbidden": "remove it or correct its spelling (every field: docs/experiment-toml.md)",
 }
 
 
@@ -260,7 +268,7 @@ def _schema_problems(config_file: Path, err: ValidationError, overrides=()) -> l
     given = {o.partition("=")[0].strip(): o for o in overrides}
     problems = []
     for e in err.errors():
-        fix = _FIXES.get(e["type"], "see the field's description in experiment/folder.py")
+        fix = _FIXES.get(e["type"], "see the field's description in docs/experiment-toml.md")
         name = _field_name(e["loc"])
         origin = next((o for k, o in given.items() if name == k or name.startswith(k + ".")), None)
         if origin is None and e["type"] != "extra_forbidden":  # a model validator: the section it checks
