@@ -37,3 +37,13 @@ class KitError(Exception):
         if self.fix and self.fix not in message:
             out.append(f"fix: {self.fix}")
         return out
+
+
+def print_error(err: KitError, console) -> None:
+    """The one way the CLI prints a ``KitError``: ``error: file: field: message`` and ``fix: ...``."""
+    from rich.text import Text
+
+    first, *rest = err.lines()
+    console.print(Text("error: ", style="bold red") + Text(first), soft_wrap=True)
+    for line in rest:
+        console.print(Text("  " + line), soft_wrap=True)

@@ -83,7 +83,7 @@ def ensure(groups: tuple[str, ...], say=print) -> list[str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     quiet = {"stdout": subprocess.DEVNULL, "env": env}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *absent]
-    if subprocess.run(install, **quiet).returncode != 0:  # stale or empty package lists: update once
+    if subprocess.run(install, stderr=subprocess.DEVNULL, **quiet).returncode != 0:  # stale or empty lists
         subprocess.run(["apt-get", "update", "-q"], check=True, **quiet)
         subprocess.run(install, check=True, **quiet)
     still = missing(absent)

@@ -78,13 +78,26 @@ def read(path: str | Path) -> dict:
     try:
         lock = json.loads(path.read_text())
     except OSError as err:
-        raise LockError(f"{path}: cannot read ({err.strerror}); give the path of a run.lock.json") from err
+        raise LockError(f"{path}: cannot read ({err.strerror})", file=path,
+                        fix="give the path of a run.lock.json") from err
     except json.JSONDecodeError as err:
-        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}); restore the file") from err
+        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})", file=path,
+                        fix="restore the file (from your backup or the run's commit)") from err
+    fix = "give the run.lock.json that `experiment run` wrote in the training folder"
+    if not isinstance(lock, dict) or "lock_version" not in lock:
+        raise LockError(f"{path}: not a run lockfile (a JSON {type(lock).__name__} without 'lock_version')",
+                        file=path, field="lock_version", fix=fix)
     if lock.get("lock_version") != LOCK_VERSION:
-        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}; "
-                        "use the kit version named in its 'kit' section")
+        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}",
+                        file=path, field="lock_version", fix="use the kit version named in its 'kit' section")
+    absent = [k for k in SECTIONS if not isinstance(lock.get(k), dict)]
+    if absent:
+        raise LockError(f"{path}: section(s) {', '.join(absent)} missing or not an object: the lockfile is "
+                        "damaged or was edited", file=path, field=absent[0], fix=fix)
     return lock
+
+
+SECTIONS = ("kit", "environment", "folder", "data", "config", "launch", "outputs")  # objects a lock must hold
 
 
 # ---------------------------------------------------------------------------- sections
