@@ -35,6 +35,9 @@ COMMAND_MODULES = (
 
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="print the kit's version")) -> None:
+    from experiment import megatron_jit
+
+    megatron_jit.install()  # this process opts in: no torch.compile decorations without a GPU
     if version:
         typer.echo(__version__)
         raise typer.Exit()

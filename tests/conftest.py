@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """The test process opts in to the kit's megatron import hook, as the CLI and the workers do."""
+    from experiment import megatron_jit
+
+    megatron_jit.install()
+
+
 def require_system_packages(*groups: str) -> None:
     """Fail (never skip) when a declared Debian package a test needs is missing: CI installs every one
     (`.ci/run`), so a skip there would hide exactly the gap a fresh machine hits."""

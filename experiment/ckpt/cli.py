@@ -41,7 +41,7 @@ def _init_single() -> bool:
     """A one-process group for export/check; True when this command started it (and must end it)."""
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize()
@@ -71,7 +71,7 @@ def import_cmd(
     TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
     from experiment.ckpt import convert, gguf
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train.model import ParallelLayout
+    from experiment.model.build import ParallelLayout
 
     _quiet()
     layout = ParallelLayout(tp, pp)
@@ -95,7 +95,7 @@ def import_cmd(
 
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize(layout)
@@ -130,19 +130,20 @@ def export_cmd(
     ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder (import or training output)"),
     hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
     iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
-    max_shard_mb: int = typer.Option(500, help="safetensors shard size in MB (also bounds the memory used)"),
+    max_shard_mb: int | None = typer.Option(None, help="safetensors shard size in MB (default: transformers' "
+                                            "save_pretrained default, 50GB in transformers 5)"),
     dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     from experiment.ckpt import convert
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
     owned = _init_single()
     try:
         stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
-                                          max_shard_bytes=max_shard_mb * 1_000_000)
+                                          max_shard_bytes=None if max_shard_mb is None else max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:
@@ -168,7 +169,7 @@ def check_cmd(
     """Run both models on the same token batches; exit 1 when they disagree beyond the tolerances."""
     from experiment.ckpt import compare
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
     hf_fix = "pass the Hugging Face folder `experiment ckpt export` wrote (config.json, *.safetensors, tokenizer)"

@@ -10,7 +10,7 @@ this kit converts on. The layouts below follow the two references:
 - Megatron-Bridge ``models/llama/llama_bridge.py`` (``QKVMapping``, ``GatedMLPMapping``, ``AutoMapping``).
 
 Names on the Megatron side are those of ``GPTModel`` built with the local layer spec
-(``experiment.train.model.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
+(``experiment.model.build.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
 stacked under ``decoder.layers.*`` with the layer as a leading axis, and the local spec's norms are
 saved under Transformer Engine's names (``linear_qkv.layer_norm_weight``), so checkpoints load with
 either spec.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 Kind = Literal["copy", "qkv", "gate_up", "vocab"]
 When = Literal["always", "qkv_bias", "untied"]
@@ -164,7 +164,7 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
     if head_dim is not None and int(head_dim) * heads != hidden:
         raise CheckpointError(
             f"{where}: field 'head_dim' = {head_dim} differs from hidden_size/num_attention_heads = {hidden // heads}; "
-            "fix: such models need kv_channels support in experiment.presets.ModelShape"
+            "fix: such models need kv_channels support in experiment.model.presets.ModelShape"
         )
     theta, scaling, factor = _rope(config, where)
     shape = ModelShape(
@@ -202,23 +202,20 @@ def config_from_shape(shape: ModelShape, family: str = "llama") -> dict[str, Any
     }
 
 
+_HF_FIELD = {"num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+             "ffn_hidden_size": "intermediate_size", "num_layers": "num_hidden_layers"}
+
+
 def check_layout(shape: ModelShape, tp: int, pp: int, where: str) -> None:
-    """TP must divide heads, KV groups and the FFN; PP must divide the layers."""
+    """TP must divide heads, KV groups and the FFN; PP must divide the layers (``layout_mismatches``)."""
+    from experiment.model.layout import ParallelLayout, layout_mismatches
+
     if tp < 1 or pp < 1:
         raise CheckpointError(f"--tp {tp} --pp {pp}: both must be >= 1")
-    for name, value in (("num_attention_heads", shape.num_attention_heads),
-                        ("num_key_value_heads", shape.num_query_groups),
-                        ("intermediate_size", shape.ffn_hidden_size)):
-        if value % tp:
-            divisors = [d for d in range(1, value + 1) if value % d == 0 and d <= 64]
-            raise CheckpointError(
-                f"{where}: field {name!r} = {value} is not divisible by --tp {tp}; fix: use --tp in {divisors}"
-            )
-    if shape.num_layers % pp:
-        raise CheckpointError(
-            f"{where}: field 'num_hidden_layers' = {shape.num_layers} is not divisible by --pp {pp}; "
-            f"fix: use --pp in {[d for d in range(1, shape.num_layers + 1) if shape.num_layers % d == 0]}"
-        )
+    for m in layout_mismatches(shape, ParallelLayout(tp, pp)):
+        flag = "--tp" if m.parallel == "tensor_parallel" else "--pp"
+        raise CheckpointError(f"{where}: field {_HF_FIELD[m.field]!r} = {m.value} is not divisible by {flag} "
+                              f"{m.size}; fix: use {flag} in {m.divisors}")
 
 
 def rules_for(shape: ModelShape) -> list[Rule]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 from experiment.atomic import write_atomic
 
 META_NAME = "kit_checkpoint.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from experiment.ckpt import mapping
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 INDEX_NAME = "model.safetensors.index.json"

@@ -185,7 +185,7 @@ def sample(
     shard_mb: float = typer.Option(16.0, help="maximum shard size in MB"),
 ) -> None:
     """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
 
@@ -200,7 +200,7 @@ def demo(
     name: str = typer.Option("demo-data", help="signature name"),
 ) -> None:
     """The data half of the demo: sample -> tokenize -> count -> signature (prints where outputs are)."""
-    from experiment.data.demo_pipeline import run_data_demo
+    from experiment.demo.data import run_data_demo
 
     run_data_demo(work, signatures, tokenizer, mb, name, console=console)
 

@@ -132,12 +132,8 @@ def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: Toke
 
 def write(signature: DataSignature, out_dir: str | Path) -> Path:
     """Write ``out_dir/<name>.json`` atomically (temporary name, then rename)."""
-    import os
+    from experiment.atomic import write_atomic
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{signature.name}.json"
-    tmp = out_dir / f".{signature.name}.json.tmp-{os.getpid()}"
-    tmp.write_text(signature.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(out_dir) / f"{signature.name}.json"
+    write_atomic(path, signature.to_json())
     return path

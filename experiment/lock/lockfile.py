@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from experiment.folder import TrainingFolder
+from experiment import runlog
 from experiment.lock import environment
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
 from experiment.atomic import write_atomic
@@ -287,16 +288,14 @@ def tensor_hashes(ckpt_dir: Path) -> dict[str, str]:
     return out
 
 
-def read_losses(path: Path) -> list[list]:
+def loss_steps(path: Path) -> list[list]:
     """[[step, loss, grad norm, lr], ...] (hex float strings) from the runner's per-step JSONL."""
+    try:
+        records = runlog.read_jsonl(path)
+    except runlog.RunLogError as err:
+        raise LockError(str(err)) from err
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LockError(f"{path}: line {n}: not JSON ({err.msg}); the run's log is damaged") from err
+    for rec in records:
         step = rec.get("step", rec.get("iteration"))
         values = [rec.get("loss", rec.get("lm_loss")), rec.get("grad_norm"), rec.get("lr")]
         rows.append([step, *(v.hex() if isinstance(v, float) else v for v in values)])
@@ -323,7 +322,7 @@ def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tens
         "losses": {
             "file": "logs/losses.jsonl",
             "hash": hash_file(losses_file, FILE_HASH) if losses_file.is_file() else None,
-            "steps": read_losses(losses_file) if losses_file.is_file() else [],
+            "steps": loss_steps(losses_file) if losses_file.is_file() else [],
         },
         "eval": {"file": "logs/eval.jsonl",
                  "hash": hash_file(eval_file, FILE_HASH) if eval_file.is_file() else None},
@@ -348,8 +347,11 @@ def base_checkpoint_section(folder: TrainingFolder, cache: HashCache | None = No
 
 
 def config_section(folder: TrainingFolder, resolved_args: Mapping | None) -> dict:
+    """The resolved config (experiment.toml with the ``--set`` overrides applied) and the overrides
+    themselves, in order: ``reproduce`` passes them again."""
     cfg = folder.config
     return {
+        "overrides": list(folder.overrides),
         "experiment": cfg.model_dump(mode="json"),
         "model_shape": cfg.model.shape.model_dump(mode="json"),
         "resolved": dict(resolved_args or {}),

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,6 +62,7 @@ class ReproduceOptions:
     hash_cache: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     folder: Path | None = None  # default: the lockfile's folder
+    overrides: tuple[str, ...] = ()  # the lock's `--set` list (main fills it in from the lock)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,16 @@ def _short(h: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ verify
 
-def load_folder(path: Path) -> TrainingFolder:
+def load_folder(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
     """The folder as far as verification needs it: a missing or renamed shard is a finding to name,
-    not a reason to stop, so artifacts are not required here (the re-run requires them)."""
-    return load(path, require_artifacts=False)
+    not a reason to stop, so artifacts are not required here (the re-run requires them). ``overrides``:
+    the ``--set`` list the lock recorded, applied again."""
+    return load(path, require_artifacts=False, overrides=tuple(overrides))
+
+
+def locked_overrides(lock: dict) -> tuple[str, ...]:
+    """The ``experiment run --set`` overrides a locked run was started with (none for older locks)."""
+    return tuple(lock.get("config", {}).get("overrides", []))
 
 
 def check_code(lock: dict) -> list[Finding]:
@@ -315,7 +322,7 @@ def check_base(lock: dict, folder: TrainingFolder, cache: HashCache, base: Path 
 def determinism_now(folder: TrainingFolder) -> dict[str, str]:
     """What a run of this folder exports now (the runner's recipe for its ``training.deterministic``)."""
     try:
-        from experiment.train import determinism
+        from experiment import determinism
     except ModuleNotFoundError:
         return {}
     return dict(sorted(determinism.environment(folder.config.training.deterministic).items()))
@@ -448,6 +455,7 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
         cmd += ["--host"]
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
+    cmd += [a for o in options.overrides for a in ("--set", o)]
     return cmd
 
 
@@ -520,7 +528,10 @@ def main(options: ReproduceOptions, console) -> int:
 
     lock = lockfile.read(options.lockfile)
     folder_path = options.folder or Path(options.lockfile).resolve().parent
-    folder = load_folder(folder_path)
+    options = replace(options, overrides=locked_overrides(lock))
+    folder = load_folder(folder_path, options.overrides)
+    if options.overrides:
+        console.print("overrides recorded in the lock, applied again: " + " ".join(f"--set {o}" for o in options.overrides))
     cache = HashCache(options.hash_cache)
     image = environment.detect_image()
     reads: dict[str, tuple[int, int]] = {}
@@ -550,7 +561,7 @@ def main(options: ReproduceOptions, console) -> int:
     if res.returncode != 0:
         console.print(f"[red]re-run failed[/red] (exit {res.returncode})")
         return 3
-    have = lockfile.outputs_section(load(mirror), cache)
+    have = lockfile.outputs_section(load(mirror, overrides=options.overrides), cache)
     div = compare_outputs(lock["outputs"], have, options.steps)
     relock = mirror / lockfile.LOCK_NAME
     sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None

@@ -7,7 +7,7 @@ import torch
 
 from experiment.ckpt import mapping
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 SHAPE = ModelShape(num_layers=2, hidden_size=48, ffn_hidden_size=64, num_attention_heads=6, num_query_groups=2,
                    vocab_size=1000, max_position_embeddings=64, qkv_bias=True)

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """~0.4 MB of real Debian text over 8 sources (en/ja; code-docs, manual, dictionary, legal)."""
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     out = tmp_path_factory.mktemp("sample")
     build_sample(out, mb=0.4)

@@ -52,7 +52,7 @@ def _cpu_image_present() -> bool:
 def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
     work, folder = root / WORK, root / DEMO_FOLDER
     hf_base, base = work / "smollm2-hf", work / "base"
-    from experiment.ckpt.gguf import smollm2_gguf_path
+    from experiment.demo.smollm2 import smollm2_gguf_path
 
     run = ["run", str(folder)] + (["--container"] if container else [])
     outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / "run.lock.json")
