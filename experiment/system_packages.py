@@ -44,6 +44,11 @@ def names(*groups: str) -> list[str]:
     return [p.name for p in PACKAGES if not groups or p.group in groups]
 
 
+def groups() -> tuple[str, ...]:
+    """Every group, in declared order."""
+    return tuple(dict.fromkeys(p.group for p in PACKAGES))
+
+
 def demo_groups(container: bool) -> tuple[str, ...]:
     """The groups the demo needs: its corpus, and the container engine for ``--container``."""
     return ("corpus", "container") if container else ("corpus",)

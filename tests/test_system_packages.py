@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiment import system_packages
-from experiment.data.corpus import Source, build_sample, default_sources
+from experiment.demo.corpus import Source, build_sample, default_sources
 from experiment.data.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
