@@ -31,7 +31,9 @@ def test_every_kit_exception_class_derives_from_kit_error():
                MixtureError, SystemPackagesMissing, CheckpointLoadError]
     assert [c.__name__ for c in classes if not issubclass(c, KitError)] == []
     err = DataError("a.jsonl", "'text' is int", "store text as a string", line=3)
-    assert err.lines() == ["a.jsonl: line 3: 'text' is int", "fix: store text as a string"]
+    assert err.lines() == ["a.jsonl:3: 'text' is int", "fix: store text as a string"]
+    assert LockError("x.json: damaged", file="x.json", field="outputs", fix="restore it").lines() == \
+        ["x.json: damaged (field: outputs)", "fix: restore it"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,10 @@ class DataError(KitError):
         self.line = line
         self.message = message
         self.fix = fix
-        self.field = f"line {line}" if line else None
+
+    def lines(self) -> list[str]:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return [f"{where}: {self.message}", f"fix: {self.fix}"]
 
     def __reduce__(self):  # rebuilt whole when a task process hands it back (datatrove's local executor)
         return self.__class__, (self.file, self.message, self.fix, self.line)
