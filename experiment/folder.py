@@ -16,7 +16,6 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import importlib
 import json
 import tomllib
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experiment.errors import KitError
 from experiment.model.layout import ParallelLayout, layout_mismatches
 from experiment.model.presets import PRESETS, ModelShape
 

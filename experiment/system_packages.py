@@ -7,8 +7,9 @@ a fresh machine would hit.
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 from dataclasses import dataclass
+
+from experiment.errors import KitError
 
 
 @dataclass(frozen=True)

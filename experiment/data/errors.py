@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 from pathlib import Path
+
+from experiment.errors import KitError
 
 
 class DataError(KitError):

@@ -28,13 +28,13 @@ Megatron), ``tokenizer``, ``base_checkpoint``, ``config`` (resolved model/traini
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from experiment.errors import KitError
 from experiment.folder import TrainingFolder
 from experiment import runlog
 from experiment.lock import environment
