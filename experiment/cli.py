@@ -75,17 +75,18 @@ _register_all()
 def main() -> None:
     """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
     field and fix, and exit code 1; never a traceback."""
-    from rich.text import Text
-
-    from experiment.errors import KitError
+    from experiment.errors import KitError, print_error
 
     try:
         app()
     except KitError as err:
-        first, *rest = err.lines()
-        console.print(Text("error: ", style="bold red") + Text(first))
-        for line in rest:
-            console.print(Text("  " + line))
+        print_error(err, console)
+        raise SystemExit(1) from None
+    except OSError as err:  # a foreign error about a path the user gave, wrapped at the boundary
+        if not err.filename:
+            raise
+        print_error(KitError(err.strerror or str(err), file=err.filename,
+                             fix="check the path and its permissions"), console)
         raise SystemExit(1) from None
 
 

@@ -25,8 +25,9 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except DataError as err:
-            where = f"{err.file}:{err.line}" if err.line else err.file
-            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False, soft_wrap=True)
+            from experiment.errors import print_error
+
+            print_error(err, console)
             raise typer.Exit(2) from None
 
     return wrapper
