@@ -35,6 +35,9 @@ COMMAND_MODULES = (
 
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="print the kit's version")) -> None:
+    from experiment.summary import start_command
+
+    start_command()  # summaries' wall time (from the process's start when run by main())
     if version:
         typer.echo(__version__)
         raise typer.Exit()
@@ -76,6 +79,9 @@ _register_all()
 
 
 def main() -> None:
+    from experiment.summary import start_command
+
+    start_command(from_process_start=True)
     app()
 
 
