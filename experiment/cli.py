@@ -38,6 +38,9 @@ def _root(version: bool = typer.Option(False, "--version", help="print the kit's
     from experiment import megatron_jit
 
     megatron_jit.install()  # this process opts in: no torch.compile decorations without a GPU
+    from experiment.summary import start_command
+
+    start_command()  # summaries' wall time (from the process's start when run by main())
     if version:
         typer.echo(__version__)
         raise typer.Exit()
@@ -77,6 +80,9 @@ def main() -> None:
     field and fix, and exit code 1; never a traceback."""
     from experiment.errors import KitError, print_error
 
+    from experiment.summary import start_command
+
+    start_command(from_process_start=True)
     try:
         app()
     except KitError as err:
