@@ -47,7 +47,7 @@ def ensure_system_packages(session: nox.Session, groups: tuple[str, ...]) -> Non
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite (unit + real torchrun/megatron integration runs) on CPU."""
-    ensure_system_packages(session, ("corpus", "container"))
+    ensure_system_packages(session, system_packages.groups())  # every declared package: tests fail, never skip
     install_kit(session, "cpu-test")
     session.run("pytest", *(session.posargs or ["tests"]))
 
@@ -98,3 +98,11 @@ def build_image(session: nox.Session) -> None:
     """Build the kit's image (`-- --flavor cpu|gpu`) with the engine present; record it in env/image.lock."""
     install_kit(session, "cpu")
     session.run("python", "-m", "experiment.lock.image", *session.posargs)
+
+
+@nox.session(python=False)
+def slurm(session: nox.Session) -> None:
+    """A real single-node Slurm on this machine (root; slurm-wlm + munge): `nox -s slurm -- start|stop|status`.
+    Prints the `export SLURM_CONF=...` line the Slurm commands and `experiment run --launcher slurm` need."""
+    session.run("python3", "-m", "experiment.launch.slurm_local", *(session.posargs or ["start"]),
+                env={"PYTHONPATH": str(Path(__file__).parent)})

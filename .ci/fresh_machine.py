@@ -36,6 +36,10 @@ IMAGE = "localhost/midtrain-kit-fresh-base:latest"
 CLONE = "/root/midtrain-kit"  # where the clone lies inside (a user's checkout in their home)
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PIP_CONFIG_FILES = (Path("/etc/pip.conf"), Path("/etc/xdg/pip"))
+# lines that start each phase inside the container, for the wall-time table
+MARKERS = ("installing missing Debian packages", "pip install --require-hashes", "1/10 ")
+PHASES = ("README set-up (venv + pip install nox)", "apt-get install (the demo's own check)",
+          "pip install of the locks + the kit")
 
 
 def setup_commands(readme: str) -> list[str]:
@@ -146,14 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fresh-machine test: commit {commit[:12]}, mounts (read-only): "
               f"{' '.join(map(str, mounts))}; log: {log}", flush=True)
         t = time.perf_counter()
+        seen: dict[str, float] = {}
         with open(log, "w") as fh:
             proc = subprocess.Popen([*podman.args, *argv, IMAGE, "bash", "-c", script], env=podman.env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 fh.write(line)
                 sys.stdout.write(line)
+                for marker in MARKERS:
+                    if marker not in seen and marker in line:
+                        seen[marker] = time.perf_counter() - t
             rc = proc.wait()
         times["set-up + nox -s demo (in the container)"] = time.perf_counter() - t
+        marks = [0.0, *(seen.get(m) for m in MARKERS)]
+        for (name, start), end in zip(zip(PHASES, marks), marks[1:]):
+            if start is not None and end is not None:
+                times[f"  {name}"] = end - start
         text = log.read_text()
         stages = re.search(r"│ total\s*│\s*│\s*([0-9.]+)", text)
         finished = "run demo: finished" in text

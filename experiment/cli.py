@@ -38,6 +38,9 @@ def _root(version: bool = typer.Option(False, "--version", help="print the kit's
     from experiment import megatron_jit
 
     megatron_jit.install()  # this process opts in: no torch.compile decorations without a GPU
+    from experiment.summary import start_command
+
+    start_command()  # summaries' wall time (from the process's start when run by main())
     if version:
         typer.echo(__version__)
         raise typer.Exit()
@@ -75,17 +78,21 @@ _register_all()
 def main() -> None:
     """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
     field and fix, and exit code 1; never a traceback."""
-    from rich.text import Text
+    from experiment.errors import KitError, print_error
 
-    from experiment.errors import KitError
+    from experiment.summary import start_command
 
+    start_command(from_process_start=True)
     try:
         app()
     except KitError as err:
-        first, *rest = err.lines()
-        console.print(Text("error: ", style="bold red") + Text(first))
-        for line in rest:
-            console.print(Text("  " + line))
+        print_error(err, console)
+        raise SystemExit(1) from None
+    except OSError as err:  # a foreign error about a path the user gave, wrapped at the boundary
+        if not err.filename:
+            raise
+        print_error(KitError(err.strerror or str(err), file=err.filename,
+                             fix="check the path and its permissions"), console)
         raise SystemExit(1) from None
 
 

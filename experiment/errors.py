@@ -30,10 +30,23 @@ class KitError(Exception):
             self.fix = fix
 
     def lines(self) -> list[str]:
-        """What the CLI prints: ``file: field: message`` then ``fix: ...`` (parts not known are left out)."""
+        """What the CLI prints: ``file: message (field: ...)`` then ``fix: ...`` (parts not known, or already
+        in the message, are left out)."""
         message = getattr(self, "message", None) or str(self)
-        where = ": ".join(p for p in (self.file, self.field) if p and p not in message)
-        out = [f"{where}: {message}" if where else message]
+        head = f"{self.file}: {message}" if self.file and self.file not in message else message
+        if self.field and self.field not in message:
+            head += f" (field: {self.field})"
+        out = [head]
         if self.fix and self.fix not in message:
             out.append(f"fix: {self.fix}")
         return out
+
+
+def print_error(err: KitError, console) -> None:
+    """The one way the CLI prints a ``KitError``: ``error: file: message (field: ...)`` and ``fix: ...``."""
+    from rich.text import Text
+
+    first, *rest = err.lines()
+    console.print(Text("error: ", style="bold red") + Text(first), soft_wrap=True)
+    for line in rest:
+        console.print(Text("  " + line), soft_wrap=True)

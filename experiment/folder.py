@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experiment.errors import KitError
 from experiment.model.layout import ParallelLayout, layout_mismatches
 from experiment.model.presets import PRESETS, ModelShape
 

@@ -7,8 +7,9 @@ a fresh machine would hit.
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 from dataclasses import dataclass
+
+from experiment.errors import KitError
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ PACKAGES: tuple[SystemPackage, ...] = (
 def names(*groups: str) -> list[str]:
     """Package names of the given groups (all groups when none is given), in declared order."""
     return [p.name for p in PACKAGES if not groups or p.group in groups]
+
+
+def groups() -> tuple[str, ...]:
+    """Every group, in declared order."""
+    return tuple(dict.fromkeys(p.group for p in PACKAGES))
 
 
 def demo_groups(container: bool) -> tuple[str, ...]:
@@ -83,7 +89,7 @@ def ensure(groups: tuple[str, ...], say=print) -> list[str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     quiet = {"stdout": subprocess.DEVNULL, "env": env}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *absent]
-    if subprocess.run(install, **quiet).returncode != 0:  # stale or empty package lists: update once
+    if subprocess.run(install, stderr=subprocess.DEVNULL, **quiet).returncode != 0:  # stale or empty lists
         subprocess.run(["apt-get", "update", "-q"], check=True, **quiet)
         subprocess.run(install, check=True, **quiet)
     still = missing(absent)

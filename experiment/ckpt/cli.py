@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error[/red]: {err}")
+    from experiment.errors import print_error
+
+    print_error(err, console)
     raise typer.Exit(2)
 
 

@@ -10,13 +10,13 @@ Readers use ``read(ckpt_dir)``; the training runner needs only ``.shape`` and ``
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from experiment.errors import KitError
 from experiment.model.presets import ModelShape
 from experiment.atomic import write_atomic
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 from pathlib import Path
+
+from experiment.errors import KitError
 
 
 class DataError(KitError):
@@ -19,7 +20,10 @@ class DataError(KitError):
         self.line = line
         self.message = message
         self.fix = fix
-        self.field = f"line {line}" if line else None
+
+    def lines(self) -> list[str]:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return [f"{where}: {self.message}", f"fix: {self.fix}"]
 
     def __reduce__(self):  # rebuilt whole when a task process hands it back (datatrove's local executor)
         return self.__class__, (self.file, self.message, self.fix, self.line)

@@ -9,9 +9,10 @@ is the Megatron prefix of one ``.bin``/``.idx`` pair. Language and domain are th
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import re
 from dataclasses import dataclass
+
+from experiment.errors import KitError
 
 _NAME = re.compile(
     r"^(?P<language>[^_/]+)_(?P<domain>[^_/]+)_(?P<subdomain>[^/]*?)_split_(?P<split>[^_/]+)_text_document"

@@ -293,6 +293,8 @@ class _ShardSink:
 
 def build_sample(out: Path, mb: float = 1.0, shard_mb: float = 16.0, sources: list[Source] | None = None, console=None) -> list[SampleStats]:
     """Write about ``mb`` MB of JSONL (round-robin over the sources) into ``out``; deterministic bytes."""
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "exists and is not a folder", "give a folder (new or one of an earlier sample)")
     sources = sources or default_sources()
     absent = [s for s in sources if not s.present()]
     packages = list(dict.fromkeys(s.package for s in absent if s.package))

@@ -15,7 +15,6 @@ recorded at build (``experiment.lock.environment.detect_image``), and the lockfi
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import os
 import shlex
 import shutil
@@ -23,6 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiment.errors import KitError
 from experiment.engine import engine_env
 from experiment.folder import TrainingFolder
 from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR, RUN_IMAGE_PATH

@@ -13,7 +13,6 @@ With no engine it says so, prints the commands to run, and exits non-zero.
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import argparse
 import json
 import os
@@ -23,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiment.errors import KitError
 from experiment.atomic import write_atomic
 from experiment.engine import SOURCE_DATE_EPOCH as EPOCH
 from experiment.engine import engine_env as _engine_env

@@ -28,7 +28,6 @@ Megatron), ``tokenizer``, ``base_checkpoint``, ``config`` (resolved model/traini
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
+from experiment.errors import KitError
 from experiment.folder import TrainingFolder
 from experiment import runlog
 from experiment.lock import environment
@@ -85,12 +85,18 @@ def read(path: str | Path) -> RunLock:
     try:
         lock = json.loads(path.read_text())
     except OSError as err:
-        raise LockError(f"{path}: cannot read ({err.strerror}); give the path of a run.lock.json") from err
+        raise LockError(f"{path}: cannot read ({err.strerror})", file=path,
+                        fix="give the path of a run.lock.json") from err
     except json.JSONDecodeError as err:
-        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}); restore the file") from err
+        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})", file=path,
+                        fix="restore the file (from your backup or the run's commit)") from err
+    fix = "give the run.lock.json that `experiment run` wrote in the training folder"
+    if not isinstance(lock, dict) or "lock_version" not in lock:
+        raise LockError(f"{path}: not a run lockfile (a JSON {type(lock).__name__} without 'lock_version')",
+                        file=path, field="lock_version", fix=fix)
     if lock.get("lock_version") != LOCK_VERSION:
-        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}; "
-                        "use the kit version named in its 'kit' section")
+        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}",
+                        file=path, field="lock_version", fix="use the kit version named in its 'kit' section")
     return parse(lock, str(path))
 
 
@@ -101,9 +107,12 @@ def parse(lock: Mapping, where: str = "run.lock.json") -> RunLock:
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise LockError(f"{where}: field {field}: {first['msg']} ({err.error_count()} problem(s)); the file is "
-                        "not a run.lock.json of this kit version: restore it, or use the kit version named in "
-                        "its 'kit' section (docs/reproducibility.md)") from None
+        raise LockError(f"{where}: field {field}: {first['msg']} ({err.error_count()} problem(s)): the file is "
+                        "not a run.lock.json of this kit version", file=where, field=field,
+                        fix="restore it, or use the kit version named in its 'kit' section "
+                        "(docs/reproducibility.md)") from None
+
+
 
 
 # ---------------------------------------------------------------------------- sections

@@ -346,10 +346,22 @@ def check_determinism(lock: RunLock, folder: TrainingFolder, environ: Mapping[st
     return out
 
 
+def _counted(cache: HashCache, name: str, reads: dict[str, tuple[int, int]] | None, check, *args):
+    """Run one hashing check; ``reads[name]`` = (files served from the cache, files read in full)."""
+    hits, missed = cache.hits, cache.reads
+    result = check(*args)
+    if reads is not None:
+        reads[name] = (cache.hits - hits, cache.reads - missed)
+    return result
+
+
 def verify(lock: RunLock, folder: TrainingFolder, *, cache: HashCache, data_root: Path | None = None,
            base: Path | None = None, environ: Mapping[str, str] | None = None,
-           image: environment.ImageInfo | None = None) -> list[Finding]:
-    """Every difference between the lock and this machine's code, environment and inputs."""
+           image: environment.ImageInfo | None = None,
+           reads: dict[str, tuple[int, int]] | None = None) -> list[Finding]:
+    """Every difference between the lock and this machine's code, environment and inputs. ``reads``
+    (if given) receives, per hashing check (data, base), how many files came from the cache and how many
+    were read in full."""
     environ = environ or {}
     blend_now, plan_error = None, None
     try:
@@ -357,7 +369,7 @@ def verify(lock: RunLock, folder: TrainingFolder, *, cache: HashCache, data_root
         blend_now = [[name, weight] for name, weight in blend.entries] if blend.available else None
     except (FolderError, ValueError, OSError) as err:
         plan_error = err
-    findings_data, renames = check_data(lock, folder, cache, data_root, blend_now)
+    findings_data, renames = _counted(cache, "data", reads, check_data, lock, folder, cache, data_root, blend_now)
     if plan_error is not None:
         findings_blend = [Finding("blend", "plan", "a plan", "none", True,
                                   f"the mixture cannot be planned: {plan_error}")]
@@ -371,7 +383,7 @@ def verify(lock: RunLock, folder: TrainingFolder, *, cache: HashCache, data_root
         *check_tokenizer(lock, folder),
         *findings_data,
         *findings_blend,
-        *check_base(lock, folder, cache, base),
+        *_counted(cache, "base", reads, check_base, lock, folder, cache, base),
         *check_determinism(lock, folder, environ),
     ]
 
@@ -523,8 +535,13 @@ def main(options: ReproduceOptions, console) -> int:
         console.print("overrides recorded in the lock, applied again: " + " ".join(f"--set {o}" for o in options.overrides))
     cache = HashCache(options.hash_cache)
     image = environment.detect_image()
+    reads: dict[str, tuple[int, int]] = {}
     findings = verify(lock, folder, cache=cache, data_root=options.data_root, base=options.base,
-                      environ=options.environ, image=image)
+                      environ=options.environ, image=image, reads=reads)
+    for name, (hits, full) in reads.items():
+        how = "read in full" if not hits else ("cached (size, mtime, ctime, inode unchanged)" if not full else
+                                              f"{hits} cached, {full} read in full")
+        console.print(f"hash check {name}: {hits + full} file(s), {how}", highlight=False)
     blocking = [f for f in findings if f.blocking]
     if findings:
         print_findings(findings, f"{len(findings)} difference(s) from {options.lockfile} "

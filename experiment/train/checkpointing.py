@@ -12,7 +12,6 @@ is skipped with a warning and the previous complete one is used.
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from experiment.errors import KitError
 from experiment.atomic import write_atomic
 from experiment.model.strategies import dist_strategies
 
