@@ -23,7 +23,7 @@ ALGORITHMS = ("blake3", "xxh3-128", "sha256")
 DEFAULT_ALGORITHM = "blake3"
 _CHUNK = 16 << 20
 _MMAP_MIN = 1 << 20  # below this a plain read is faster than mapping
-_SPLIT_MIN = 64 << 20  # a file at least this large gets every core (blake3's threads) on its own
+_SPLIT_MIN = 16 << 20  # a file at least this large gets every core (blake3's threads) on its own
 
 
 def normalize_algorithm(name: str) -> str:
