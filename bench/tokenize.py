@@ -257,7 +257,7 @@ def main() -> None:
     if corpus is None:
         corpus = Path(tempfile.gettempdir()) / f"midtrain-bench-corpus-{args.mb:g}mb"
         if not any(corpus.glob("*.jsonl")):
-            from experiment.data.corpus import build_sample
+            from experiment.demo.corpus import build_sample
 
             build_sample(corpus, mb=args.mb, console=console)
     size = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))

@@ -16,16 +16,19 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
-import importlib
+from experiment.errors import KitError
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from experiment.presets import PRESETS, ModelShape
+from experiment.errors import KitError
+from experiment.model.layout import ParallelLayout, layout_mismatches
+from experiment.model.presets import PRESETS, ModelShape
 
 CONFIG_NAME = "experiment.toml"
 
@@ -48,12 +51,17 @@ class Problem:
         return f"{where}: [{kind}] {self.message} -- fix: {self.fix}"
 
 
-class FolderError(Exception):
+class FolderError(KitError):
     """Raised by ``load`` with every problem found."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+        if len(problems) == 1:  # the CLI handler prints file, field and fix from these
+            self.file, self.field, self.fix = problems[0].file, problems[0].field, problems[0].fix
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 class _Section(BaseModel):
@@ -86,7 +94,7 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    """A named preset (``experiment.presets``) with optional per-field overrides."""
+    """A named preset (``experiment.model.presets``) with optional per-field overrides."""
 
     preset: str = "tiny"
     seq_length: int = Field(default=256, gt=0)
@@ -183,15 +191,9 @@ class TrainingFolderConfig(_Section):
     def _parallel_layout(self) -> "TrainingFolderConfig":
         shape, t = self.model.shape, self.training
         errors = []
-        if shape.num_attention_heads % t.tensor_parallel or shape.num_query_groups % t.tensor_parallel:
-            errors.append(
-                f"training.tensor_parallel={t.tensor_parallel} does not divide the {shape.num_attention_heads} "
-                f"attention heads and {shape.num_query_groups} KV groups"
-            )
-        if shape.num_layers % t.pipeline_parallel:
-            errors.append(
-                f"training.pipeline_parallel={t.pipeline_parallel} does not divide the {shape.num_layers} layers"
-            )
+        for m in layout_mismatches(shape, ParallelLayout(t.tensor_parallel, t.pipeline_parallel)):
+            errors.append(f"training.{m.parallel}={m.size} does not divide the model's {m.field} = {m.value} "
+                          f"(use one of {m.divisors})")
         world = self.launch.nnodes * self.launch.nproc_per_node
         model_parallel = t.tensor_parallel * t.pipeline_parallel
         if world % model_parallel:
@@ -214,6 +216,7 @@ class TrainingFolder:
 
     path: Path
     config: TrainingFolderConfig
+    overrides: tuple[str, ...] = ()  # `--set section.key=value` applied over experiment.toml, in order
 
     def resolve(self, relative: str) -> Path:
         return (self.path / relative).resolve()
@@ -226,9 +229,10 @@ class TrainingFolder:
         return json.loads(self.resolve(relative).read_text())
 
 
-# Semantic checks owned by other modules, run after the schema passes. Each entry is
-# "module:function", taking a TrainingFolder and returning list[Problem]. Explicit, no magic.
-SEMANTIC_CHECKS: tuple[str, ...] = ("experiment.mixture.checks:check_folder",)
+# A semantic check: owned by a higher layer (the mixture's is ``experiment.mixture.checks.check_folder``),
+# run after the schema passes, returning every problem it finds. Callers pass them in; this module
+# imports nothing above itself.
+SemanticCheck = Callable[["TrainingFolder"], list[Problem]]
 
 _FIXES = {
     "missing": "add the field",
@@ -252,11 +256,22 @@ def _read_config(path: Path) -> tuple[dict | None, list[Problem]]:
         return None, [Problem(str(config_file), "", f"not valid TOML: {err}", "correct the syntax at that line")]
 
 
-def _schema_problems(config_file: Path, err: ValidationError) -> list[Problem]:
+def _schema_problems(config_file: Path, err: ValidationError, overrides=()) -> list[Problem]:
+    """One problem per schema error; an error in a field a ``--set`` gave names the ``--set``."""
+    given = {o.partition("=")[0].strip(): o for o in overrides}
     problems = []
     for e in err.errors():
         fix = _FIXES.get(e["type"], "see the field's description in experiment/folder.py")
-        problems.append(Problem(str(config_file), _field_name(e["loc"]), e["msg"], fix))
+        name = _field_name(e["loc"])
+        origin = next((o for k, o in given.items() if name == k or name.startswith(k + ".")), None)
+        if origin is None and e["type"] != "extra_forbidden":  # a model validator: the section it checks
+            origin = next((o for k, o in given.items() if name == k.rsplit(".", 1)[0]), None)
+        if origin is not None:
+            problems.append(Problem(f"--set {origin}", name, e["msg"],
+                                    fix.replace("remove it", "drop the --set") + " (--set overrides "
+                                    f"{config_file.name}'s fields: section.key=value)"))
+        else:
+            problems.append(Problem(str(config_file), name, e["msg"], fix))
     return problems
 
 
@@ -298,28 +313,63 @@ def _json_problems(folder: TrainingFolder) -> list[Problem]:
     return problems
 
 
-def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
-    """Validate a training folder; returns the folder (None if the schema failed) and all problems."""
+def _override_value(text: str) -> Any:
+    """A ``--set`` value read as a TOML value (``1e-4``, ``true``, ``[1, 2]``, ``"x"``); anything TOML does
+    not read (``2B``, ``cosine``) is a string, so the config model decides what is valid."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: tuple[str, ...] | list[str]) -> tuple[dict, list[Problem]]:
+    """``experiment.toml``'s content with each ``section.key=value`` set (dotted keys reach nested tables,
+    e.g. ``model.overrides.num_layers=4``). The result is validated by the same models as the file."""
+    import copy
+
+    out, problems = copy.deepcopy(raw), []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(Problem(f"--set {item}", key or item, "not of the form section.key=value",
+                                    "write it as e.g. --set training.lr=1e-4"))
+            continue
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(Problem(f"--set {item}", ".".join(parts[:i + 1]), "is a value, not a table",
+                                        "set the value itself, e.g. --set " + ".".join(parts[:i + 1]) + "=..."))
+                break
+        else:
+            node[parts[-1]] = _override_value(value.strip())
+    return out, problems
+
+
+def check(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+          semantic: Sequence[SemanticCheck] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+    """Validate a training folder (with ``--set`` overrides applied); returns the folder (None if the
+    schema failed) and all problems.
+
+    ``semantic`` checks run once the schema holds and the signatures exist; the full validation of the
+    kit is ``experiment.mixture.checks.check``, which passes the mixture's."""
     path = Path(path)
     raw, problems = _read_config(path)
     if raw is None:
         return None, problems
+    raw, problems = apply_overrides(raw, overrides)
+    if problems:
+        return None, problems
     try:
         config = TrainingFolderConfig.model_validate(raw)
     except ValidationError as err:
-        return None, _schema_problems(path / CONFIG_NAME, err)
-    folder = TrainingFolder(path.resolve(), config)
+        return None, _schema_problems(path / CONFIG_NAME, err, overrides)
+    folder = TrainingFolder(path.resolve(), config, tuple(overrides))
     problems = _json_problems(folder)
     if not errors(problems) and all(f.is_file() for f in folder.signature_paths):
-        for entry in SEMANTIC_CHECKS:
-            module_name, func_name = entry.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name != module_name:
-                    raise
-                continue  # the owning feature is not part of this build yet
-            problems.extend(getattr(module, func_name)(folder))
+        for semantic_check in semantic:
+            problems.extend(semantic_check(folder))
     return folder, problems
 
 
@@ -328,13 +378,14 @@ def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if not p.missing_artifact]
 
 
-def load(path: str | Path, *, require_artifacts: bool = True) -> TrainingFolder:
+def load(path: str | Path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = (),
+         semantic: Sequence[SemanticCheck] = ()) -> TrainingFolder:
     """The validated folder, or ``FolderError`` listing every problem.
 
     ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
     are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.
     """
-    folder, problems = check(path)
+    folder, problems = check(path, overrides, semantic)
     blocking = problems if require_artifacts else errors(problems)
     if blocking or folder is None:
         raise FolderError(blocking or problems)

@@ -34,8 +34,9 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except DataError as err:
-            where = f"{err.file}:{err.line}" if err.line else err.file
-            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False, soft_wrap=True)
+            from experiment.errors import print_error
+
+            print_error(err, console)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -215,7 +216,7 @@ def sample(
     shard_mb: float = typer.Option(16.0, help="maximum shard size in MB"),
 ) -> None:
     """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
 
@@ -230,7 +231,7 @@ def demo(
     name: str = typer.Option("demo-data", help="signature name"),
 ) -> None:
     """The data half of the demo: sample -> tokenize -> count -> signature (prints where outputs are)."""
-    from experiment.data.demo_pipeline import run_data_demo
+    from experiment.demo.data import run_data_demo
 
     run_data_demo(work, signatures, tokenizer, mb, name, console=console)
 

@@ -29,6 +29,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from experiment.atomic import write_atomic
 from experiment.data.errors import DataError
 
 _FIX_TOKENIZER = "give a Hugging Face tokenizer folder, a tokenizer.json, or a SentencePiece .model file"
@@ -418,10 +419,7 @@ def _gigatoken_json(spec: TokenizerSpec, cache_dir: Path | None) -> str:
     text = json.dumps(config)
     if cached is not None:
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, cached)
+            write_atomic(cached, text)
         except OSError:
             pass  # a read-only cache only costs time
     return text

@@ -126,8 +126,6 @@ def write(signature: DataSignature, out_dir: str | Path) -> Path:
     """Write ``out_dir/<name>.json`` atomically (``experiment.atomic.write_atomic``)."""
     from experiment.atomic import write_atomic
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{signature.name}.json"
+    path = Path(out_dir) / f"{signature.name}.json"
     write_atomic(path, signature.to_json())
     return path

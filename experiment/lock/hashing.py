@@ -1,4 +1,4 @@
-"""Content hashes of many large files for the lockfile, with a cache keyed by (path, size, mtime, inode).
+"""Content hashes of many large files for the lockfile, with a cache keyed by (path, size, mtime, ctime, inode).
 
 Why: a run's lockfile records a hash of every shard, and ``reproduce`` re-checks them. Shards add up to
 terabytes, so hashing is the kit's one hasher (``experiment.hashing``: blake3, memory-mapped, on every
@@ -7,7 +7,11 @@ again: a re-check of 10,000 cached shards is a ``stat`` per file.
 
 The cache is a small SQLite file (safe with several processes); the CLI chooses where it lives and
 passes the path down. A cache entry is only a shortcut: change a file's bytes and its mtime changes, so
-its entry no longer matches and the file is hashed again.
+its entry no longer matches and the file is hashed again. The key holds the ctime too: ``cp -p``,
+``rsync -t``, a restore from backup or ``os.utime`` can put back a same-size file's mtime, but no user tool
+sets the ctime (any write or utime moves it to now), so a same-size, same-mtime edit is still read again.
+``HashCache.hits``/``reads`` count what was served from the cache and what was read in full (``reproduce``
+reports them per check).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class FileKey:
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int = 0  # inode change time: set by the kernel on every write or utime, never by a user tool
 
     @classmethod
     def of(cls, path: str | os.PathLike, _dirs: dict[str, str] | None = None) -> "FileKey":
@@ -50,25 +55,29 @@ class FileKey:
             real_dir = _dirs[head] = os.path.realpath(head)
         real = os.path.join(real_dir, tail)
         st = os.stat(real)  # follows a link to the file: its inode and mtime are the content's
-        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino)
+        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class HashCache:
-    """(path, size, mtime_ns, inode, algorithm) -> digest, in SQLite; ``None`` path = in memory only."""
+    """(path, size, mtime_ns, ctime_ns, inode, algorithm) -> digest, in SQLite; ``None`` path = in memory only."""
+
+    TABLE = "hashes_v2"  # v1 (no ctime) entries are ignored, never trusted
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
         self._memory: dict[tuple, str] = {}
         self._dirty: dict[tuple, str] = {}
         self._loaded = False
+        self.hits = 0   # look-ups answered from the cache
+        self.reads = 0  # look-ups that missed: the file is read in full
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=60)
         con.execute(
-            "CREATE TABLE IF NOT EXISTS hashes (path TEXT, algorithm TEXT, size INTEGER, mtime_ns INTEGER, "
-            "inode INTEGER, digest TEXT, PRIMARY KEY (path, algorithm))"
+            f"CREATE TABLE IF NOT EXISTS {self.TABLE} (path TEXT, algorithm TEXT, size INTEGER, mtime_ns INTEGER, "
+            "ctime_ns INTEGER, inode INTEGER, digest TEXT, PRIMARY KEY (path, algorithm))"
         )
         return con
 
@@ -80,18 +89,24 @@ class HashCache:
             return
         try:
             with self._connect() as con:
-                for path, algorithm, size, mtime_ns, inode, digest in con.execute("SELECT * FROM hashes"):
-                    self._memory[(path, algorithm, size, mtime_ns, inode)] = digest
+                for path, algorithm, size, mtime_ns, ctime_ns, inode, digest in con.execute(
+                        f"SELECT path, algorithm, size, mtime_ns, ctime_ns, inode, digest FROM {self.TABLE}"):
+                    self._memory[(path, algorithm, size, mtime_ns, ctime_ns, inode)] = digest
         except sqlite3.DatabaseError:
             self._memory.clear()  # a damaged cache is only a lost shortcut: start over
 
     def get(self, key: FileKey, algorithm: str) -> str | None:
         self._load()
-        return self._memory.get((key.path, algorithm, key.size, key.mtime_ns, key.inode))
+        found = self._memory.get((key.path, algorithm, key.size, key.mtime_ns, key.ctime_ns, key.inode))
+        if found is None:
+            self.reads += 1
+        else:
+            self.hits += 1
+        return found
 
     def put(self, key: FileKey, algorithm: str, digest: str) -> None:
         self._load()
-        row = (key.path, algorithm, key.size, key.mtime_ns, key.inode)
+        row = (key.path, algorithm, key.size, key.mtime_ns, key.ctime_ns, key.inode)
         self._memory[row] = digest
         self._dirty[row] = digest
 
@@ -103,8 +118,9 @@ class HashCache:
         try:
             with self._connect() as con:
                 con.executemany(
-                    "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)",
-                    [(p, a, s, m, i, d) for (p, a, s, m, i), d in self._dirty.items()],
+                    f"INSERT OR REPLACE INTO {self.TABLE} (path, algorithm, size, mtime_ns, ctime_ns, inode, digest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(p, a, s, m, c, i, d) for (p, a, s, m, c, i), d in self._dirty.items()],
                 )
         except sqlite3.DatabaseError:
             self.path.unlink(missing_ok=True)  # damaged: drop it, it is rebuilt next time

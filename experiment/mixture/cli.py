@@ -46,7 +46,8 @@ def mix(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Plan the data mixture: Megatron --data-path, DATA_PATH bash, per-split JSON, train_data.sh, report, PNG."""
-    from experiment.folder import check, errors
+    from experiment.folder import errors
+    from experiment.mixture.checks import check
     from experiment.mixture.plan import MixtureError
     from experiment.mixture.report import group
 
