@@ -48,13 +48,19 @@ def _init_single() -> bool:
     return owned
 
 
-def _summary(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
+def _summary(title: str, rows: list[tuple[str, str]], stats=None, as_json: bool = False) -> None:
+    """The result on stdout (``experiment.summary``): field/value rows, the time over the command's wall."""
+    from experiment.summary import Column, Summary, command_seconds, emit
+
+    wall = command_seconds()
+    extra = {"wall_seconds": round(wall, 3)}
+    if stats is not None:
+        rows = [*rows, ("time", f"{wall:.1f} s wall ({stats.seconds:.1f} s converting), {stats.bytes / 1e6 / wall:.0f} MB/s")]
+        extra |= {"tensors": stats.tensors, "bytes": stats.bytes, "convert_seconds": round(stats.seconds, 3)}
+    result = Summary(title, [Column("field"), Column("value")], extra=extra)
     for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+        result.add(k, v)
+    emit(result, as_json)
 
 
 @ckpt_app.command("import")
@@ -65,6 +71,7 @@ def import_cmd(
     pp: int = typer.Option(1, "--pp", help="pipeline-parallel size of the saving ranks"),
     gguf_cache: Path | None = typer.Option(None, help="where a .gguf source is dequantized to a HF folder "
                                            "(default: <OUT_DIR's parent>/<gguf name>-hf); reused when complete"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Hugging Face (or GGUF) -> Megatron-Core distributed checkpoint (iter_0000001/ + kit_checkpoint.json).
 
@@ -115,8 +122,7 @@ def import_cmd(
             ("vocab (padded)", f"{shape.vocab_size} ({stats.out and _padded(stats.out)})"),
             ("layout saved", f"TP={tp} PP={pp}"), ("dtype", src.dtype),
             ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
-            ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)"),
-        ])
+        ], stats, as_json)
 
 
 def _padded(ckpt_dir: Path) -> int:
@@ -133,6 +139,7 @@ def export_cmd(
     max_shard_mb: int | None = typer.Option(None, help="safetensors shard size in MB (default: transformers' "
                                             "save_pretrained default, 50GB in transformers 5)"),
     dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     from experiment.ckpt import convert
@@ -150,8 +157,7 @@ def export_cmd(
         if owned:
             distributed.shutdown()
     _summary("exported", [("checkpoint", str(ckpt_dir)), ("Hugging Face folder", str(stats.out)),
-                          ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
-                          ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)")])
+                          ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB")], stats, as_json)
 
 
 @ckpt_app.command("check")

@@ -238,16 +238,10 @@ def _torch_dtype_name(safetensors_dtype: str) -> str:
 
 
 def content_hash(files: list[Path]) -> str:
-    """blake3 over (name, size, bytes) of the weight files, in name order."""
-    import blake3
+    """blake3 over (name, size, bytes) of the weight files, in name order (the kit's one hasher)."""
+    from experiment.hashing import content_hash as named_hash
 
-    h = blake3.blake3()  # one thread: runs beside the conversion
-    for p in sorted(files, key=lambda p: p.name):
-        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    return "blake3:" + h.hexdigest()
+    return named_hash(((p.name, p) for p in sorted(files, key=lambda p: p.name)), threads=1)  # one thread: beside the conversion
 
 
 def map_range(file: Path, offset: int, dtype, shape: tuple[int, ...]):

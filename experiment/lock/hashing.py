@@ -1,9 +1,9 @@
-"""Fast content hashes of many large files, with a cache keyed by (path, size, mtime, ctime, inode).
+"""Content hashes of many large files for the lockfile, with a cache keyed by (path, size, mtime, ctime, inode).
 
 Why: a run's lockfile records a hash of every shard, and ``reproduce`` re-checks them. Shards add up to
-terabytes, so hashing uses blake3 (multi-threaded, memory-mapped; ~8 GB/s on 2 cores against
-``sha256sum``'s ~0.4 GB/s) in parallel over files, and a file whose (size, mtime_ns, inode) did not change
-since it was last hashed is not read again: a re-check of 10,000 cached shards is a ``stat`` per file.
+terabytes, so hashing is the kit's one hasher (``experiment.hashing``: blake3, memory-mapped, on every
+core), and a file whose (size, mtime_ns, inode) did not change since it was last hashed is not read
+again: a re-check of 10,000 cached shards is a ``stat`` per file.
 
 The cache is a small SQLite file (safe with several processes); the CLI chooses where it lives and
 passes the path down. A cache entry is only a shortcut: change a file's bytes and its mtime changes, so
@@ -18,71 +18,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-ALGORITHMS = ("blake3", "xxh3-128", "sha256")
-DEFAULT_ALGORITHM = "blake3"
-_CHUNK = 8 << 20
-_MMAP_MIN = 1 << 20  # below this a plain read is faster than mapping
-
-
-def normalize_algorithm(name: str) -> str:
-    """Accept the spellings data signatures use ("xxh3_128", "XXH3-128", "blake3")."""
-    key = name.lower().replace("_", "-")
-    if key in ("xxh3", "xxh128", "xxh3-128"):
-        return "xxh3-128"
-    if key not in ALGORITHMS:
-        raise ValueError(f"unknown hash algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
-    return key
-
-
-def strip_prefix(digest: str) -> str:
-    """``"blake3:ab12..."`` -> ``"ab12..."`` so hashes written with or without a prefix compare."""
-    return digest.split(":", 1)[1] if ":" in digest else digest
-
-
-def hash_bytes(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    algorithm = normalize_algorithm(algorithm)
-    if algorithm == "blake3":
-        import blake3
-
-        return blake3.blake3(data).hexdigest()
-    if algorithm == "xxh3-128":
-        import xxhash
-
-        return xxhash.xxh3_128_hexdigest(data)
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def hash_file(path: str | os.PathLike, algorithm: str = DEFAULT_ALGORITHM, threads: int = 0) -> str:
-    """Hex digest of one file's bytes. ``threads=0``: blake3 uses every core for a large file."""
-    algorithm = normalize_algorithm(algorithm)
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    if algorithm == "blake3":
-        import blake3
-
-        h = blake3.blake3(max_threads=threads or blake3.blake3.AUTO)
-        if size >= _MMAP_MIN:
-            h.update_mmap(path)
-            return h.hexdigest()
-    elif algorithm == "xxh3-128":
-        import xxhash
-
-        h = xxhash.xxh3_128()
-    else:
-        import hashlib
-
-        h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+# The hashing itself is the kit's one hasher; these names stay importable from here.
+from experiment.hashing import (  # noqa: E402,F401
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    hash_bytes,
+    hash_file,
+    hash_paths,
+    normalize_algorithm,
+    strip_prefix,
+)
 
 
 @dataclass(frozen=True)
@@ -218,12 +167,6 @@ def hash_files(
             if progress:
                 progress(keys[p].size)
     if todo:
-        workers = workers or min(8, os.cpu_count() or 1)
-        # big files: blake3's own threads; many small files: one file per worker
-        threads = 0 if workers == 1 or len(todo) == 1 else 1
-
-        def one(p: str) -> tuple[str, str]:
-            return p, hash_file(p, algorithm, threads)
 
         def record(p: str, digest: str) -> None:
             key = keys[p]
@@ -233,12 +176,6 @@ def hash_files(
             if progress:
                 progress(key.size)
 
-        if len(todo) == 1 or workers == 1:
-            for p in todo:
-                record(*one(p))
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for p, digest in pool.map(one, sorted(todo, key=lambda p: -keys[p].size)):
-                    record(p, digest)
+        hash_paths(todo, algorithm, workers, sizes={p: keys[p].size for p in todo}, done=record)
         cache.flush()
     return out

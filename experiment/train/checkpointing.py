@@ -346,16 +346,11 @@ def load_base(base_dir: Path, model) -> tuple[int, Path]:
 
 
 def content_hash(folder: Path) -> str:
-    """blake3 over the sorted (relative name, size, bytes) of every file of a checkpoint folder."""
-    import blake3
+    """blake3 over the sorted (relative name, size, bytes) of every file of a checkpoint folder (the kit's one hasher)."""
+    from experiment.hashing import content_hash as named_hash
 
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    for p in sorted(q for q in Path(folder).rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(folder)).encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    return "blake3:" + h.hexdigest()
+    files = sorted(q for q in Path(folder).rglob("*") if q.is_file())
+    return named_hash((str(p.relative_to(folder)), p) for p in files)
 
 
 def remove_stale_partials(save_dir: Path) -> list[Path]:

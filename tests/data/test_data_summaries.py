@@ -122,3 +122,22 @@ def test_summaries_use_the_commands_wall_time(sample_dir, sp_model_path, tmp_pat
     report = run(TokenizeConfig(inputs=[sample_dir], output=tmp_path / "out", tokenizer=sp_model_path, progress=False))
     inner = time.monotonic() - t0
     assert report.seconds >= inner + 0.5
+
+
+def test_other_commands_print_their_result_on_stdout_as_table_or_json(sp_shards, tmp_path):
+    """`data count` and `mix`: the table on stdout (nothing cut at 80 columns), the same rows with --json."""
+    import shutil
+
+    from tests.mixture.test_cli import _write
+
+    copy = tmp_path / "shards"
+    shutil.copytree(sp_shards, copy)
+    folder = _write(tmp_path / "folder", None)
+    for args in (["data", "count", str(copy), "--dry-run"], ["mix", str(folder)]):
+        table, as_json = _cli(args), _cli([*args, "--json"])
+        assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
+        result = json.loads(as_json.stdout)
+        assert result["rows"] and max(map(len, table.stdout.splitlines())) <= 80 and "…" not in table.stdout
+        first_column = _first_column(table.stdout)
+        for row in result["rows"]:
+            assert str(next(iter(row.values()))) in first_column  # every name whole, folded or not
