@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from experiment.launch.names import LAUNCHER_NAMES
 from experiment.presets import PRESETS, ModelShape
 
 CONFIG_NAME = "experiment.toml"
@@ -144,6 +145,10 @@ class CheckpointSection(_Section):
     base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from")
     from_scratch: bool = False
     save: str = "checkpoints"
+    keep_last: int | None = Field(default=None, ge=1, description="keep only the newest N complete "
+                                  "checkpoints (older ones are deleted after a newer one is complete); unset: keep all")
+    keep_every: int | None = Field(default=None, ge=1, description="with keep_last: also keep every "
+                                   "checkpoint whose iteration is a multiple of this")
 
     @model_validator(mode="after")
     def _base_or_scratch(self) -> "CheckpointSection":
@@ -159,12 +164,28 @@ class ImageSection(_Section):
 
 
 class LaunchSection(_Section):
-    launcher: Literal["local", "slurm", "pbs"] = "local"
+    launcher: Literal[LAUNCHER_NAMES] = "local"
     nnodes: int = Field(default=1, ge=1)
     nproc_per_node: int = Field(default=1, ge=1)
     partition: str | None = None
     account: str | None = None
     walltime: str = "24:00:00"
+    cpus_per_task: int | None = Field(default=None, ge=1, description="CPUs of the one task per node that "
+                                      "runs torchrun and its ranks (default: 2 per rank)")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="default: nproc_per_node with the gpu "
+                                      "image flavor, else 0")
+    exit_margin_seconds: int = Field(default=300, ge=0, description="the runner saves and stops when one more "
+                                     "step plus a save would end less than this before the job's time limit")
+    signal_seconds: int = Field(default=120, ge=0, description="SIGTERM this long before the limit (last resort)")
+    max_segments: int = Field(default=50, ge=1, description="a chain of jobs stops after this many segments")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        from experiment.train.walltime import parse_duration
+
+        parse_duration(v)
+        return v
 
 
 class TrainingFolderConfig(_Section):
