@@ -88,11 +88,11 @@ def _status(folder) -> dict:
         return {}
 
 
-def segments(folder_path: Path) -> list[dict]:
-    """One row per segment from the chain records: job id, nodes, iterations start -> end, image digest,
-    lost iterations, how it ended."""
+def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
+    """One row per segment from the chain records (and ``pending`` ones not written yet): job id, nodes,
+    iterations start -> end, image digest, lost iterations, how it ended."""
     rows: list[dict] = []
-    for e in read_chain(folder_path):
+    for e in [*read_chain(folder_path), *pending]:
         if e.get("event") == "begin":
             rows.append({"job_id": e["job_id"], "nodes": e.get("nodes", 1), "start_iteration": e["start_iteration"],
                          "end_iteration": None, "image_digest": e.get("image_digest"),
@@ -140,12 +140,14 @@ def end(folder, rc: int, script: Path | None) -> int:
     if finished:
         state = "finished"
     progress = complete > start
-    record(folder.path, {"event": "end", "job_id": job, "rc": rc, "state": state, "start_iteration": start,
-                         "complete_iteration": complete, "reached_iteration": reached, "progress": progress})
-    if finished:
-        path = write_lock(folder, scheduler)
+    event = {"event": "end", "job_id": job, "rc": rc, "state": state, "start_iteration": start,
+             "complete_iteration": complete, "reached_iteration": reached, "progress": progress}
+    if finished:  # the lock first: a finished record means the lockfile is there
+        path = write_lock(folder, scheduler, event)
+        record(folder.path, event)
         print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
         return 0
+    record(folder.path, event)
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
     if not progress and (state in CLEAN_STOPS or stalled_before):
@@ -174,13 +176,13 @@ def submit_next(folder, scheduler: str, job: str, script: Path | None) -> str:
     return launcher.submit(prepared, dependency=job, by="chain").job_id
 
 
-def write_lock(folder, scheduler: str) -> Path:
+def write_lock(folder, scheduler: str, last_end: dict) -> Path:
     from experiment.lock.lockfile import write_run_lock
     from experiment.lock.reproduce import determinism_now
 
     lc = folder.config.launch
     segs = [{k: s[k] for k in ("job_id", "nodes", "start_iteration", "end_iteration", "image_digest",
-                               "lost_iterations", "state")} for s in segments(folder.path)]
+                               "lost_iterations", "state")} for s in segments(folder.path, [last_end])]
     return write_run_lock(
         folder,
         launch={"launcher": scheduler, "nnodes": lc.nnodes, "nproc_per_node": lc.nproc_per_node, "segments": segs},
