@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "experiment.mixture.cli",   # experiment mix
     "experiment.ckpt.cli",      # experiment ckpt import|export|check
     "experiment.train.cli",     # experiment run
+    "experiment.launch.cli",    # experiment status
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
     "experiment.demo",          # experiment demo
 )

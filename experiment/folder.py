@@ -24,11 +24,12 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experiment.errors import KitError
 from experiment.model.layout import ParallelLayout, layout_mismatches
 from experiment.model.presets import PRESETS, ModelShape
+from experiment.launcher_names import LAUNCHER_NAMES
 
 CONFIG_NAME = "experiment.toml"
 
@@ -156,6 +157,10 @@ class CheckpointSection(_Section):
     base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from (`experiment ckpt import` makes one)")
     from_scratch: bool = Field(default=False, description="train from random weights; required when there is no base")
     save: str = Field(default="checkpoints", description="folder for the run's checkpoints, relative to the folder")
+    keep_last: int | None = Field(default=None, ge=1, description="keep only the newest N complete "
+                                  "checkpoints (older ones are deleted after a newer one is complete); unset: keep all")
+    keep_every: int | None = Field(default=None, ge=1, description="with keep_last: also keep every "
+                                   "checkpoint whose iteration is a multiple of this")
 
     @model_validator(mode="after")
     def _base_or_scratch(self) -> "CheckpointSection":
@@ -175,12 +180,28 @@ class ImageSection(_Section):
 class LaunchSection(_Section):
     """How `experiment run` starts the job (docs/training.md)."""
 
-    launcher: Literal["local", "slurm", "pbs"] = Field(default="local", description="local torchrun, or a Slurm/PBS job script")
+    launcher: Literal[LAUNCHER_NAMES] = Field(default="local", description="local torchrun, container (the kit's image on this machine), or a Slurm/PBS chain of jobs")
     nnodes: int = Field(default=1, ge=1, description="nodes")
     nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node")
     partition: str | None = Field(default=None, description="Slurm partition / PBS queue")
     account: str | None = Field(default=None, description="Slurm account / PBS project")
     walltime: str = Field(default="24:00:00", description="job time limit, HH:MM:SS")
+    cpus_per_task: int | None = Field(default=None, ge=1, description="CPUs of the one task per node that "
+                                      "runs torchrun and its ranks (default: 2 per rank)")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="default: nproc_per_node with the gpu "
+                                      "image flavor, else 0")
+    exit_margin_seconds: int = Field(default=300, ge=0, description="the runner saves and stops when one more "
+                                     "step plus a save would end less than this before the job's time limit")
+    signal_seconds: int = Field(default=120, ge=0, description="SIGTERM this long before the limit (last resort)")
+    max_segments: int = Field(default=50, ge=1, description="a chain of jobs stops after this many segments")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        from experiment.duration import parse_duration
+
+        parse_duration(v)
+        return v
 
 
 class TrainingFolderConfig(_Section):

@@ -20,7 +20,8 @@ PACKAGE = ROOT / "experiment"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("experiment", "experiment.atomic", "experiment.errors", "experiment.determinism",
               "experiment.megatron_jit", "experiment.system_packages", "experiment.engine",
-              "experiment.runlog", "experiment.summary")),
+              "experiment.runlog", "experiment.summary",
+              "experiment.launcher_names", "experiment.duration", "experiment.hashing")),
     ("model", ("experiment.model",)),
     ("folder", ("experiment.folder",)),
     ("data", ("experiment.data",)),
