@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "experiment.train.cli",     # experiment run
     "experiment.launch.cli",    # experiment status
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
+    "experiment.compare",       # experiment compare A B
     "experiment.demo",          # experiment demo
 )
 

@@ -204,6 +204,34 @@ class LaunchSection(_Section):
         return v
 
 
+class TrackingSection(_Section):
+    """Experiment trackers that mirror the TensorBoard scalars (rank 0 only; see docs/tracking.md).
+    Credentials never go here: MLflow and W&B read them from their own environment variables."""
+
+    mlflow: bool = Field(default=False, description="log to MLflow (default store: a SQLite file in logs/)")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default sqlite:///<folder>/logs/mlflow.db (relative "
+        "sqlite paths are relative to the folder)")
+    mlflow_experiment: str | None = Field(default=None, description="MLflow experiment name (default: the folder's name)")
+    wandb: bool = Field(default=False, description="log to Weights & Biases")
+    wandb_mode: Literal["offline", "online"] = Field(
+        default="offline", description="offline writes logs/wandb/ to `wandb sync` later from a login node")
+    wandb_project: str | None = Field(default=None, description="W&B project (default: the folder's name)")
+    wandb_entity: str | None = Field(default=None, description="W&B entity (team or user; default: your default entity)")
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "TrackingSection":
+        from urllib.parse import urlsplit
+
+        uri = self.mlflow_tracking_uri or ""
+        parts = urlsplit(uri)
+        if parts.password or parts.username or "token=" in parts.query.lower() or "key=" in parts.query.lower():
+            raise ValueError("tracking.mlflow_tracking_uri carries credentials; write the URI without them and set "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the "
+                             "environment (never in experiment.toml, which the lockfile records)")
+        return self
+
+
 class TrainingFolderConfig(_Section):
     """The content of ``experiment.toml``."""
 
@@ -215,6 +243,7 @@ class TrainingFolderConfig(_Section):
     checkpoint: CheckpointSection = Field(description="[checkpoint]: base weights and where to save")
     image: ImageSection = Field(default=ImageSection(), description="[image]: the container image")
     launch: LaunchSection = Field(default=LaunchSection(), description="[launch]: how the job is started")
+    tracking: TrackingSection = Field(default=TrackingSection(), description="[tracking]: MLflow / W&B mirrors of the TensorBoard scalars")
 
     @model_validator(mode="after")
     def _parallel_layout(self) -> "TrainingFolderConfig":

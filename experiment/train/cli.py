@@ -63,6 +63,10 @@ def _write_lock(loaded, launch, launcher: str) -> None:
         resolved_args={"runner_args": list(launch.runner_args)},
     )
     console.print(f"lockfile: {path}")
+    if loaded.config.tracking.mlflow or loaded.config.tracking.wandb:
+        from experiment.train import trackers
+
+        trackers.log_lockfile(loaded, path)
 
 
 def run(

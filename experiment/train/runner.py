@@ -298,7 +298,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                                 ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
     count_domains = _domain_counter(train_ds, blend)
 
-    logger = (metrics.MetricsLogger(log_dir, state.iteration)
+    logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=folder)
               if env.rank == 0 else metrics.NullLogger())
     fwd_bwd = get_forward_backward_func()
     tokens_per_iter = t.global_batch_size * seq
