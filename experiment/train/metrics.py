@@ -12,8 +12,9 @@ import json
 import math
 from pathlib import Path
 
-LOSSES = "losses.jsonl"
-EVALS = "eval.jsonl"
+from experiment.atomic import write_atomic
+
+from experiment.runlog import EVALS, LOSSES, read_losses  # noqa: F401  (read_losses: the one reader)
 PLOT = "loss.png"
 
 
@@ -31,9 +32,7 @@ def _truncate_jsonl(path: Path, keep_through: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines(keepends=True)
             if line.strip() and json.loads(line)["iteration"] <= keep_through]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(kept))
 
 
 class _Mirrored:
@@ -142,11 +141,6 @@ class NullLogger:
 
     def close(self, **k) -> None:
         return None
-
-
-def read_losses(log_dir: Path) -> list[dict]:
-    path = Path(log_dir) / LOSSES
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def plot_losses(log_dir: Path) -> Path | None:

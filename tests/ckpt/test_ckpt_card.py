@@ -14,7 +14,7 @@ from experiment.ckpt.meta import read
 from experiment.folder import load
 from experiment.lock import lockfile
 from experiment.lock.hashing import hash_file
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf
 
 

@@ -3,6 +3,8 @@ applied again by `reproduce` (the tiny lock project; no training)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import subprocess
 import sys
 
@@ -19,9 +21,9 @@ def test_overrides_round_trip_through_the_lockfile(project):
     assert folder.config.model.shape.num_layers == 2
     written = lockfile.write_run_lock(folder, determinism_env=reproduce.determinism_now(folder))
     lock = lockfile.read(written)
-    assert lock["config"]["overrides"] == list(sets)
-    assert lock["config"]["experiment"]["training"]["lr"] == 1e-4
-    assert lock["config"]["model_shape"]["num_layers"] == 2
+    assert lock.config.overrides == list(sets)
+    assert lock.config.experiment["training"]["lr"] == 1e-4
+    assert lock.config.model_shape["num_layers"] == 2
     # experiment.toml itself is untouched: the folder's file hashes still verify
     assert (path / "experiment.toml").read_text().count("lr = 0.001") == 1
 
@@ -34,13 +36,15 @@ def test_overrides_round_trip_through_the_lockfile(project):
     cmd = reproduce.rerun_command(path, reproduce.ReproduceOptions(lockfile=written, overrides=again))
     assert cmd[-8:] == [a for s in sets for a in ("--set", s)]
     # the re-run's own lock records the same list, so the lock of a reproduction equals the original's
-    assert lockfile.config_section(reloaded, None) == lock["config"] | {"resolved": {}}
+    assert lockfile.config_section(reloaded, None) == lock.config.dump() | {"resolved": {}}
 
 
 def test_a_lock_without_overrides_reads_as_none(project):
     folder = load(project / "training" / "tiny", require_artifacts=False)
     lock = lockfile.read(lockfile.write_run_lock(folder))
-    assert lock["config"]["overrides"] == [] and reproduce.locked_overrides({"config": {}}) == ()
+    assert lock.config.overrides == []
+    old = lockfile.read(Path(__file__).parent / "fixtures" / "tiny.run.lock.v1.json")  # written before --set
+    assert "overrides" not in old.config.dump() and reproduce.locked_overrides(old) == ()
 
 
 def _errors(project, *sets) -> str:
