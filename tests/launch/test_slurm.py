@@ -57,6 +57,8 @@ def _job_id(res: subprocess.CompletedProcess) -> str:
 def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     folder = project / "training" / "tiny"
     _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30\ncpus_per_task = 2', iters=4, save_interval=2)
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[checkpoint]\n", "[checkpoint]\nkeep_last = 1\n"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     assert (folder / "logs").is_dir()  # made before submission: the scheduler opens its output file there
     info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
@@ -67,17 +69,21 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     segs = lock["launch"]["launcher"]["segments"]
     assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in segs] == [(job, 0, 4)]
     assert list(lock["outputs"]["checkpoints"]) == ["iter_0000004"]
+    # retention: iteration 2 was deleted once iteration 4 was complete; each save's time is logged
+    assert sorted(p.name for p in (folder / "checkpoints").glob("iter_*")) == ["iter_0000004"]
+    saves = [json.loads(line) for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in saves] == [2, 4] and all(s["seconds"] > 0 for s in saves)
     status = _cli("status", str(folder))
     assert status.returncode == 0 and "finished" in status.stdout and "iteration 4/4" in status.stdout
 
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
-    """Walltime 1 minute, exit margin 30 s: each segment trains ~20 s and saves on its time budget; the
-    first segment also gets `scancel -s TERM` while a save is being written. The chain continues by
+    """Walltime 2 minutes, exit margin 70 s (more than Slurm's up to 60 s early --signal): a segment trains
+    ~30 s and saves on its time budget; the first one gets `scancel -s TERM` while a save is being written. The chain continues by
     itself, and `experiment reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
-    _configure(folder, 'walltime = "1"\nexit_margin_seconds = 30\nsignal_seconds = 5\nmax_segments = 12',
-               iters=400, save_interval=60)
+    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 70\nsignal_seconds = 5\nmax_segments = 12',
+               iters=300, save_interval=60)
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     partial = folder / "checkpoints" / "iter_0000060.partial"
     deadline = time.monotonic() + 120
@@ -97,14 +103,14 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read(folder / "run.lock.json")
     segs = lock["launch"]["launcher"]["segments"]
-    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 400
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 300
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
                *(["--ignore"] if environment.source_hash() != lock["kit"]["source_hash"] else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
-    assert "400 step(s) of losses" in out and "identical" in out
+    assert "300 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock["outputs"] == lock["outputs"]  # per-step losses and the last checkpoint's files and tensors
 
