@@ -78,12 +78,12 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
 
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
-    """Walltime 2 minutes, exit margin 70 s (more than Slurm's up to 60 s early --signal): a segment trains
-    ~30 s and saves on its time budget; the first one gets `scancel -s TERM` while a save is being written. The chain continues by
+    """Walltime 2 minutes, exit margin 90 s (more than Slurm's up to 60 s early --signal): a segment trains
+    ~20 s (at most ~400 steps of 0.05 s) and saves on its time budget; the first one gets `scancel -s TERM` while a save is being written. The chain continues by
     itself, and `experiment reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
-    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 70\nsignal_seconds = 5\nmax_segments = 12',
-               iters=300, save_interval=60)
+    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 90\nsignal_seconds = 5\nmax_segments = 12',
+               iters=600, save_interval=60)
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     partial = folder / "checkpoints" / "iter_0000060.partial"
     deadline = time.monotonic() + 120
@@ -103,14 +103,14 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read(folder / "run.lock.json")
     segs = lock["launch"]["launcher"]["segments"]
-    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 300
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 600
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
                *(["--ignore"] if environment.source_hash() != lock["kit"]["source_hash"] else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
-    assert "300 step(s) of losses" in out and "identical" in out
+    assert "600 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock["outputs"] == lock["outputs"]  # per-step losses and the last checkpoint's files and tensors
 
