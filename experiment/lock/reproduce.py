@@ -62,6 +62,7 @@ class ReproduceOptions:
     hash_cache: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     folder: Path | None = None  # default: the lockfile's folder
+    launcher: str = "local"  # or slurm/pbs: the re-run is a chain of jobs, waited for
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,8 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
         cmd += ["--container"] + (["--image", options.image] if options.image else [])
     else:
         cmd += ["--host"]
+    if options.launcher != "local":
+        cmd += ["--launcher", options.launcher]
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
     return cmd
@@ -530,6 +533,11 @@ def main(options: ReproduceOptions, console) -> int:
     cmd = rerun_command(mirror, options)
     console.print(f"re-running: {' '.join(cmd)}")
     res = subprocess.run(cmd)
+    if res.returncode == 0 and options.launcher != "local":
+        from experiment.launch.chain import wait
+
+        console.print(f"waiting for the {options.launcher} chain of {mirror} (`experiment status {mirror}`)")
+        res = subprocess.CompletedProcess(cmd, 0 if wait(mirror) == "finished" else 1)
     if res.returncode != 0:
         console.print(f"[red]re-run failed[/red] (exit {res.returncode})")
         return 3
