@@ -81,7 +81,10 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     itself, and `experiment reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
     _configure(folder, 'walltime = "2"\nexit_margin_seconds = 100\nsignal_seconds = 5\nmax_segments = 25',
-               iters=200, save_interval=20)
+               iters=24, save_interval=4)
+    toml = folder / "experiment.toml"  # ~1 s steps: a segment's few seconds of training hold a few of them
+    toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 128")
+                    .replace("global_batch_size = 4", "global_batch_size = 8"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     deadline = time.monotonic() + 240
     partial = []
@@ -107,14 +110,14 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read(folder / "run.lock.json")
     segs = lock["launch"]["launcher"]["segments"]
-    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 200
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 24
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
                *(["--ignore"] if environment.source_hash() != lock["kit"]["source_hash"] else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
-    assert "200 step(s) of losses" in out and "identical" in out
+    assert "24 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock["outputs"] == lock["outputs"]  # per-step losses and the last checkpoint's files and tensors
 
