@@ -160,7 +160,7 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     cfg.output.mkdir(parents=True, exist_ok=True)
     for stale in _reports_dir(cfg.output).glob("*.json"):
         stale.unlink()
-    started = time.perf_counter()
+    started = time.monotonic()
     if executor == "slurm":
         slurm_executor(cfg, tasks, slurm or SlurmOptions()).run()
         if console is not None:
@@ -181,7 +181,6 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
             local.run()
     else:
         local.run()
-    report = _read_reports(cfg.output, tasks, time.perf_counter() - started)
-    if console is not None:
-        console.print(tokenize.summary_table(report))
-    return report
+    from experiment.summary import command_seconds
+
+    return _read_reports(cfg.output, tasks, command_seconds(started))

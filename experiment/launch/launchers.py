@@ -11,7 +11,7 @@ Every launcher answers the same four questions, in order:
 - ``lock_writer``: who writes ``run.lock.json`` -- ``"parent"`` (``experiment run`` after torchrun
   exits 0) or ``"job"`` (the last segment of a scheduled chain, ``experiment.launch.chain end``).
 
-The registry's keys are ``experiment.launch.names.LAUNCHER_NAMES``, the choices the folder schema and
+The registry's keys are ``experiment.launcher_names.LAUNCHER_NAMES``, the choices the folder schema and
 the CLI offer.
 """
 
@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from experiment.launch import jobscript
 from experiment.launch.local import Launch, command_line, local_argv, run_local
-from experiment.launch.names import LAUNCHER_NAMES
+from experiment.launcher_names import LAUNCHER_NAMES
 
 CHAIN_LOG = "chain.jsonl"  # under logs/: submissions and segment begin/end records of a scheduled run
 STARTUP_GUESS_S = 10.0  # a segment's start (interpreter, model build, resume) before it is measured

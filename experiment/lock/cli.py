@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
               no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
-        from experiment.folder import load
+        from experiment.mixture.checks import load
         from experiment.lock.lockfile import write_run_lock
         from experiment.lock.reproduce import determinism_now
 

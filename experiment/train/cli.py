@@ -4,7 +4,6 @@ through a Slurm/PBS job script. Parses, builds one ``Launch``, calls one functio
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from experiment.launch.names import CLUSTER_LAUNCHERS, LAUNCHER_NAMES
+from experiment.launcher_names import CLUSTER_LAUNCHERS, LAUNCHER_NAMES
 
 console = Console(stderr=True)
 
@@ -22,13 +21,14 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(folder: Path, require_artifacts: bool = True):
+def _load(folder: Path, require_artifacts: bool = True, overrides: tuple[str, ...] = ()):
     """The validated folder. Rendering a job script with --dry-run does not need the base checkpoint and
     shards on this host (they live on the cluster's filesystem); running does."""
-    from experiment.folder import FolderError, load
+    from experiment.folder import FolderError
+    from experiment.mixture.checks import load
 
     try:
-        return load(folder, require_artifacts=require_artifacts)
+        return load(folder, require_artifacts=require_artifacts, overrides=overrides)
     except FolderError as err:
         console.print(f"[red]refusing to run {folder}[/red]: {len(err.problems)} problem(s)")
         for p in err.problems:  # one unwrapped line each, so paths and field names stay greppable
@@ -49,11 +49,9 @@ def _check_world(loaded, nnodes: int, nproc: int) -> None:
 
 
 def _write_lock(loaded, launch, launcher: str) -> None:
-    """After a finished local run: the reproducibility lockfile (``experiment.lock``), when installed."""
-    try:
-        lockfile = importlib.import_module("experiment.lock.lockfile")
-    except ModuleNotFoundError:
-        return
+    """After a finished local run: the reproducibility lockfile (``experiment.lock``)."""
+    from experiment.lock import lockfile
+
     status_file = loaded.path / "logs" / "run_status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     if status.get("state") != "finished":
@@ -65,6 +63,10 @@ def _write_lock(loaded, launch, launcher: str) -> None:
         resolved_args={"runner_args": list(launch.runner_args)},
     )
     console.print(f"lockfile: {path}")
+    if loaded.config.tracking.mlflow or loaded.config.tracking.wandb:
+        from experiment.train import trackers
+
+        trackers.log_lockfile(loaded, path)
 
 
 def run(
@@ -76,13 +78,17 @@ def run(
     image: Optional[str] = typer.Option(None, "--image", help="image ref (or .sif for job scripts); default: the folder's image.ref"),
     host: bool = typer.Option(False, "--host", help="run on this host's Python environment (the default; overrides --container)"),
     max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="stop after N iterations (smoke tests)"),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="override a field of experiment.toml for this run, e.g. --set training.lr=1e-4 "
+        "(repeatable; validated like the file, recorded in run.lock.json)"),
 ) -> None:
     """Train a folder: local torchrun, inside the kit's image, or a chain of Slurm/PBS jobs."""
     from experiment.launch import launchers
     from experiment.launch import local
-    from experiment.train import determinism
+    from experiment import determinism
 
-    preview = _load(folder, require_artifacts=False)
+    sets = tuple(overrides or ())
+    preview = _load(folder, require_artifacts=False, overrides=sets)
     kind = launcher or preview.config.launch.launcher
     if kind not in LAUNCHER_NAMES:
         _fail(f"--launcher {kind!r}: use one of {', '.join(LAUNCHER_NAMES)}")
@@ -91,12 +97,13 @@ def run(
         kind = "container"
     if kind == "container" and not use_container:
         kind = "local"
-    loaded = preview if dry_run and kind in CLUSTER_LAUNCHERS else _load(folder)
+    loaded = preview if dry_run and kind in CLUSTER_LAUNCHERS else _load(folder, overrides=sets)
     cfg = loaded.config
     nnodes = cfg.launch.nnodes if kind in CLUSTER_LAUNCHERS else 1
     per_node = nproc or cfg.launch.nproc_per_node
     _check_world(loaded, nnodes, per_node)
-    runner_args = ("--max-iterations", str(max_iterations)) if max_iterations else ()
+    runner_args = (("--max-iterations", str(max_iterations)) if max_iterations else ()) + tuple(
+        a for o in sets for a in ("--set", o))
     launch = local.Launch(loaded.path, nnodes, per_node,
                           tuple(sorted(determinism.environment(cfg.training.deterministic).items())), runner_args)
     chosen = launchers.get(kind)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from experiment.train import determinism
+from experiment import determinism
+from experiment.atomic import write_atomic
 from experiment.train.checkpointing import TrainState
 
 log = logging.getLogger("experiment.train")
@@ -103,7 +104,7 @@ def _copy_tokenizer(base_dir: Path, save_dir: Path) -> None:
 def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
     """Padded vocabulary and base folder; the base's recorded shape must be the folder's."""
     from experiment.ckpt import meta as ckpt_meta
-    from experiment.train.model import padded_vocab_size
+    from experiment.model.build import padded_vocab_size
 
     ck = folder.config.checkpoint
     if ck.from_scratch or ck.base is None:
@@ -188,9 +189,7 @@ def _seed_host_rngs(seed: int) -> None:
 
 
 def _write_status(log_dir: Path, payload: dict) -> None:
-    tmp = log_dir / f".{STATUS_NAME}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    tmp.replace(log_dir / STATUS_NAME)
+    write_atomic(log_dir / STATUS_NAME, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -205,9 +204,10 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
 
     from experiment.train import checkpointing as ckpt
     from experiment.train import data as train_data
-    from experiment.train import distributed, metrics
+    from experiment.model import parallel as distributed
+    from experiment.train import metrics
     from experiment.train.attention import layer_spec
-    from experiment.train.model import ParallelLayout, build_gpt_model
+    from experiment.model.build import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
     from experiment.train.signals import StopRequest, protect_checkpoint_writers
     from experiment.train.walltime import WALLTIME_STATE, Segment
@@ -298,7 +298,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                                 ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
     count_domains = _domain_counter(train_ds, blend)
 
-    logger = (metrics.MetricsLogger(log_dir, state.iteration)
+    logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=folder)
               if env.rank == 0 else metrics.NullLogger())
     fwd_bwd = get_forward_backward_func()
     tokens_per_iter = t.global_batch_size * seq
@@ -450,17 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun worker: ``python -m experiment.train.runner FOLDER [--max-iterations N]``."""
     import argparse
 
-    from experiment.folder import FolderError, load
+    from experiment import megatron_jit
+    from experiment.folder import FolderError
+    from experiment.mixture.checks import load
+
+    megatron_jit.install()  # before the first megatron import of this worker
 
     parser = argparse.ArgumentParser(prog="python -m experiment.train.runner")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--max-iterations", type=int, default=None)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")  # experiment run --set
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     _quiet_known_warnings()
     try:
-        folder = load(args.folder)
+        folder = load(args.folder, overrides=args.overrides)
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)

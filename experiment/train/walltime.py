@@ -23,30 +23,13 @@ from datetime import datetime
 from pathlib import Path
 
 from experiment.atomic import write_atomic
+from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
 
 STATUS_NAME = "run_status.json"
 SAVES_NAME = "saves.jsonl"
 END_TIME_VAR = "MIDTRAIN_JOB_END_TIME"  # epoch seconds; set by tests or a scheduler without squeue
 WALLTIME_STATE = "walltime"
 STATUS_INTERVAL_S = 5.0
-
-_DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def parse_duration(text: str) -> int:
-    """Seconds of a Slurm/PBS walltime: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"walltime {text!r} is not [D-]HH:MM:SS (or MM, MM:SS)")
-    days, a, b, c = m.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    if c is not None:
-        return int(a) * 3600 + int(b) * 60 + int(c)
-    if b is not None:
-        return int(a) * 60 + int(b)
-    return int(a) * 60
-
 
 def job_end_time(environ: dict | None = None) -> float | None:
     """The job's end as epoch seconds: $MIDTRAIN_JOB_END_TIME, $SLURM_JOB_END_TIME (Slurm >= 23.02),

@@ -63,9 +63,9 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
     assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
     lock = lockfile.read(folder / "run.lock.json")  # written by the job (the chain's last segment)
-    segs = lock["launch"]["launcher"]["segments"]
+    segs = lock.launch.launcher["segments"]
     assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in segs] == [(job, 0, 4)]
-    assert list(lock["outputs"]["checkpoints"]) == ["iter_0000004"]
+    assert list(lock.outputs.checkpoints) == ["iter_0000004"]
     # retention: iteration 2 was deleted once iteration 4 was complete; each save's time is logged
     assert sorted(p.name for p in (folder / "checkpoints").glob("iter_*")) == ["iter_0000004"]
     saves = [json.loads(line) for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
@@ -109,17 +109,17 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     saves = [json.loads(line)["iteration"] for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read(folder / "run.lock.json")
-    segs = lock["launch"]["launcher"]["segments"]
+    segs = lock.launch.launcher["segments"]
     assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 24
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
-               *(["--ignore"] if environment.source_hash() != lock["kit"]["source_hash"] else []))
+               *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
     assert "24 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
-    assert relock["outputs"] == lock["outputs"]  # per-step losses and the last checkpoint's files and tensors
+    assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
 
 
 def test_refusals_and_a_job_that_dies_at_start(slurm, project):

@@ -8,7 +8,7 @@ import pytest
 
 from experiment.folder import LaunchSection
 from experiment.launch.launchers import LAUNCHERS
-from experiment.launch.names import LAUNCHER_NAMES
+from experiment.launcher_names import LAUNCHER_NAMES
 from experiment.train.retention import to_delete
 from experiment.train.walltime import TimeBudget, job_end_time, parse_duration
 
