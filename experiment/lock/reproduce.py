@@ -456,7 +456,7 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
     else:
         cmd += ["--host"]
     if options.launcher != "local":
-        cmd += ["--launcher", options.launcher]
+        cmd += ["--launcher", options.launcher, "--wait"]  # returns when the chain of jobs has ended
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
     cmd += [a for o in options.overrides for a in ("--set", o)]
@@ -562,11 +562,6 @@ def main(options: ReproduceOptions, console) -> int:
     cmd = rerun_command(mirror, options)
     console.print(f"re-running: {' '.join(cmd)}")
     res = subprocess.run(cmd)
-    if res.returncode == 0 and options.launcher != "local":
-        from experiment.launch.chain import wait
-
-        console.print(f"waiting for the {options.launcher} chain of {mirror} (`experiment status {mirror}`)")
-        res = subprocess.CompletedProcess(cmd, 0 if wait(mirror) == "finished" else 1)
     if res.returncode != 0:
         console.print(f"[red]re-run failed[/red] (exit {res.returncode})")
         return 3
