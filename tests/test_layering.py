@@ -20,7 +20,7 @@ PACKAGE = ROOT / "experiment"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("experiment", "experiment.atomic", "experiment.errors", "experiment.determinism",
               "experiment.megatron_jit", "experiment.system_packages", "experiment.engine",
-              "experiment.runlog", "experiment.summary")),
+              "experiment.runlog", "experiment.summary", "experiment.hashing")),
     ("model", ("experiment.model",)),
     ("folder", ("experiment.folder",)),
     ("data", ("experiment.data",)),
