@@ -46,7 +46,7 @@ def table(folder: Path) -> str:
             "start_to_first_step_s": round(first["time"] - begin["time"], 1) if first else None,
             "gap_prev_end_to_first_step_s": round(first["time"] - prev_end["time"], 1) if first and prev_end else None,
             "saves": len(seg_saves), "save_s_max": max(seg_saves) if seg_saves else None,
-            "save_s_median": statistics.median(seg_saves) if seg_saves else None,
+            "save_s_median": round(statistics.median(seg_saves), 2) if seg_saves else None,
         })
     cols = list(rows[0]) if rows else []
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}

@@ -14,6 +14,8 @@ import pytest
 from experiment.data import tokenize_tasks
 from experiment.data.tokenize import TokenizeConfig
 from experiment.data.tokenize_tasks import SlurmOptions, run_tasks
+from experiment.launch.slurm_local import PARTITION
+from tests.data.conftest import sample_dir, sp_shards  # noqa: F401  (the data tests' session fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,7 @@ def test_slurm_array_tokenization_equals_the_local_run(slurm, sample_dir, sp_mod
     out = tmp_path / "out"
     cfg = TokenizeConfig(inputs=[sample_dir], output=out, tokenizer=sp_model_path, progress=False)
     venv_bin = Path(sys.executable).parent  # datatrove's tasks run its launch_pickled_pipeline from PATH
-    options = SlurmOptions(time="00:10:00", cpus_per_task=1, mem_per_cpu_gb=1.0,
+    options = SlurmOptions(partition=PARTITION, time="00:10:00", cpus_per_task=1, mem_per_cpu_gb=1.0,
                            env_command=f"export PATH={venv_bin}:$PATH")
     assert run_tasks(cfg, 2, executor="slurm", slurm=options) is None  # submitted, not waited for
     done = out / tokenize_tasks.LOGS / "completions"
