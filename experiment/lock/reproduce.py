@@ -65,6 +65,7 @@ class ReproduceOptions:
     hash_cache: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     folder: Path | None = None  # default: the lockfile's folder
+    launcher: str = "local"  # or slurm/pbs: the re-run is a chain of jobs, waited for
     overrides: tuple[str, ...] = ()  # the lock's `--set` list (main fills it in from the lock)
 
 
@@ -454,6 +455,8 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
         cmd += ["--container"] + (["--image", options.image] if options.image else [])
     else:
         cmd += ["--host"]
+    if options.launcher != "local":
+        cmd += ["--launcher", options.launcher, "--wait"]  # returns when the chain of jobs has ended
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
     cmd += [a for o in options.overrides for a in ("--set", o)]
