@@ -53,6 +53,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs, strict: a broken link fails) after checking that the generated pages
+    (docs/experiment-toml.md, docs/cli.md) match the code; `nox -s docs -- --write` regenerates them first."""
+    install_kit(session, "cpu-test")
+    session.run("python", "-m", "experiment.docs", *([] if "--write" in session.posargs else ["--check"]))
+    session.run("mkdocs", "build", "--strict")
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The embedded default run (training/demo): corpus -> shards -> mixture -> SmolLM2 import -> torchrun
     training -> HF export + logits check -> lockfile -> reproduce. `nox -s demo -- --container` trains

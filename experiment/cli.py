@@ -28,7 +28,10 @@ COMMAND_MODULES = (
     "experiment.mixture.cli",   # experiment mix
     "experiment.ckpt.cli",      # experiment ckpt import|export|check
     "experiment.train.cli",     # experiment run
+    "experiment.launch.cli",    # experiment status
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
+    "experiment.compare",       # experiment compare A B
+    "experiment.report",        # experiment report FOLDER
     "experiment.demo",          # experiment demo
 )
 

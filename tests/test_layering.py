@@ -20,7 +20,8 @@ PACKAGE = ROOT / "experiment"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("experiment", "experiment.atomic", "experiment.errors", "experiment.determinism",
               "experiment.megatron_jit", "experiment.system_packages", "experiment.engine",
-              "experiment.runlog", "experiment.summary", "experiment.hashing")),
+              "experiment.runlog", "experiment.summary",
+              "experiment.launcher_names", "experiment.duration", "experiment.hashing")),
     ("model", ("experiment.model",)),
     ("folder", ("experiment.folder",)),
     ("data", ("experiment.data",)),
@@ -30,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("experiment.train",)),
     ("launch", ("experiment.launch",)),
     # entry points: the typer commands (every package's cli.py), the top-level CLI and the demo
-    ("entry", ("experiment.cli", "experiment.demo", "experiment.docs")),
+    ("entry", ("experiment.cli", "experiment.demo", "experiment.docs", "experiment.compare",
+               "experiment.report", "experiment.evaluate")),
 ]
 
 

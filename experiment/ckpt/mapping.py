@@ -209,7 +209,7 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
     if head_dim is not None and int(head_dim) * heads != hidden:
         raise CheckpointError(
             f"{where}: field 'head_dim' = {head_dim} differs from hidden_size/num_attention_heads = {hidden // heads}; "
-            "fix: such models need kv_channels support in experiment.model.presets.ModelShape"
+            "fix: such models are not supported yet (docs/checkpoints.md)"
         )
     theta, scaling, factor = _rope(config, where)
     shape = ModelShape(

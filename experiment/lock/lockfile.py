@@ -48,7 +48,7 @@ LOCK_NAME = "run.lock.json"
 LOCK_VERSION = 1
 FILE_HASH = "blake3"
 # Folder content that a run writes (outputs), never part of the folder's identity.
-OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce")
+OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce", "launch")  # launch/: generated job scripts
 METADATA_FILE = ".metadata"  # torch DCP: pickled, holds a random save_id -> hashed without it
 
 
@@ -314,15 +314,21 @@ def loss_steps(path: Path) -> list[list]:
     return rows
 
 
-def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tensors: bool = True) -> dict:
+def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tensors: bool = True,
+                    all_checkpoints: bool = False) -> dict:
+    """Losses, and the hashes of the last checkpoint (every ``iter_*`` with ``all_checkpoints``: a
+    long run's many 100 GB checkpoints are not all re-read for one lock)."""
     save = folder.resolve(folder.config.checkpoint.save)
     latest_file = save / "latest_checkpointed_iteration.txt"
     latest = latest_file.read_text().strip() if latest_file.is_file() else None
     checkpoints = {}
     if save.is_dir():
-        for d in sorted(save.glob("iter_*")):
-            if d.is_dir():
-                checkpoints[d.name] = checkpoint_hashes(d, cache, tensors)
+        found = sorted(d for d in save.glob("iter_*") if d.is_dir() and d.name[5:].isdigit())
+        if not all_checkpoints and found:
+            last = f"iter_{int(latest):07d}" if latest and latest.isdigit() else found[-1].name
+            found = [d for d in found if d.name == last] or found[-1:]
+        for d in found:
+            checkpoints[d.name] = checkpoint_hashes(d, cache, tensors)
     logs = folder.path / "logs"
     losses_file = logs / "losses.jsonl"
     eval_file = logs / "eval.jsonl"

@@ -552,7 +552,7 @@ def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) 
     total = math.fsum(targets.values())
     if total > 0 and abs(total - 1.0) > 1e-12 and abs(total - 1.0) <= PROPORTION_TOLERANCE:
         notes.append(f"data.target_proportions sum to {total:.6g}; each share was divided by that sum")
-    mass = sum(targets[d] for d in present)
+    mass = math.fsum(targets[d] for d in present)  # exactly rounded: independent of the set's order
     if not kept or mass <= 0:
         if not problems:
             problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",

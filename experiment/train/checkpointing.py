@@ -356,7 +356,8 @@ def content_hash(folder: Path) -> str:
 def remove_stale_partials(save_dir: Path) -> list[Path]:
     """Delete ``*.partial`` folders a killed run left behind (rank 0, before training)."""
     removed = []
-    for p in Path(save_dir).glob(f"iter_*{PARTIAL_SUFFIX}"):
+    stale = [*Path(save_dir).glob(f"iter_*{PARTIAL_SUFFIX}"), *Path(save_dir).glob("iter_*.deleting")]
+    for p in stale:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed

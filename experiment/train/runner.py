@@ -209,7 +209,8 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
     from experiment.train.attention import layer_spec
     from experiment.model.build import ParallelLayout, build_gpt_model
     from experiment.train.optim import build_optimizer, build_scheduler
-    from experiment.train.signals import StopRequest
+    from experiment.train.signals import StopRequest, protect_checkpoint_writers
+    from experiment.train.walltime import WALLTIME_STATE, Segment
     from experiment.mixture import record as mixture_record
 
     cfg = folder.config
@@ -297,7 +298,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                                 ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
     count_domains = _domain_counter(train_ds, blend)
 
-    logger = (metrics.MetricsLogger(log_dir, state.iteration)
+    logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=folder)
               if env.rank == 0 else metrics.NullLogger())
     fwd_bwd = get_forward_backward_func()
     tokens_per_iter = t.global_batch_size * seq
@@ -332,6 +333,9 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
          f"DP={plan.dp_size}), starting at iteration {state.iteration}")
     before = evaluate(0) if valid_sets and state.iteration == 0 else None  # the base model, for comparison
     model.train()
+    protect_checkpoint_writers()
+    segment = Segment(folder, log_dir, save_dir, iters, tokens_per_iter, env.rank == 0)  # time budget, status, retention
+    save_now = partial(ckpt.save, save_dir, gpt, optimizer, scheduler, state, meta_json=meta_json)
     with StopRequest() as stop:
         while state.iteration < iters:
             t0 = time.perf_counter()
@@ -367,6 +371,7 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
                 last_eval = evaluate(state.iteration)
                 eval_seconds = time.perf_counter() - te
             stop_now = stop.requested()
+            out_of_time = segment.after_step(state.iteration, dt) and state.iteration < iters
             # the whole iteration with all per-step bookkeeping (metrics, signal check), but without the
             # periodic evaluation and checkpoint: what bench/train_step.py compares with a bare loop
             t_end = time.perf_counter()
@@ -375,14 +380,19 @@ def run(folder, options: RunOptions = RunOptions()) -> RunResult:
             if stopping:
                 result.state = "stopped"
                 break
-            if stop_now:
-                result.state = "interrupted"
-                _say(f"signal {stop.signum}: saving a checkpoint at iteration {state.iteration} and stopping")
+            if stop_now or out_of_time:
+                result.state = "interrupted" if stop_now else WALLTIME_STATE
+                _say(f"{f'signal {stop.signum}' if stop_now else 'time budget'}: saving a checkpoint at "
+                     f"iteration {state.iteration} and stopping")
                 if options.save:
-                    ckpt.save(save_dir, gpt, optimizer, scheduler, state, meta_json=meta_json)
+                    segment.save(save_now, state.iteration)
                 break
             if options.save and (state.iteration % t.save_interval == 0 or state.iteration == iters):
-                ckpt.save(save_dir, gpt, optimizer, scheduler, state, meta_json=meta_json)
+                segment.save(save_now, state.iteration)
+                if state.iteration < iters and stop.requested():  # signalled during the save: it is done, stop
+                    result.state = "interrupted"
+                    _say(f"signal {stop.signum} during the save of iteration {state.iteration}: stopping")
+                    break
     if result.state == "finished" and valid_sets:
         last_eval = evaluate(state.iteration)
     result.iteration, result.consumed_samples = state.iteration, state.consumed_samples
@@ -460,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)
         return 2
-    return 0 if result.state in ("finished", "interrupted", "stopped") else 1
+    return 0 if result.state in ("finished", "interrupted", "stopped", "walltime") else 1
 
 
 if __name__ == "__main__":

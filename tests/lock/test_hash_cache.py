@@ -35,7 +35,7 @@ def test_same_size_same_mtime_edits_of_a_shard_and_base_file_block(project, tmp_
     cache_path = tmp_path / "hashes.sqlite"
     lock = lockfile.read(lockfile.write_run_lock(folder, determinism_env=reproduce.determinism_now(folder),
                                                  hash_cache=cache_path))
-    assert lock["base_checkpoint"]["files"]["iter_0000001/model_weights.bin"]
+    assert lock.base_checkpoint.files["iter_0000001/model_weights.bin"]
 
     reads: dict = {}
     assert reproduce.verify(lock, folder, cache=HashCache(cache_path), reads=reads) == []
