@@ -51,7 +51,7 @@ def export(ckpt_dir: Path, iteration: int | None, dest: Path) -> Path:
 
 
 def eval_cmd(
-    folder_path: Path = typer.Argument(..., metavar="FOLDER", help="training folder, e.g. training/demo"),
+    folder: Path = typer.Argument(..., help="training folder, e.g. training/demo"),
     checkpoints: str = typer.Option("all", "--checkpoints", help="all | last | iter_N: which of the run's checkpoints"),
     base: bool = typer.Option(True, "--base/--no-base", help="also evaluate the base checkpoint (the reference)"),
     tokenizer: Path | None = typer.Option(None, help="Hugging Face tokenizer folder (default: the one exported "
@@ -60,7 +60,7 @@ def eval_cmd(
                                      "docs/tracking.md)"),
     max_docs: int = typer.Option(16, min=1, help="held-out documents per domain"),
     limit: int | None = typer.Option(None, min=1, help="items per task (default: all)"),
-    batch_size: int = typer.Option(16, min=1),
+    batch_size: int = typer.Option(16, min=1, help="lm-eval's batch size (requests per forward pass)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value over experiment.toml (default: the "
                                         "overrides the run recorded in run.lock.json)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
@@ -68,7 +68,7 @@ def eval_cmd(
     """lm-evaluation-harness on the run's checkpoints: held-out perplexity per domain, multiple choice per
     language, and the gain on the target domains against the loss on the replay domains (PNG)."""
     # a KitError (lm-eval missing, no checkpoint, no tokenizer, a bad folder) reaches the CLI's one handler
-    _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides)
+    _eval(folder, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides)
 
 
 def recorded_overrides(folder_path: Path) -> list[str]:

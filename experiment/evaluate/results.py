@@ -55,13 +55,15 @@ def emit(rows: list[Row], targets: set[str], out_dir: Path, as_json: bool, extra
     langs = sorted({lang for r in rows for lang in r.mc})
     payload = {"targets": sorted(targets), "reference": rows[0].label, "rows": [asdict(r) for r in rows], **extra}
     write_atomic(out_dir / JSON_NAME, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
-    cols = [Column("checkpoint")] + [Column(f"ppl {d}{' (target)' if d in targets else ''}") for d in domains] \
+    cols = [Column("checkpoint")] + [Column(f"ppl {d}{' *' if d in targets else ''}") for d in domains] \
         + [Column(f"mc acc {lang}") for lang in langs] + [Column("target gain"), Column("replay loss")]
-    table = Summary(f"lm-eval on {len(rows)} checkpoint(s) (gain/loss: nats/token vs {rows[0].label})", cols,
+    table = Summary(f"lm-eval on {len(rows)} checkpoint(s); * target domain; gain/loss in nats/token vs {rows[0].label}",
+                    cols,
                     extra={**payload, "json": str(out_dir / JSON_NAME)})
     fmt = lambda v: "" if v is None else f"{v:+.4f}"  # noqa: E731
     for r in rows:
-        table.add(r.label, *[f"{r.ppl[d]:.3f}" if d in r.ppl else "" for d in domains],
+        table.add(r.label, *[(f"{r.ppl[d]:.1f}" if r.ppl[d] >= 100 else f"{r.ppl[d]:.3f}") if d in r.ppl else ""
+                             for d in domains],
                   *[f"{r.mc[lang]:.3f}" if lang in r.mc else "" for lang in langs], fmt(r.gain), fmt(r.replay_loss))
     emit_summary(table, as_json)
     return payload
