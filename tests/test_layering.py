@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("experiment.train",)),
     ("launch", ("experiment.launch",)),
     # entry points: the typer commands (every package's cli.py), the top-level CLI and the demo
-    ("entry", ("experiment.cli", "experiment.demo", "experiment.docs")),
+    ("entry", ("experiment.cli", "experiment.demo", "experiment.docs", "experiment.compare",
+               "experiment.report", "experiment.evaluate")),
 ]
 
 

@@ -13,6 +13,7 @@ byte-for-byte those of one process, and a re-run (or a requeued task) redoes onl
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -135,7 +136,8 @@ def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions
 
     return SlurmPipelineExecutor(
         [TokenizeShards(cfg, slurm.cpus_per_task)], tasks=tasks, time=slurm.time, partition=slurm.partition,
-        cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=slurm.mem_per_cpu_gb, job_name=slurm.job_name,
+        # datatrove writes f"{gb}G" and sbatch refuses "2.0G" (seen on a real Slurm): whole GB, rounded up
+        cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=math.ceil(slurm.mem_per_cpu_gb), job_name=slurm.job_name,
         env_command=slurm.env_command, logging_dir=str(cfg.output / LOGS), skip_completed=False,
     )
 

@@ -151,12 +151,14 @@ def end(folder, rc: int, script: Path | None) -> int:
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
     if not progress and (state in CLEAN_STOPS or stalled_before):
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "no progress"})
         print(f"[chain] segment {job} ended ({state}, exit {rc}) without completing a checkpoint past iteration "
               f"{start}; stopping the chain. See logs/slurm-{job}.out; fix the cause (or raise launch.walltime) and "
               f"run `experiment run {folder.path} --launcher {scheduler}` again", file=sys.stderr, flush=True)
         return 1
     n = len([e for e in events if e.get("event") == "begin"])
     if n >= cfg.launch.max_segments:
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
         print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
               "stopping", file=sys.stderr)
         return 1
@@ -189,6 +191,22 @@ def write_lock(folder, scheduler: str, last_end: dict) -> Path:
         determinism_env=determinism_now(folder),
         resolved_args={"runner_args": []},
     )
+
+
+def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> str:
+    """Block until the chain's last segment ended with nothing after it; returns its state."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        events = read_chain(folder_path)
+        last = events[-1] if events else {}
+        if last.get("event") == "end" and last.get("state") in ("finished", "failed"):
+            return last["state"]
+        if last.get("event") == "stopped":
+            return "failed"
+        time.sleep(poll)
+    return "timeout"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from experiment.launch.local import Launch, command_line, local_argv, run_local
 from experiment.launcher_names import LAUNCHER_NAMES
 
 CHAIN_LOG = "chain.jsonl"  # under logs/: submissions and segment begin/end records of a scheduled run
-STARTUP_GUESS_S = 30.0  # a segment's start (interpreter, model build, resume) before any measurement
+STARTUP_GUESS_S = 10.0  # a segment's start (interpreter, model build, resume) before it is measured
 
 
 class LaunchError(Exception):
@@ -240,14 +240,16 @@ def walltime_problems(folder) -> list[str]:
             tps = data.get("tokens_per_s")
             t = folder.config.training
             step = t.global_batch_size * folder.config.model.seq_length / tps if tps else None
-            startup = data.get("startup_seconds")
         except (ValueError, TypeError):
             pass
-    startup = startup or STARTUP_GUESS_S
-    need = startup + (step or 0.0) + save + lc.exit_margin_seconds
+    events = read_chain(folder.path)
+    begins = {e["job_id"]: e["time"] for e in events if e.get("event") == "begin"}
+    measured = [e["time"] - begins[e["job_id"]] for e in events if e.get("event") == "first_step" and e["job_id"] in begins]
+    startup = max(measured) if measured else None
+    need = (startup or STARTUP_GUESS_S) + (step or 0.0) + save + lc.exit_margin_seconds
     if wall < need:
         return [f"launch.walltime {lc.walltime} ({wall} s) is too short for one step plus one save: start-up "
-                f"{startup:.0f} s + step {step or 0:.1f} s{'' if step else ' (not measured yet)'} + save "
+                f"{startup or STARTUP_GUESS_S:.0f} s{'' if startup else ' (not measured yet)'} + step {step or 0:.1f} s{'' if step else ' (not measured yet)'} + save "
                 f"{save:.1f} s{'' if save else ' (not measured yet)'} + launch.exit_margin_seconds "
                 f"{lc.exit_margin_seconds} s = {need:.0f} s; fix: raise launch.walltime or lower "
                 "launch.exit_margin_seconds in experiment.toml"]

@@ -81,6 +81,7 @@ def run(
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="override a field of experiment.toml for this run, e.g. --set training.lr=1e-4 "
         "(repeatable; validated like the file, recorded in run.lock.json)"),
+    wait: bool = typer.Option(False, "--wait", help="slurm/pbs: return when the chain of jobs has ended (exit 0: run complete)"),
 ) -> None:
     """Train a folder: local torchrun, inside the kit's image, or a chain of Slurm/PBS jobs."""
     from experiment.launch import launchers
@@ -127,6 +128,12 @@ def run(
     if submitted.job_id is not None:
         typer.echo(submitted.job_id)
         console.print(f"{submitted.message}: {prepared.script}; follow it with `experiment status {loaded.path}`")
+        if wait:
+            from experiment.launch.chain import wait as wait_chain
+
+            state = wait_chain(loaded.path)
+            console.print(f"chain of {loaded.path}: {state}")
+            raise typer.Exit(0 if state == "finished" else 1)
         return
     if submitted.returncode == 0 and chosen.lock_writer == "parent":
         _write_lock(loaded, launch, kind)

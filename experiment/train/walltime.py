@@ -173,6 +173,8 @@ class Segment:
     def after_step(self, iteration: int, seconds: float, extra: dict | None = None) -> bool:
         """Record the step; True (on every rank) when the run must save and stop now."""
         self.budget.record_step(seconds)
+        if self.progress.start_iteration is None and self.rank0:
+            _note_first_step(self.log_dir, iteration)
         self.progress.step(iteration, seconds, extra)
         if self.budget.end_time is None:
             return False
@@ -192,6 +194,17 @@ class Segment:
             for old in prune(self.save_dir, self.keep_last, self.keep_every):
                 print(f"[experiment.train] retention: deleted {old.name}", flush=True)
         return path
+
+
+def _note_first_step(log_dir: Path, iteration: int) -> None:
+    """In a scheduled job, when the segment's first step ended (``logs/chain.jsonl``): what
+    ``bench/slurm_segments.py`` measures the gap between segments with."""
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    if not job:
+        return
+    with open(Path(log_dir) / "chain.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "first_step", "job_id": job, "iteration": iteration,
+                             "time": round(time.time(), 3)}, sort_keys=True) + "\n")
 
 
 def _share(value: float | None) -> float | None:

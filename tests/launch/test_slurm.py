@@ -38,15 +38,12 @@ def _chain(folder: Path) -> list[dict]:
 
 def _wait_chain_end(folder: Path, timeout: float) -> list[dict]:
     """Until the chain's last segment ended without a successor (finished, or stopped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = _chain(folder)
-        if events and events[-1]["event"] == "end" and (events[-1]["state"] == "finished" or
-                                                          events[-1]["state"] == "failed"):
-            return events
-        time.sleep(1)
-    raise AssertionError(f"chain did not end in {timeout} s: {_chain(folder)[-3:]}\n" +
-                         _cli("status", str(folder)).stdout)
+    from experiment.launch.chain import wait
+
+    state = wait(folder, poll=1.0, timeout=timeout)
+    assert state != "timeout", f"chain did not end in {timeout} s: {_chain(folder)[-3:]}\n" + \
+        _cli("status", str(folder)).stdout
+    return _chain(folder)
 
 
 def _job_id(res: subprocess.CompletedProcess) -> str:
@@ -57,67 +54,83 @@ def _job_id(res: subprocess.CompletedProcess) -> str:
 def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     folder = project / "training" / "tiny"
     _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30\ncpus_per_task = 2', iters=4, save_interval=2)
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[checkpoint]\n", "[checkpoint]\nkeep_last = 1\n"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     assert (folder / "logs").is_dir()  # made before submission: the scheduler opens its output file there
     info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     assert "NumCPUs=2" in info and "MinCPUsNode=2" in info, info  # the ranks' CPUs, not Slurm's default 1
-    events = _wait_chain_end(folder, 180)
+    events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
     assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
     lock = lockfile.read(folder / "run.lock.json")  # written by the job (the chain's last segment)
-    segs = lock["launch"]["launcher"]["segments"]
+    segs = lock.launch.launcher["segments"]
     assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in segs] == [(job, 0, 4)]
-    assert list(lock["outputs"]["checkpoints"]) == ["iter_0000004"]
+    assert list(lock.outputs.checkpoints) == ["iter_0000004"]
+    # retention: iteration 2 was deleted once iteration 4 was complete; each save's time is logged
+    assert sorted(p.name for p in (folder / "checkpoints").glob("iter_*")) == ["iter_0000004"]
+    saves = [json.loads(line) for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in saves] == [2, 4] and all(s["seconds"] > 0 for s in saves)
     status = _cli("status", str(folder))
     assert status.returncode == 0 and "finished" in status.stdout and "iteration 4/4" in status.stdout
 
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
-    """Walltime 1 minute, exit margin 30 s: each segment trains ~20 s and saves on its time budget; the
-    first segment also gets `scancel -s TERM` while a save is being written. The chain continues by
+    """Walltime 2 minutes, exit margin 105 s (more than Slurm's up to 60 s early --signal): after its ~10 s
+    start a segment trains ~2 s (a few ~0.6 s steps; one on a loaded machine) and saves on its time budget; a segment gets `scancel -s TERM`
+    while a save is being written. The chain continues by
     itself, and `experiment reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
-    _configure(folder, 'walltime = "1"\nexit_margin_seconds = 30\nsignal_seconds = 5\nmax_segments = 12',
-               iters=400, save_interval=60)
+    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 25',
+               iters=9, save_interval=3)
+    toml = folder / "experiment.toml"  # ~1 s steps: a segment's few seconds of training hold a few of them
+    toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 128")
+                    .replace("global_batch_size = 4", "global_batch_size = 8"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
-    partial = folder / "checkpoints" / "iter_0000060.partial"
-    deadline = time.monotonic() + 120
-    while not partial.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 240
+    partial = []
+    while not partial and time.monotonic() < deadline:
+        partial = list((folder / "checkpoints").glob("iter_*.partial"))
         time.sleep(0.01)
-    assert partial.exists(), (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
-    subprocess.run(["scancel", "-s", "TERM", job], check=True)
-    events = _wait_chain_end(folder, 900)
+    assert partial, (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", "-s", "TERM", *running], check=True)
+    signalled = int(partial[0].name[5:12])
+    events = _wait_chain_end(folder, 1200)
     log = (folder / "logs" / f"slurm-{job}.out").read_text()
-    assert events[-1]["state"] == "finished", log[-3000:]
     ends = [e for e in events if e["event"] == "end"]
+    assert ends[-1]["state"] == "finished", log[-3000:]
     assert len(ends) >= 3, ends
-    assert ends[0]["state"] == "interrupted" and ends[0]["complete_iteration"] >= 60, log[-3000:]
-    assert "signal 15" in log
+    hit = next(e for e in ends if e["job_id"] == running[0])
+    # the save in progress finished (a periodic one: "interrupted"; the budget's own: "walltime")
+    assert hit["state"] in ("interrupted", "walltime") and hit["complete_iteration"] >= signalled, hit
+    log = (folder / "logs" / f"slurm-{running[0]}.out").read_text()
+    assert "Received 15 death signal" in log and f"saved iter_{signalled:07d}" in log, log[-3000:]
     assert {e["state"] for e in ends[1:-1]} <= {"walltime", "interrupted"}, ends
     saves = [json.loads(line)["iteration"] for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read(folder / "run.lock.json")
-    segs = lock["launch"]["launcher"]["segments"]
-    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 400
+    segs = lock.launch.launcher["segments"]
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 9
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
-               *(["--ignore"] if environment.source_hash() != lock["kit"]["source_hash"] else []))
+               *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
-    assert "400 step(s) of losses" in out and "identical" in out
+    assert "9 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
-    assert relock["outputs"] == lock["outputs"]  # per-step losses and the last checkpoint's files and tensors
+    assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
 
 
 def test_refusals_and_a_job_that_dies_at_start(slurm, project):
     folder = project / "training" / "tiny"
-    _configure(folder, 'walltime = "1"\nexit_margin_seconds = 50', iters=4, save_interval=2)
+    _configure(folder, 'walltime = "1"\nexit_margin_seconds = 55', iters=4, save_interval=2)
     short = _cli("run", str(folder), "--launcher", "slurm")
     assert short.returncode == 2 and "launch.walltime 1 (60 s) is too short" in short.stderr, short.stderr
-    assert "exit_margin_seconds 50 s" in short.stderr and not (folder / "logs" / "chain.jsonl").exists()
+    assert "exit_margin_seconds 55 s" in short.stderr and not (folder / "logs" / "chain.jsonl").exists()
 
     toml = folder / "experiment.toml"
-    toml.write_text(toml.read_text().replace("exit_margin_seconds = 50", 'exit_margin_seconds = 10\n'
+    toml.write_text(toml.read_text().replace("exit_margin_seconds = 55", 'exit_margin_seconds = 10\n'
                                              'partition = "nosuch"'))
     bad = _cli("run", str(folder), "--launcher", "slurm")
     assert bad.returncode == 2 and "invalid partition" in bad.stderr.lower() and "launch.partition" in bad.stderr
