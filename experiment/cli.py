@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "experiment.launch.cli",    # experiment status
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
     "experiment.compare",       # experiment compare A B
+    "experiment.report",        # experiment report FOLDER
     "experiment.demo",          # experiment demo
 )
 

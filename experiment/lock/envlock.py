@@ -25,25 +25,35 @@ from packaging.version import Version
 
 # provided by the NVIDIA PyTorch base image: never installed from the GPU lock
 GPU_PROVIDED = re.compile(r"^(torch|triton|transformer-engine.*|nvidia-.*|cuda-.*)$")
+# the extras a run may use inside the image (``[tracking] mlflow/wandb = true``): resolved with the
+# dependencies, so a test extra that also needs them cannot pull a runtime package to another version
+RUNTIME_EXTRAS = ("tracking",)
 FLAVORS = {
-    "cpu": {"python": "3.11", "lock": "env/cpu.lock.txt", "overrides": "env/cpu-overrides.txt"},
-    "gpu": {"python": "3.12", "lock": "env/gpu.lock.txt", "overrides": None},
+    "cpu": {"python": "3.11", "lock": "env/cpu.lock.txt", "overrides": "env/cpu-overrides.txt",
+            "extras": RUNTIME_EXTRAS},
+    "gpu": {"python": "3.12", "lock": "env/gpu.lock.txt", "overrides": None, "extras": RUNTIME_EXTRAS},
     "cpu-test": {"python": "3.11", "lock": "env/cpu-test.lock.txt", "overrides": "env/cpu-overrides.txt",
-                 "extras": ("test",), "constrained_by": "cpu"},
+                 "extras": (*RUNTIME_EXTRAS, "test"), "constrained_by": "cpu"},
 }
 NODEPS_IN, NODEPS_LOCK = "env/nodeps.in", "env/nodeps.lock.txt"
 FIX = "nox -s lock"  # the command that rewrites every lock from pyproject.toml
 
 
+def extras(flavor: str, pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
+    """The flavor's extras that pyproject.toml defines."""
+    defined = tomllib.loads(pyproject.read_text())["project"].get("optional-dependencies", {})
+    return tuple(e for e in FLAVORS[flavor].get("extras", ()) if e in defined)
+
+
 def compile_command(flavor: str, output: str, find_links: str | None = "/opt/wheels",
-                    constraints: str | None = None) -> list[str]:
+                    constraints: str | None = None, pyproject: Path = Path("pyproject.toml")) -> list[str]:
     """The ``uv pip compile`` argv that (re)writes one lock (``constraints``: a pins file of the lock named
     by the flavor's ``constrained_by``)."""
     spec = FLAVORS[flavor]
-    cmd = ["uv", "pip", "compile", "pyproject.toml", "--generate-hashes", "--python-version", spec["python"],
+    cmd = ["uv", "pip", "compile", str(pyproject), "--generate-hashes", "--python-version", spec["python"],
            "--python-platform", "x86_64-manylinux_2_28", "--custom-compile-command", FIX, "-q",
            "-o", output]
-    for extra in spec.get("extras", ()):
+    for extra in extras(flavor, pyproject):
         cmd += ["--extra", extra]
     if constraints:
         cmd += ["--constraints", constraints]

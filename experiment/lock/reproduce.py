@@ -569,12 +569,9 @@ def main(options: ReproduceOptions, console) -> int:
     div = compare_outputs(lock.outputs, have, options.steps)
     relock = mirror / lockfile.LOCK_NAME
     sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None
-    table = Table(title="re-run against the lock")
-    for col in ("compared", "result"):
-        table.add_column(col)
-    table.add_row(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
-                  f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
-                  f"found {div.found}")
+    rows = [(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
+             f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
+             f"found {div.found}")]
     if div.checkpoint is None:
         verdict = "identical"
     elif div.numerically_identical:
@@ -582,12 +579,32 @@ def main(options: ReproduceOptions, console) -> int:
                    f"{', '.join(div.files)}")
     else:
         verdict = f"[red]{div.checkpoint} differs[/red]: first tensor {div.tensor}; files {', '.join(div.files)}"
-    table.add_row(f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}", verdict)
+    rows.append((f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}", verdict))
     if sections is not None:
-        table.add_row("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
-                      else "sections that differ: " + ", ".join(sections))
+        rows.append(("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
+                     else "sections that differ: " + ", ".join(sections)))
+    table = Table(title="re-run against the lock")
+    for col in ("compared", "result"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    return 0 if div.identical or div.numerically_identical else 2
+    reproduced = div.identical or div.numerically_identical
+    _record_verdict(folder, reproduced, rows)
+    return 0 if reproduced else 2
+
+
+def _record_verdict(folder: TrainingFolder, reproduced: bool, rows: list[tuple[str, str]]) -> None:
+    """``logs/reproduce.json``: the last verdict, for ``experiment report`` (logs/ is not part of the lock)."""
+    from experiment.atomic import write_atomic
+
+    plain = [(k, v.replace("[red]", "").replace("[/red]", "")) for k, v in rows]
+    payload = {"reproduced": reproduced,
+               "verdict": "reproduced: the re-run matches the lock" if reproduced else "NOT reproduced",
+               "losses": f"{plain[0][0]}: {plain[0][1]}", "checkpoints": f"{plain[1][0]}: {plain[1][1]}"}
+    if len(plain) > 2:
+        payload["lockfile"] = f"{plain[2][0]}: {plain[2][1]}"
+    write_atomic(folder.path / "logs" / "reproduce.json", json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 def differing_sections(a: RunLock, b: RunLock) -> list[str]:
