@@ -156,3 +156,31 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
         time.sleep(1)
     assert "failed" in status.stdout and "exit code 2:0" in status.stdout, status.stdout
     assert "refusing to start" in status.stdout and "no_such_field" in status.stdout  # the job's log tail
+
+
+def test_a_segment_killed_with_sigkill_resumes_from_its_last_checkpoint(slurm, project):
+    """`scancel -s KILL` kills every process of the step mid-run: the segment ends failed, the chain resubmits
+    once (it had saved a checkpoint), the next segment resumes from the last complete checkpoint, and the
+    lock records the iterations lost."""
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30', iters=400, save_interval=100)
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    losses = folder / "logs" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (folder / "checkpoints" / "iter_0000100").is_dir() and losses.is_file() \
+                and len(losses.read_text().splitlines()) >= 110:
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "-s", "KILL", job], check=True)
+    events = _wait_chain_end(folder, 600)
+    ends = [e for e in events if e["event"] == "end"]
+    assert ends[0]["state"] == "failed" and ends[0]["reached_iteration"] > ends[0]["complete_iteration"], ends
+    assert ends[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    second = [e for e in events if e["event"] == "begin"][1]
+    assert second["start_iteration"] == ends[0]["complete_iteration"]
+    assert second["lost_iterations"] == ends[0]["reached_iteration"] - ends[0]["complete_iteration"] > 0
+    segs = lockfile.read(folder / "run.lock.json").launch.launcher["segments"]
+    assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 400
+    steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
+    assert steps == list(range(1, 401))  # the lost steps' records were cut back and trained again
