@@ -401,8 +401,10 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
     index = OutputIndex(cfg.output)
     pending = [p for p, n in zip(inputs, names) if index.finished(n.stem) is None]
-    # decided on every input of the run, so each datatrove task of it decides alike
-    small = cfg.backend == "auto" and sum(p.stat().st_size for p in all_inputs) < cfg.small_input_bytes
+    # what is left to encode (a re-run of a finished folder loads no fast backend); a datatrove task decides
+    # on every input of the run, so all its tasks decide alike
+    todo = pending if cfg.share is None else all_inputs
+    small = cfg.backend == "auto" and sum(p.stat().st_size for p in todo) < cfg.small_input_bytes
     if small:
         cfg = replace(cfg, backend="reference")  # the same ids (the reference's) at a fraction of the start-up
     whole = [p for p in pending if cfg.whole_files and cfg.backend != "reference" and whole_files.eligible(p, cfg.whole_file_bytes)]

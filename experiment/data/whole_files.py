@@ -154,6 +154,7 @@ class Checker:
 # (gigatoken reports nothing from inside a call), and smaller groups would pay more per-call overhead.
 GROUP_SECONDS = 0.6
 FIRST_GROUP_BYTES = 8 << 20
+MIN_GROUP_BYTES = 4 << 20  # on a slow (busy) machine smaller groups would add per-call overhead for little
 
 
 def next_group(sizes: list[int], start: int, want: int) -> int:
@@ -202,7 +203,7 @@ class GroupEncoder:
                 self._queue.put((group, item, seconds))
                 if seconds > 0:
                     nbytes = sum(sizes[start:end])
-                    want = max(1 << 20, min(group_bytes, int(nbytes / seconds * GROUP_SECONDS)))
+                    want = max(MIN_GROUP_BYTES, min(group_bytes, int(nbytes / seconds * GROUP_SECONDS)))
                 start = end
             self._queue.put(None)
 
