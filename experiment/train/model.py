@@ -28,6 +28,7 @@ def transformer_config(
     deterministic: bool = False,
     on_cpu: bool | None = None,
     perform_initialization: bool = True,
+    **extra,
 ):
     """megatron.core TransformerConfig for a Llama-family decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases).
 
@@ -69,6 +70,7 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         deterministic_mode=deterministic,
         init_method_std=0.02,
+        **extra,  # the GPU path's recompute and FP8 fields (experiment.train.gpu)
     )
 
 
