@@ -204,6 +204,12 @@ def _gpu_choice(t, shape, seq: int, world: int):
                       global_batch_size=t.global_batch_size, tp=t.tensor_parallel, pp=t.pipeline_parallel, dp=dp)
 
 
+def _peak_memory_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+
+
 def _write_status(log_dir: Path, payload: dict) -> None:
     tmp = log_dir / f".{STATUS_NAME}.tmp"
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -430,8 +436,9 @@ class Trainer:
         recent = (secs[1:] if len(secs) > 1 else secs)[-20:]
         if not recent:
             return {"tokens_per_s_per_gpu": None, "tflops_per_gpu": None, "mfu": None, "eta_s": None}
-        per_gpu = self.tokens_per_iter / (sum(recent) / len(recent)) / self.env.world_size
-        return {"tokens_per_s_per_gpu": per_gpu, "tflops_per_gpu": per_gpu * self.flops_per_token / 1e12,
+        step = sum(recent) / len(recent)
+        per_gpu = self.tokens_per_iter / step / self.env.world_size
+        return {"tokens_per_s_per_gpu": per_gpu, "tflops_per_gpu": per_gpu * self.flops_per_token / 1e12, "step_s": step,
                 "mfu": throughput.mfu(per_gpu, self.flops_per_token, self.peak),
                 "eta_s": throughput.eta_seconds(secs, self.state.iteration, self.iters)}
 
@@ -482,6 +489,7 @@ class Trainer:
             "checkpoint": checkpoint, "device": self.device_name,
             "layer_spec": None if self.choice is None else self.choice.spec,
             "recompute": None if self.choice is None else self.choice.recompute,
+            "peak_memory_gib": _peak_memory_gib(),
             **{k: None if v is None else round(v, 6) for k, v in speed.items()}})
 
     # ---------------------------------------------------------------- loop
