@@ -110,7 +110,7 @@ def make_folder(path: Path, signature: Path, *, preset: str, mbs: int, gbs: int,
 
 # ------------------------------------------------------------------------------------------ runs
 
-def runner(folder: Path, log: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def runner(folder: Path, log: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     """``python -m experiment.train.runner FOLDER`` as its own process (one GPU, no torchrun needed)."""
     with open(log, "w") as fh:
         return subprocess.run([sys.executable, "-m", "experiment.train.runner", str(folder), *args],
@@ -179,7 +179,7 @@ def kill_and_resume(folder: Path, log: Path, kill_after_iteration: int) -> None:
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "experiment.train.runner", str(folder)], cwd=REPO,
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 240
+        deadline = time.time() + 150
         while time.time() < deadline and proc.poll() is None:
             done = losses.is_file() and len(losses.read_text().splitlines()) > kill_after_iteration
             if ckpt.is_dir() and done:
@@ -290,7 +290,8 @@ def main() -> int:
         rows.append(row)
         print(f"[{time.time() - t_start:5.0f}s] {json.dumps(row)}", flush=True)
 
-    logs = args.out
+    logs = args.out / "logs"  # the device tool brings back 8 files: the logs come back as one tarball
+    logs.mkdir(exist_ok=True)
     if "a" in only:
         step("a", lambda: kit_row(plan["a"], folders["a"], logs / "a.log", iters))
     if "b" in only:
@@ -301,7 +302,7 @@ def main() -> int:
             with open(logs / "c.log", "w") as fh:
                 rc = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--bare", str(folders["c"]),
                                      str(iters), str(out)], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                    timeout=240).returncode
+                                    timeout=150).returncode
             if rc:
                 raise RuntimeError(f"bare loop exited {rc}; see c.log")
             return json.loads(out.read_text())
@@ -324,6 +325,8 @@ def main() -> int:
             return {"run": plan["e"], "result": f"{'EQUAL' if not diff else 'DIFFER'}: {n - len(diff)}/{n} files "
                     f"byte-identical to the uninterrupted run{'' if not diff else ' ' + ', '.join(diff[:3])}"}
         step("e", resume)
+    shutil.make_archive(str(args.out / "logs"), "gztar", logs)
+    shutil.rmtree(logs)
     md = table(rows, f"{device}: {args.preset} shapes, seq {args.seq}, micro-batch {args.mbs}, global batch "
                      f"{args.gbs}, {args.precision}, {iters} steps (first left out)")
     print(md)
