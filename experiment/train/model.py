@@ -66,7 +66,7 @@ def transformer_config(
         bias_dropout_fusion=not on_cpu,
         masked_softmax_fusion=not on_cpu,
         apply_rope_fusion=False,
-        persist_layer_norm=not on_cpu,
+        persist_layer_norm=False,  # needs Apex; megatron.core asserts it off for torch norms
         gradient_accumulation_fusion=False,
         deterministic_mode=deterministic,
         init_method_std=0.02,
