@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HEADROOM = 0.85  # of the GPU's memory: allocator fragmentation, CUDA context, NCCL buffers
-MICRO_BATCHES = (4, 2, 1)  # beyond 4 the 1B at seq 2048 gains nothing on an H100 (the anchor's plateau)
+MICRO_BATCHES = (4, 2, 1)  # 1B, seq 2048, H200: micro-batch 8 within noise of 4 (bench/gpu/RESULTS.md)
 
 
 @dataclass(frozen=True)
