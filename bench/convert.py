@@ -47,7 +47,7 @@ def make_model(out: Path, preset: str, layers: int | None, dtype: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from experiment.presets import PRESETS
+    from experiment.model.presets import PRESETS
 
     shape = PRESETS[preset]
     if layers:
@@ -119,8 +119,8 @@ def child(mode: str, src: str, dst: str) -> dict:
     warnings.filterwarnings("ignore")
     begin = time.perf_counter()
     from experiment.ckpt import convert
-    from experiment.train import distributed
-    from experiment.train.model import ParallelLayout
+    from experiment.model import parallel as distributed
+    from experiment.model.build import ParallelLayout
 
     if mode != "copy":
         distributed.initialize()

@@ -154,7 +154,7 @@ def bench_index(n: int, samples: int, seq: int) -> None:
     import numpy
     from tqdm import tqdm
 
-    from experiment.folder import check
+    from experiment.mixture.checks import check
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -219,7 +219,7 @@ def build_one(folder_path: str, cache: str, samples: int) -> None:
 
     import torch.distributed as dist
 
-    from experiment.folder import check
+    from experiment.mixture.checks import check
     from experiment.mixture.plan import plan_folder
 
     logging.getLogger("megatron").setLevel(logging.WARNING)

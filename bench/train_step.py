@@ -59,7 +59,7 @@ BOOKKEEPING: list[float] = []
 
 
 def kit_round(folder_path: Path, iters: int) -> list[float]:
-    from experiment.folder import load
+    from experiment.mixture.checks import load
     from experiment.train.runner import RunOptions, run
 
     os.environ["MASTER_PORT"] = _free_port()
@@ -78,11 +78,11 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
-    from experiment.folder import load
+    from experiment.mixture.checks import load
     from experiment.train import data as train_data
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
     from experiment.train.attention import layer_spec
-    from experiment.train.model import ParallelLayout, build_gpt_model, padded_vocab_size
+    from experiment.model.build import ParallelLayout, build_gpt_model, padded_vocab_size
     from experiment.train.optim import build_optimizer, build_scheduler
 
     folder = load(folder_path)
@@ -174,7 +174,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
                 (folder / "logs").exists() and __import__("shutil").rmtree(folder / "logs")
 
-    from experiment.presets import PRESETS
+    from experiment.model.presets import PRESETS
 
     shape = PRESETS[args.preset]
     tokens = args.gbs * args.seq

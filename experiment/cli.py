@@ -28,13 +28,22 @@ COMMAND_MODULES = (
     "experiment.mixture.cli",   # experiment mix
     "experiment.ckpt.cli",      # experiment ckpt import|export|check
     "experiment.train.cli",     # experiment run
+    "experiment.launch.cli",    # experiment status
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
+    "experiment.compare",       # experiment compare A B
+    "experiment.report",        # experiment report FOLDER
     "experiment.demo",          # experiment demo
 )
 
 
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="print the kit's version")) -> None:
+    from experiment import megatron_jit
+
+    megatron_jit.install()  # this process opts in: no torch.compile decorations without a GPU
+    from experiment.summary import start_command
+
+    start_command()  # summaries' wall time (from the process's start when run by main())
     if version:
         typer.echo(__version__)
         raise typer.Exit()
@@ -43,7 +52,7 @@ def _root(version: bool = typer.Option(False, "--version", help="print the kit's
 @app.command()
 def check(folder: Path = typer.Argument(..., help="training folder, e.g. training/demo")) -> None:
     """Validate a training folder and print every problem at once (file, field, fix)."""
-    from experiment.folder import check as check_folder
+    from experiment.mixture.checks import check as check_folder
 
     loaded, problems = check_folder(folder)
     if problems:
@@ -63,20 +72,31 @@ def check(folder: Path = typer.Argument(..., help="training folder, e.g. trainin
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_all()
 
 
 def main() -> None:
-    app()
+    """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
+    field and fix, and exit code 1; never a traceback."""
+    from experiment.errors import KitError, print_error
+
+    from experiment.summary import start_command
+
+    start_command(from_process_start=True)
+    try:
+        app()
+    except KitError as err:
+        print_error(err, console)
+        raise SystemExit(1) from None
+    except OSError as err:  # a foreign error about a path the user gave, wrapped at the boundary
+        if not err.filename:
+            raise
+        print_error(KitError(err.strerror or str(err), file=err.filename,
+                             fix="check the path and its permissions"), console)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -16,16 +16,20 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
-import importlib
+from experiment.errors import KitError
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from experiment.presets import PRESETS, ModelShape
+from experiment.errors import KitError
+from experiment.model.layout import ParallelLayout, layout_mismatches
+from experiment.model.presets import PRESETS, ModelShape
+from experiment.launcher_names import LAUNCHER_NAMES
 
 CONFIG_NAME = "experiment.toml"
 
@@ -48,12 +52,17 @@ class Problem:
         return f"{where}: [{kind}] {self.message} -- fix: {self.fix}"
 
 
-class FolderError(Exception):
+class FolderError(KitError):
     """Raised by ``load`` with every problem found."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+        if len(problems) == 1:  # the CLI handler prints file, field and fix from these
+            self.file, self.field, self.fix = problems[0].file, problems[0].field, problems[0].fix
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 class _Section(BaseModel):
@@ -64,12 +73,12 @@ class DataSection(_Section):
     """Which tokenized data the run reads and how it is mixed (semantics: ``experiment.mixture``)."""
 
     signatures: list[str] = Field(min_length=1, description="data signature JSON files, relative to the folder")
-    data_ratio: str = "data_ratio.json"
-    lang_prob: str | None = None
-    exclude_iterator: str | None = None
-    token_budget: str | None = Field(default=None, description="total tokens to train on, e.g. '50B'")
+    data_ratio: str = Field(default="data_ratio.json", description="multipliers per domain, or per language and domain (docs/mixture.md); relative to the folder")
+    lang_prob: str | None = Field(default=None, description="JSON file of each language's share of the budget, summing to 1 (ratio mode)")
+    exclude_iterator: str | None = Field(default=None, description="JSON list of shard names to leave out")
+    token_budget: str | None = Field(default=None, description="total tokens the mixture is planned for, e.g. '50B', or 'scaled' (sum of tokens x multiplier); default: what training.train_iters or train_tokens gives")
     target_proportions: dict[str, float] | None = Field(
-        default=None, description="per-source share of the budget (OLMo 2 Dolmino style)"
+        default=None, description="per-domain share of the budget, summing to 1 (proportion mode, OLMo 2 Dolmino style); data_ratio.json must then be {}"
     )
     max_epochs: float | None = Field(default=None, gt=0, description="cap on repetitions of any source")
     valid_fraction: float = Field(default=0.0002, ge=0, lt=0.5, description="held-out share per source")
@@ -86,11 +95,11 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    """A named preset (``experiment.presets``) with optional per-field overrides."""
+    """A named preset (``experiment.model.presets``) with optional per-field overrides."""
 
-    preset: str = "tiny"
-    seq_length: int = Field(default=256, gt=0)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    preset: str = Field(default="tiny", description="model shape by name: " + ", ".join(sorted(PRESETS)))
+    seq_length: int = Field(default=256, gt=0, description="tokens per training sample")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="per-field changes to the preset's shape, e.g. {num_layers = 2}")
 
     @model_validator(mode="after")
     def _known_preset(self) -> "ModelSection":
@@ -105,28 +114,30 @@ class ModelSection(_Section):
 
 
 class TrainingSection(_Section):
-    tensor_parallel: int = Field(default=1, ge=1)
-    pipeline_parallel: int = Field(default=1, ge=1)
-    micro_batch_size: int = Field(default=1, ge=1)
-    global_batch_size: int = Field(default=8, ge=1)
-    train_iters: int | None = Field(default=None, ge=1)
+    """How the model is trained: parallel layout, batch, length, optimizer and schedule, intervals."""
+
+    tensor_parallel: int = Field(default=1, ge=1, description="tensor-parallel size (divides heads, KV groups, FFN)")
+    pipeline_parallel: int = Field(default=1, ge=1, description="pipeline-parallel size (divides the layers)")
+    micro_batch_size: int = Field(default=1, ge=1, description="samples per forward/backward on one rank")
+    global_batch_size: int = Field(default=8, ge=1, description="samples per optimizer step, over all data-parallel ranks")
+    train_iters: int | None = Field(default=None, ge=1, description="optimizer steps to train (or train_tokens)")
     train_tokens: str | None = Field(default=None, description="alternative to train_iters, e.g. '50B'")
-    lr: float = Field(default=3e-4, gt=0)
-    min_lr: float = Field(default=3e-5, ge=0)
-    lr_warmup_iters: int = Field(default=0, ge=0)
-    lr_decay_style: Literal["constant", "linear", "cosine", "WSD"] = "cosine"
-    lr_wsd_decay_iters: int | None = Field(default=None, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    clip_grad: float = Field(default=1.0, ge=0)
-    precision: Literal["fp32", "bf16"] = "bf16"
-    seed: int = 1234
-    save_interval: int = Field(default=1000, ge=1)
-    eval_interval: int = Field(default=1000, ge=1)
-    eval_iters: int = Field(default=10, ge=0)
-    log_interval: int = Field(default=1, ge=1)
-    deterministic: bool = False
+    lr: float = Field(default=3e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(default=3e-5, ge=0, description="learning rate at the end of the decay")
+    lr_warmup_iters: int = Field(default=0, ge=0, description="linear warm-up steps")
+    lr_decay_style: Literal["constant", "linear", "cosine", "WSD"] = Field(default="cosine", description="learning-rate decay after warm-up (megatron.core's OptimizerParamScheduler)")
+    lr_wsd_decay_iters: int | None = Field(default=None, ge=0, description="WSD only: steps of the final decay")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(default=0.9, description="AdamW beta1")
+    adam_beta2: float = Field(default=0.95, description="AdamW beta2")
+    clip_grad: float = Field(default=1.0, ge=0, description="gradient-norm clipping (0: off)")
+    precision: Literal["fp32", "bf16"] = Field(default="bf16", description="parameter and compute precision (bf16 needs a GPU; CPU runs use fp32)")
+    seed: int = Field(default=1234, description="seed of weights init, data order and dropout")
+    save_interval: int = Field(default=1000, ge=1, description="steps between checkpoints (the last step is always saved)")
+    eval_interval: int = Field(default=1000, ge=1, description="steps between held-out evaluations")
+    eval_iters: int = Field(default=10, ge=0, description="batches per evaluation (0: no evaluation)")
+    log_interval: int = Field(default=1, ge=1, description="steps between console log lines")
+    deterministic: bool = Field(default=False, description="bitwise repeatable runs: export Megatron's deterministic-mode environment (docs/reproducibility.md)")
     attention: Literal["sdpa", "local"] = Field(
         default="sdpa", description="core attention without Transformer Engine: torch SDPA kernels or "
         "megatron's local unfused DotProductAttention (same weights, same math)")
@@ -148,9 +159,15 @@ class TrainingSection(_Section):
 
 
 class CheckpointSection(_Section):
-    base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from")
-    from_scratch: bool = False
-    save: str = "checkpoints"
+    """Where the run starts from and where it saves."""
+
+    base: str | None = Field(default=None, description="Megatron checkpoint folder to continue from (`experiment ckpt import` makes one)")
+    from_scratch: bool = Field(default=False, description="train from random weights; required when there is no base")
+    save: str = Field(default="checkpoints", description="folder for the run's checkpoints, relative to the folder")
+    keep_last: int | None = Field(default=None, ge=1, description="keep only the newest N complete "
+                                  "checkpoints (older ones are deleted after a newer one is complete); unset: keep all")
+    keep_every: int | None = Field(default=None, ge=1, description="with keep_last: also keep every "
+                                   "checkpoint whose iteration is a multiple of this")
 
     @model_validator(mode="after")
     def _base_or_scratch(self) -> "CheckpointSection":
@@ -160,45 +177,88 @@ class CheckpointSection(_Section):
 
 
 class ImageSection(_Section):
-    flavor: Literal["cpu", "gpu"] = "cpu"
-    ref: str = "localhost/midtrain-kit:cpu"
-    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """The container image a run uses with `experiment run --container` (docs/containers.md)."""
+
+    flavor: Literal["cpu", "gpu"] = Field(default="cpu", description="which of the kit's images")
+    ref: str = Field(default="localhost/midtrain-kit:cpu", description="image reference")
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$", description="pin: the image's digest, checked before a run")
 
 
 class LaunchSection(_Section):
-    launcher: Literal["local", "slurm", "pbs"] = "local"
-    nnodes: int = Field(default=1, ge=1)
-    nproc_per_node: int = Field(default=1, ge=1)
-    partition: str | None = None
-    account: str | None = None
-    walltime: str = "24:00:00"
+    """How `experiment run` starts the job (docs/training.md)."""
+
+    launcher: Literal[LAUNCHER_NAMES] = Field(default="local", description="local torchrun, container (the kit's image on this machine), or a Slurm/PBS chain of jobs")
+    nnodes: int = Field(default=1, ge=1, description="nodes")
+    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node")
+    partition: str | None = Field(default=None, description="Slurm partition / PBS queue")
+    account: str | None = Field(default=None, description="Slurm account / PBS project")
+    walltime: str = Field(default="24:00:00", description="job time limit, HH:MM:SS")
+    cpus_per_task: int | None = Field(default=None, ge=1, description="CPUs of the one task per node that "
+                                      "runs torchrun and its ranks (default: 2 per rank)")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="default: nproc_per_node with the gpu "
+                                      "image flavor, else 0")
+    exit_margin_seconds: int = Field(default=300, ge=0, description="the runner saves and stops when one more "
+                                     "step plus a save would end less than this before the job's time limit")
+    signal_seconds: int = Field(default=120, ge=0, description="SIGTERM this long before the limit (last resort)")
+    max_segments: int = Field(default=50, ge=1, description="a chain of jobs stops after this many segments")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        from experiment.duration import parse_duration
+
+        parse_duration(v)
+        return v
+
+
+class TrackingSection(_Section):
+    """Experiment trackers that mirror the TensorBoard scalars (rank 0 only; see docs/tracking.md).
+    Credentials never go here: MLflow and W&B read them from their own environment variables."""
+
+    mlflow: bool = Field(default=False, description="log to MLflow (default store: a SQLite file in logs/)")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default sqlite:///<folder>/logs/mlflow.db (relative "
+        "sqlite paths are relative to the folder)")
+    mlflow_experiment: str | None = Field(default=None, description="MLflow experiment name (default: the folder's name)")
+    wandb: bool = Field(default=False, description="log to Weights & Biases")
+    wandb_mode: Literal["offline", "online"] = Field(
+        default="offline", description="offline writes logs/wandb/ to `wandb sync` later from a login node")
+    wandb_project: str | None = Field(default=None, description="W&B project (default: the folder's name)")
+    wandb_entity: str | None = Field(default=None, description="W&B entity (team or user; default: your default entity)")
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "TrackingSection":
+        from urllib.parse import urlsplit
+
+        uri = self.mlflow_tracking_uri or ""
+        parts = urlsplit(uri)
+        if parts.password or parts.username or "token=" in parts.query.lower() or "key=" in parts.query.lower():
+            raise ValueError("tracking.mlflow_tracking_uri carries credentials; write the URI without them and set "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the "
+                             "environment (never in experiment.toml, which the lockfile records)")
+        return self
 
 
 class TrainingFolderConfig(_Section):
     """The content of ``experiment.toml``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    description: str = ""
-    data: DataSection
-    model: ModelSection = ModelSection()
-    training: TrainingSection
-    checkpoint: CheckpointSection
-    image: ImageSection = ImageSection()
-    launch: LaunchSection = LaunchSection()
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the run's name (letters, digits, . _ -)")
+    description: str = Field(default="", description="free text, for people")
+    data: DataSection = Field(description="[data]: the tokenized data and how it is mixed")
+    model: ModelSection = Field(default=ModelSection(), description="[model]: the model's shape")
+    training: TrainingSection = Field(description="[training]: optimizer, schedule, batch and parallel layout")
+    checkpoint: CheckpointSection = Field(description="[checkpoint]: base weights and where to save")
+    image: ImageSection = Field(default=ImageSection(), description="[image]: the container image")
+    launch: LaunchSection = Field(default=LaunchSection(), description="[launch]: how the job is started")
+    tracking: TrackingSection = Field(default=TrackingSection(), description="[tracking]: MLflow / W&B mirrors of the TensorBoard scalars")
 
     @model_validator(mode="after")
     def _parallel_layout(self) -> "TrainingFolderConfig":
         shape, t = self.model.shape, self.training
         errors = []
-        if shape.num_attention_heads % t.tensor_parallel or shape.num_query_groups % t.tensor_parallel:
-            errors.append(
-                f"training.tensor_parallel={t.tensor_parallel} does not divide the {shape.num_attention_heads} "
-                f"attention heads and {shape.num_query_groups} KV groups"
-            )
-        if shape.num_layers % t.pipeline_parallel:
-            errors.append(
-                f"training.pipeline_parallel={t.pipeline_parallel} does not divide the {shape.num_layers} layers"
-            )
+        for m in layout_mismatches(shape, ParallelLayout(t.tensor_parallel, t.pipeline_parallel)):
+            errors.append(f"training.{m.parallel}={m.size} does not divide the model's {m.field} = {m.value} "
+                          f"(use one of {m.divisors})")
         world = self.launch.nnodes * self.launch.nproc_per_node
         model_parallel = t.tensor_parallel * t.pipeline_parallel
         if world % model_parallel:
@@ -221,6 +281,7 @@ class TrainingFolder:
 
     path: Path
     config: TrainingFolderConfig
+    overrides: tuple[str, ...] = ()  # `--set section.key=value` applied over experiment.toml, in order
 
     def resolve(self, relative: str) -> Path:
         return (self.path / relative).resolve()
@@ -233,13 +294,14 @@ class TrainingFolder:
         return json.loads(self.resolve(relative).read_text())
 
 
-# Semantic checks owned by other modules, run after the schema passes. Each entry is
-# "module:function", taking a TrainingFolder and returning list[Problem]. Explicit, no magic.
-SEMANTIC_CHECKS: tuple[str, ...] = ("experiment.mixture.checks:check_folder",)
+# A semantic check: owned by a higher layer (the mixture's is ``experiment.mixture.checks.check_folder``),
+# run after the schema passes, returning every problem it finds. Callers pass them in; this module
+# imports nothing above itself.
+SemanticCheck = Callable[["TrainingFolder"], list[Problem]]
 
 _FIXES = {
     "missing": "add the field",
-    "extra_forbidden": "remove it or correct its spelling (see experiment/folder.py for the schema)",
+    "extra_forbidden": "remove it or correct its spelling (every field: docs/experiment-toml.md)",
 }
 
 
@@ -259,11 +321,22 @@ def _read_config(path: Path) -> tuple[dict | None, list[Problem]]:
         return None, [Problem(str(config_file), "", f"not valid TOML: {err}", "correct the syntax at that line")]
 
 
-def _schema_problems(config_file: Path, err: ValidationError) -> list[Problem]:
+def _schema_problems(config_file: Path, err: ValidationError, overrides=()) -> list[Problem]:
+    """One problem per schema error; an error in a field a ``--set`` gave names the ``--set``."""
+    given = {o.partition("=")[0].strip(): o for o in overrides}
     problems = []
     for e in err.errors():
-        fix = _FIXES.get(e["type"], "see the field's description in experiment/folder.py")
-        problems.append(Problem(str(config_file), _field_name(e["loc"]), e["msg"], fix))
+        fix = _FIXES.get(e["type"], "see the field's description in docs/experiment-toml.md")
+        name = _field_name(e["loc"])
+        origin = next((o for k, o in given.items() if name == k or name.startswith(k + ".")), None)
+        if origin is None and e["type"] != "extra_forbidden":  # a model validator: the section it checks
+            origin = next((o for k, o in given.items() if name == k.rsplit(".", 1)[0]), None)
+        if origin is not None:
+            problems.append(Problem(f"--set {origin}", name, e["msg"],
+                                    fix.replace("remove it", "drop the --set") + " (--set overrides "
+                                    f"{config_file.name}'s fields: section.key=value)"))
+        else:
+            problems.append(Problem(str(config_file), name, e["msg"], fix))
     return problems
 
 
@@ -305,28 +378,63 @@ def _json_problems(folder: TrainingFolder) -> list[Problem]:
     return problems
 
 
-def check(path: str | Path) -> tuple[TrainingFolder | None, list[Problem]]:
-    """Validate a training folder; returns the folder (None if the schema failed) and all problems."""
+def _override_value(text: str) -> Any:
+    """A ``--set`` value read as a TOML value (``1e-4``, ``true``, ``[1, 2]``, ``"x"``); anything TOML does
+    not read (``2B``, ``cosine``) is a string, so the config model decides what is valid."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: tuple[str, ...] | list[str]) -> tuple[dict, list[Problem]]:
+    """``experiment.toml``'s content with each ``section.key=value`` set (dotted keys reach nested tables,
+    e.g. ``model.overrides.num_layers=4``). The result is validated by the same models as the file."""
+    import copy
+
+    out, problems = copy.deepcopy(raw), []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(Problem(f"--set {item}", key or item, "not of the form section.key=value",
+                                    "write it as e.g. --set training.lr=1e-4"))
+            continue
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(Problem(f"--set {item}", ".".join(parts[:i + 1]), "is a value, not a table",
+                                        "set the value itself, e.g. --set " + ".".join(parts[:i + 1]) + "=..."))
+                break
+        else:
+            node[parts[-1]] = _override_value(value.strip())
+    return out, problems
+
+
+def check(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+          semantic: Sequence[SemanticCheck] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+    """Validate a training folder (with ``--set`` overrides applied); returns the folder (None if the
+    schema failed) and all problems.
+
+    ``semantic`` checks run once the schema holds and the signatures exist; the full validation of the
+    kit is ``experiment.mixture.checks.check``, which passes the mixture's."""
     path = Path(path)
     raw, problems = _read_config(path)
     if raw is None:
         return None, problems
+    raw, problems = apply_overrides(raw, overrides)
+    if problems:
+        return None, problems
     try:
         config = TrainingFolderConfig.model_validate(raw)
     except ValidationError as err:
-        return None, _schema_problems(path / CONFIG_NAME, err)
-    folder = TrainingFolder(path.resolve(), config)
+        return None, _schema_problems(path / CONFIG_NAME, err, overrides)
+    folder = TrainingFolder(path.resolve(), config, tuple(overrides))
     problems = _json_problems(folder)
     if not errors(problems) and all(f.is_file() for f in folder.signature_paths):
-        for entry in SEMANTIC_CHECKS:
-            module_name, func_name = entry.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name != module_name:
-                    raise
-                continue  # the owning feature is not part of this build yet
-            problems.extend(getattr(module, func_name)(folder))
+        for semantic_check in semantic:
+            problems.extend(semantic_check(folder))
     return folder, problems
 
 
@@ -335,13 +443,14 @@ def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if not p.missing_artifact]
 
 
-def load(path: str | Path, *, require_artifacts: bool = True) -> TrainingFolder:
+def load(path: str | Path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = (),
+         semantic: Sequence[SemanticCheck] = ()) -> TrainingFolder:
     """The validated folder, or ``FolderError`` listing every problem.
 
     ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
     are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.
     """
-    folder, problems = check(path)
+    folder, problems = check(path, overrides, semantic)
     blocking = problems if require_artifacts else errors(problems)
     if blocking or folder is None:
         raise FolderError(blocking or problems)

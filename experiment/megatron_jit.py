@@ -4,12 +4,13 @@ megatron.core wraps its fusion kernels with ``megatron.core.jit.jit_fuser`` (``t
 import time. Decorating imports ``torch._dynamo`` and ``torch._inductor``: 2.5-3 s of every process that
 imports megatron on the 2-core CI host (measured: megatron.core import 4.7 s -> 1.9 s), paid by every
 torchrun rank, checkpoint conversion and test, for kernels that never run without a GPU (the kit turns
-the fusions off on CPU, ``experiment.train.model``). When ``megatron.core.jit`` is loaded on a host with
+the fusions off on CPU, ``experiment.model.build``). When ``megatron.core.jit`` is loaded on a host with
 no usable CUDA device we call megatron's own ``disable_jit_fuser()``, so each later decoration is the
 identity. With a GPU nothing changes.
 
-``install()`` runs when the ``experiment`` package is imported, before any megatron import of ours;
-it costs one name comparison per import and removes itself once the module is loaded.
+Importing ``experiment`` changes nothing: a process opts in by calling ``install()`` (the CLI's root
+callback, each torchrun worker, ``experiment.model`` before building). It costs one name comparison per
+import and removes itself once the module is loaded; with megatron already imported it does nothing.
 """
 
 from __future__ import annotations

@@ -9,6 +9,24 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """The test process opts in to the kit's megatron import hook, as the CLI and the workers do."""
+    from experiment import megatron_jit
+
+    megatron_jit.install()
+
+
+def require_system_packages(*groups: str) -> None:
+    """Fail (never skip) when a declared Debian package a test needs is missing: CI installs every one
+    (`.ci/run`), so a skip there would hide exactly the gap a fresh machine hits."""
+    from experiment import system_packages
+
+    absent = system_packages.missing(system_packages.names(*groups))
+    if absent:
+        pytest.fail(f"declared Debian packages missing: {' '.join(absent)}; "
+                    f"fix: {system_packages.install_command(absent)}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def sp_model_path() -> Path:
     """Mistral's 32k SentencePiece model (Llama-family BPE), from the PyPI package mistral-common."""

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_system_packages
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "training" / "demo"
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(not Path("/usr/share/debian-reference").is_dir(),
-                    reason="the demo's corpus needs debian-reference-en/-ja (installed by .ci/run)")
 def test_demo_end_to_end_and_reproduced():
+    require_system_packages("corpus")  # the demo's text: fail, never skip, when a package is missing
     out = subprocess.run([sys.executable, "-m", "experiment.cli", "demo"], cwd=ROOT)
     assert out.returncode == 0  # includes `experiment reproduce`: a second run identical to the byte
 

@@ -9,7 +9,8 @@ import pytest
 
 from experiment.data import naming
 from experiment.data.signature import DataSignature, ShardEntry, TokenizerInfo
-from experiment.folder import FolderError, check, load
+from experiment.folder import FolderError
+from experiment.mixture.checks import check, load
 
 VALID = """
 name = "t"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 _PROBE = """
-import sys, experiment, torch
+import sys, torch; from experiment import megatron_jit; megatron_jit.install()
 import megatron.core
 from megatron.core.models.gpt import GPTModel
 import megatron.core.jit as jit
@@ -25,8 +25,9 @@ def test_megatron_imports_without_dynamo_on_cpu():
 
 
 def test_without_the_kit_megatron_would_decorate_with_torch_compile():
-    """The hook is what makes the difference (guards against a megatron release changing jit_fuser)."""
-    probe = _PROBE.replace("import sys, experiment, torch", "import sys, torch")
+    """`import experiment` alone installs no hook (no import side effect), and the hook is what makes the
+    difference (guards against a megatron release changing jit_fuser)."""
+    probe = _PROBE.replace("from experiment import megatron_jit; megatron_jit.install()", "import experiment")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, check=True)
     cuda, noop, dynamo = out.stdout.split()
     assert (noop, dynamo) == ("False", "True"), out.stdout + out.stderr

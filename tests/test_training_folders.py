@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.folder import check, errors
+from experiment.folder import errors
+from experiment.mixture.checks import check
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = sorted(p.parent for p in (ROOT / "training").glob("*/experiment.toml"))

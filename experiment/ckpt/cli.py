@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error[/red]: {err}")
+    from experiment.errors import print_error
+
+    print_error(err, console)
     raise typer.Exit(2)
 
 
@@ -39,20 +41,26 @@ def _init_single() -> bool:
     """A one-process group for export/check; True when this command started it (and must end it)."""
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize()
     return owned
 
 
-def _summary(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
+def _summary(title: str, rows: list[tuple[str, str]], stats=None, as_json: bool = False) -> None:
+    """The result on stdout (``experiment.summary``): field/value rows, the time over the command's wall."""
+    from experiment.summary import Column, Summary, command_seconds, emit
+
+    wall = command_seconds()
+    extra = {"wall_seconds": round(wall, 3)}
+    if stats is not None:
+        rows = [*rows, ("time", f"{wall:.1f} s wall ({stats.seconds:.1f} s converting), {stats.bytes / 1e6 / wall:.0f} MB/s")]
+        extra |= {"tensors": stats.tensors, "bytes": stats.bytes, "convert_seconds": round(stats.seconds, 3)}
+    result = Summary(title, [Column("field"), Column("value")], extra=extra)
     for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+        result.add(k, v)
+    emit(result, as_json)
 
 
 @ckpt_app.command("import")
@@ -63,13 +71,14 @@ def import_cmd(
     pp: int = typer.Option(1, "--pp", help="pipeline-parallel size of the saving ranks"),
     gguf_cache: Path | None = typer.Option(None, help="where a .gguf source is dequantized to a HF folder "
                                            "(default: <OUT_DIR's parent>/<gguf name>-hf); reused when complete"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Hugging Face (or GGUF) -> Megatron-Core distributed checkpoint (iter_0000001/ + kit_checkpoint.json).
 
     TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
     from experiment.ckpt import convert, gguf
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train.model import ParallelLayout
+    from experiment.model.build import ParallelLayout
 
     _quiet()
     layout = ParallelLayout(tp, pp)
@@ -93,7 +102,7 @@ def import_cmd(
 
     import torch.distributed as dist
 
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     owned = not dist.is_initialized()
     distributed.initialize(layout)
@@ -113,8 +122,7 @@ def import_cmd(
             ("vocab (padded)", f"{shape.vocab_size} ({stats.out and _padded(stats.out)})"),
             ("layout saved", f"TP={tp} PP={pp}"), ("dtype", src.dtype),
             ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
-            ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)"),
-        ])
+        ], stats, as_json)
 
 
 def _padded(ckpt_dir: Path) -> int:
@@ -128,27 +136,28 @@ def export_cmd(
     ckpt_dir: Path = typer.Argument(..., help="kit checkpoint folder (import or training output)"),
     hf_dir: Path = typer.Argument(..., help="new Hugging Face folder (must be absent or empty)"),
     iteration: int | None = typer.Option(None, help="iteration to export (default: latest_checkpointed_iteration.txt)"),
-    max_shard_mb: int = typer.Option(500, help="safetensors shard size in MB (also bounds the memory used)"),
+    max_shard_mb: int | None = typer.Option(None, help="safetensors shard size in MB (default: transformers' "
+                                            "save_pretrained default, 50GB in transformers 5)"),
     dtype: str | None = typer.Option(None, help="float32|bfloat16|float16 (default: the imported source's dtype)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     from experiment.ckpt import convert
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
     owned = _init_single()
     try:
         stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
-                                          max_shard_bytes=max_shard_mb * 1_000_000)
+                                          max_shard_bytes=None if max_shard_mb is None else max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:
         if owned:
             distributed.shutdown()
     _summary("exported", [("checkpoint", str(ckpt_dir)), ("Hugging Face folder", str(stats.out)),
-                          ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB"),
-                          ("time", f"{stats.seconds:.1f} s ({stats.mb_per_s:.0f} MB/s)")])
+                          ("tensors", str(stats.tensors)), ("size", f"{stats.bytes / 1e6:.1f} MB")], stats, as_json)
 
 
 @ckpt_app.command("check")
@@ -166,9 +175,13 @@ def check_cmd(
     """Run both models on the same token batches; exit 1 when they disagree beyond the tolerances."""
     from experiment.ckpt import compare
     from experiment.ckpt.meta import CheckpointError
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     _quiet()
+    hf_fix = "pass the Hugging Face folder `experiment ckpt export` wrote (config.json, *.safetensors, tokenizer)"
+    if not (hf_dir / "config.json").is_file():
+        _fail(CheckpointError(f"{hf_dir / 'config.json'}: missing: {hf_dir} is not a Hugging Face model folder; "
+                              f"fix: {hf_fix}"))
     try:
         body = text.read_text(encoding="utf-8") if text else compare.default_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -178,6 +191,9 @@ def check_cmd(
         report = compare.check(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches, iteration=iteration)
     except CheckpointError as err:
         _fail(err)
+    except (OSError, ValueError) as err:  # transformers' own loading errors, wrapped at the boundary
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _fail(CheckpointError(f"{hf_dir}: transformers cannot load it ({reason}); fix: {hf_fix}"))
     finally:
         if owned:
             distributed.shutdown()

@@ -71,12 +71,12 @@ def hf_logits(hf_dir: str | Path, batches: list[list[int]]):
 
 def load_megatron(ckpt_dir: str | Path, iteration: int | None = None, seq_length: int = 4096, layout=None):
     """The GPTModel of a kit checkpoint (saved in any TP/PP layout) for this rank of ``layout``
-    (default TP=1/PP=1), in float32. Needs ``experiment.train.distributed.initialize(layout)``."""
+    (default TP=1/PP=1), in float32. Needs ``experiment.model.parallel.initialize(layout)``."""
     import torch
     from megatron.core import dist_checkpointing
 
     from experiment.ckpt.convert import _strategies
-    from experiment.train.model import ParallelLayout, build_gpt_model
+    from experiment.model.build import ParallelLayout, build_gpt_model
 
     meta = read(ckpt_dir)
     model = build_gpt_model(meta.shape, seq_length, layout or ParallelLayout(), padded_vocab_size=meta.padded_vocab_size,

@@ -1,7 +1,7 @@
 """Import (Hugging Face -> Megatron-Core distributed checkpoint) and export (back), streaming.
 
 Import runs on every rank of a TP x PP group (one process when both are 1): each rank builds its own
-GPTModel slice on the meta device (``experiment.train.model.build_gpt_model``: shapes, dtypes and
+GPTModel slice on the meta device (``experiment.model.build.build_gpt_model``: shapes, dtypes and
 megatron's sharding, no data) and saves its sharded state dict with ``megatron.core.dist_checkpointing``
 (torch_dist, megatron's planner and format), which any other TP/PP layout can load. Only the writer
 differs: it asks for each tensor just before writing it, and the tensor is made then from the
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.atomic import write_atomic
-from experiment.ckpt import mapping
+from experiment.ckpt import card, mapping
 from experiment.ckpt.boxes import load_boxes, metadata, stored_tensors
 from experiment.ckpt.meta import (
     LATEST_NAME,
@@ -44,8 +44,9 @@ from experiment.ckpt.meta import (
 )
 from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.ckpt.source import HFSource, content_hash, open_hf
-from experiment.presets import ModelShape
-from experiment.train.model import ParallelLayout, padded_vocab_size
+from experiment.model.presets import ModelShape
+from experiment.model.strategies import dist_strategies
+from experiment.model.build import ParallelLayout, padded_vocab_size
 
 IMPORT_ITERATION = 1
 MANIFEST_NAME = "kit_manifest.json"  # same file the training checkpointer writes (experiment.train.checkpointing)
@@ -64,14 +65,9 @@ class ConvertStats:
 
 
 def _strategies():
-    from megatron.core.dist_checkpointing.strategies.torch import (
-        TorchDistLoadShardedStrategy,
-        TorchDistSaveShardedStrategy,
-    )
-
+    """The kit's checkpoint strategies, with the writer's results kept in this process (see below)."""
     _in_process_results_queue()
-    # synchronous, one writer bucket per rank (the same strategies as experiment.train.checkpointing)
-    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1), TorchDistLoadShardedStrategy()
+    return dist_strategies()
 
 
 def _in_process_results_queue() -> None:
@@ -112,13 +108,13 @@ def plan_import(hf_dir: str | Path, out_dir: str | Path, layout: ParallelLayout)
 def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLayout, *,
                       show_progress: bool = True) -> ConvertStats:
     """Write the Megatron checkpoint of ``source`` to ``out_dir``. Collective over the TP x PP ranks
-    (``experiment.train.distributed.initialize(layout)`` must have run)."""
+    (``experiment.model.parallel.initialize(layout)`` must have run)."""
     import torch
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
-    from experiment.train.model import build_gpt_model
+    from experiment.model.build import build_gpt_model
 
     out_dir = Path(out_dir).absolute()
     world = dist.get_world_size()
@@ -384,21 +380,8 @@ def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | 
 # ---------------------------------------------------------------- export
 
 def global_shape(rule: mapping.Rule, shape: ModelShape, padded: int) -> tuple[int, ...]:
-    """Shape of one layer's (or a global) tensor in the checkpoint, unsharded."""
-    h, d, f = shape.hidden_size, shape.kv_channels, shape.ffn_hidden_size
-    qkv = (shape.num_attention_heads + 2 * shape.num_query_groups) * d
-    return {
-        "embedding.word_embeddings.weight": (padded, h),
-        "output_layer.weight": (padded, h),
-        "decoder.final_layernorm.weight": (h,),
-        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (h,),
-        "decoder.layers.self_attention.linear_qkv.weight": (qkv, h),
-        "decoder.layers.self_attention.linear_qkv.bias": (qkv,),
-        "decoder.layers.self_attention.linear_proj.weight": (h, shape.num_attention_heads * d),
-        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (h,),
-        "decoder.layers.mlp.linear_fc1.weight": (2 * f, h),
-        "decoder.layers.mlp.linear_fc2.weight": (h, f),
-    }[rule.ckpt]
+    """Shape of one layer's (or a global) tensor in the checkpoint, unsharded (from the rule's HF shapes)."""
+    return rule.ckpt_shape(shape, padded)
 
 
 def load_group(it_dir: Path, meta: CheckpointMeta, stored: dict, rules: list[mapping.Rule],
@@ -440,20 +423,24 @@ def hf_parts(rule: mapping.Rule, tensor, meta: CheckpointMeta, layer: int | None
 
 
 def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int | None = None, *,
-                      dtype: str | None = None, max_shard_bytes: int = 500_000_000,
+                      dtype: str | None = None, max_shard_bytes: int | None = None,
                       show_progress: bool = True) -> ConvertStats:
     """Write a Hugging Face folder (safetensors shards + config + tokenizer files) from a kit
     checkpoint, of any TP/PP layout, training checkpoints included (only "model" is read).
 
     Tensors are written in ``dtype`` (default: the imported source's dtype, so an import -> export
-    round trip is bit-identical although megatron keeps norm weights in float32).
-    Needs a (single-process) torch.distributed group: ``experiment.train.distributed.initialize()``."""
+    round trip is bit-identical although megatron keeps norm weights in float32). Shards are at most
+    ``max_shard_bytes`` (default: transformers' ``save_pretrained`` default). Beside the weights:
+    ``generation_config.json`` and a model card ``README.md`` (``experiment.ckpt.card``).
+    Needs a (single-process) torch.distributed group: ``experiment.model.parallel.initialize()``."""
     import torch
 
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()
     meta = read(ckpt_dir)
     it_dir = iteration_path(ckpt_dir, iteration)
     refuse_existing_output(hf_dir, "HF_DIR")
+    if max_shard_bytes is None:
+        max_shard_bytes = card.transformers_max_shard_bytes()
     shape = meta.shape
     rules = mapping.rules_for(shape)
     stored = stored_tensors(it_dir)
@@ -506,7 +493,7 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
                         del tensors
                         advance("non-layer tensors" if layer is None else f"layer {layer}")
                 written.append((name, [e[0] for e in entries]))
-        _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes)
+        _finish_export(tmp, hf_dir, ckpt_dir, meta, written, dtype_name, nbytes, int(it_dir.name.split("_")[-1]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -539,7 +526,7 @@ def _shards(plan: dict, groups: list, max_bytes: int) -> list[list]:
 
 
 def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta, written, dtype: str,
-                   nbytes: int) -> None:
+                   nbytes: int, iteration: int) -> None:
     n = len(written)
     weight_map = {}
     for k, (old, names) in enumerate(written):
@@ -561,6 +548,8 @@ def _finish_export(tmp: Path, hf_dir: Path, ckpt_dir: Path, meta: CheckpointMeta
         for f in sorted(tok.iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+    write_atomic(tmp / card.GENERATION_NAME, card.generation_config(config))
+    write_atomic(tmp / card.CARD_NAME, card.model_card(meta, ckpt_dir, iteration))
     _fsync_tree(tmp)
     if hf_dir.exists():
         hf_dir.rmdir()

@@ -10,7 +10,7 @@ this kit converts on. The layouts below follow the two references:
 - Megatron-Bridge ``models/llama/llama_bridge.py`` (``QKVMapping``, ``GatedMLPMapping``, ``AutoMapping``).
 
 Names on the Megatron side are those of ``GPTModel`` built with the local layer spec
-(``experiment.train.model.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
+(``experiment.model.build.build_gpt_model``); in the distributed checkpoint, per-layer tensors are
 stacked under ``decoder.layers.*`` with the layer as a leading axis, and the local spec's norms are
 saved under Transformer Engine's names (``linear_qkv.layer_norm_weight``), so checkpoints load with
 either spec.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 Kind = Literal["copy", "qkv", "gate_up", "vocab"]
 When = Literal["always", "qkv_bias", "untied"]
@@ -44,6 +44,7 @@ class Rule:
     hf: tuple[str, ...]
     kind: Kind
     tp_axis: int | None
+    hf_dims: tuple[tuple[str, ...], ...]  # per HF tensor, its dimensions by name (see ``dimensions``)
     when: When = "always"
 
     @property
@@ -57,48 +58,102 @@ class Rule:
             return not shape.tie_embeddings
         return True
 
+    def hf_shapes(self, shape: ModelShape) -> tuple[tuple[int, ...], ...]:
+        """The shape of each Hugging Face tensor of this rule (one layer's, for per-layer rules)."""
+        dims = dimensions(shape)
+        return tuple(tuple(dims[d] for d in names) for names in self.hf_dims)
+
+    def ckpt_shape(self, shape: ModelShape, padded_vocab: int) -> tuple[int, ...]:
+        """The unsharded Megatron tensor (one layer's, for per-layer rules), derived from the HF shapes by
+        ``kind``: copy keeps it, vocab pads the rows, qkv and gate_up stack the parts' rows."""
+        parts = self.hf_shapes(shape)
+        if self.kind == "copy":
+            return parts[0]
+        if self.kind == "vocab":
+            return (padded_vocab, *parts[0][1:])
+        return (sum(p[0] for p in parts), *parts[0][1:])
+
+
+def dimensions(shape: ModelShape) -> dict[str, int]:
+    """The named dimensions the rules' shapes are written in."""
+    d = shape.kv_channels
+    return {"h": shape.hidden_size, "q": shape.num_attention_heads * d, "kv": shape.num_query_groups * d,
+            "f": shape.ffn_hidden_size, "v": shape.vocab_size}
+
 
 L, HL = "decoder.layers.{i}.", "model.layers.{i}."
 RULES: tuple[Rule, ...] = (
     Rule("embedding.word_embeddings.weight", "embedding.word_embeddings.weight",
-         ("model.embed_tokens.weight",), "vocab", 0),
+         ("model.embed_tokens.weight",), "vocab", 0, (("v", "h"),)),
     Rule(L + "input_layernorm.weight", "decoder.layers.self_attention.linear_qkv.layer_norm_weight",
-         (HL + "input_layernorm.weight",), "copy", None),
+         (HL + "input_layernorm.weight",), "copy", None, (("h",),)),
     Rule(L + "self_attention.linear_qkv.weight", "decoder.layers.self_attention.linear_qkv.weight",
-         (HL + "self_attn.q_proj.weight", HL + "self_attn.k_proj.weight", HL + "self_attn.v_proj.weight"), "qkv", 0),
+         (HL + "self_attn.q_proj.weight", HL + "self_attn.k_proj.weight", HL + "self_attn.v_proj.weight"), "qkv", 0,
+         (("q", "h"), ("kv", "h"), ("kv", "h"))),
     Rule(L + "self_attention.linear_qkv.bias", "decoder.layers.self_attention.linear_qkv.bias",
          (HL + "self_attn.q_proj.bias", HL + "self_attn.k_proj.bias", HL + "self_attn.v_proj.bias"), "qkv", 0,
-         when="qkv_bias"),
+         (("q",), ("kv",), ("kv",)), when="qkv_bias"),
     Rule(L + "self_attention.linear_proj.weight", "decoder.layers.self_attention.linear_proj.weight",
-         (HL + "self_attn.o_proj.weight",), "copy", 1),
+         (HL + "self_attn.o_proj.weight",), "copy", 1, (("h", "q"),)),
     Rule(L + "pre_mlp_layernorm.weight", "decoder.layers.mlp.linear_fc1.layer_norm_weight",
-         (HL + "post_attention_layernorm.weight",), "copy", None),
+         (HL + "post_attention_layernorm.weight",), "copy", None, (("h",),)),
     Rule(L + "mlp.linear_fc1.weight", "decoder.layers.mlp.linear_fc1.weight",
-         (HL + "mlp.gate_proj.weight", HL + "mlp.up_proj.weight"), "gate_up", 0),
+         (HL + "mlp.gate_proj.weight", HL + "mlp.up_proj.weight"), "gate_up", 0, (("f", "h"), ("f", "h"))),
     Rule(L + "mlp.linear_fc2.weight", "decoder.layers.mlp.linear_fc2.weight",
-         (HL + "mlp.down_proj.weight",), "copy", 1),
-    Rule("decoder.final_layernorm.weight", "decoder.final_layernorm.weight", ("model.norm.weight",), "copy", None),
-    Rule("output_layer.weight", "output_layer.weight", ("lm_head.weight",), "vocab", 0, when="untied"),
+         (HL + "mlp.down_proj.weight",), "copy", 1, (("h", "f"),)),
+    Rule("decoder.final_layernorm.weight", "decoder.final_layernorm.weight", ("model.norm.weight",), "copy", None,
+         (("h",),)),
+    Rule("output_layer.weight", "output_layer.weight", ("lm_head.weight",), "vocab", 0, (("v", "h"),),
+         when="untied"),
 )
 
 
 @dataclass(frozen=True)
 class Family:
-    """A Hugging Face architecture the table above covers, and what its config may contain."""
+    """A Hugging Face architecture the kit converts: the one object a new model family adds.
+
+    From it follow the tensor rules (``rules_for``), every expected shape on both sides
+    (``Rule.hf_shapes``/``Rule.ckpt_shape``), the config checks (``check_config``) and the model options
+    the layer spec is built with (``ModelShape.qkv_bias``, set by ``shape_from_config``).
+    """
 
     name: str
     architecture: str
     qkv_bias: bool
+    rules: tuple[Rule, ...] = RULES
+    projection_biases: bool = False  # may the config set attention_bias / mlp_bias (Qwen2's qkv biases)
+    must_be_false: tuple[str, ...] = ()  # config flags the mapping does not cover
+
+    def rules_for(self, shape: ModelShape) -> list[Rule]:
+        return [r for r in self.rules if r.applies(shape)]
+
+    def check_config(self, config: dict[str, Any], where: str) -> None:
+        """Refuse a config whose features the rules do not map, naming the field."""
+        act = config.get("hidden_act", "silu")
+        if act != "silu":
+            raise CheckpointError(f"{where}: field 'hidden_act' = {act!r}; fix: only SwiGLU (silu) models are supported")
+        for flag in ("attention_bias", "mlp_bias"):
+            if not self.projection_biases and config.get(flag):
+                raise CheckpointError(
+                    f"{where}: field {flag!r} = true: biases on every projection are not in the mapping; "
+                    "fix: convert a model without them"
+                )
+        for flag in self.must_be_false:
+            if config.get(flag):
+                raise CheckpointError(f"{where}: field {flag!r} = true is not supported; fix: set it false")
 
 
+# The registry: the single list of families the kit converts (``experiment ckpt import``) and exports.
 FAMILIES: dict[str, Family] = {
     f.architecture: f
     for f in (
         Family("llama", "LlamaForCausalLM", qkv_bias=False),      # Llama 2, Llama 3/3.1/3.2, SmolLM2
         Family("mistral", "MistralForCausalLM", qkv_bias=False),
-        Family("qwen2", "Qwen2ForCausalLM", qkv_bias=True),
+        Family("qwen2", "Qwen2ForCausalLM", qkv_bias=True, projection_biases=True,
+               must_be_false=("use_sliding_window",)),
     )
 }
+FAMILY_NAMES: dict[str, Family] = {f.name: f for f in FAMILIES.values()}
 
 # Megatron's llama3 RoPE scaling has these fixed (megatron/core/models/common/embeddings/rotary_pos_embedding.py)
 _LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -111,7 +166,7 @@ def family_of(config: dict[str, Any], where: str) -> Family:
             return FAMILIES[arch]
     raise CheckpointError(
         f"{where}: field 'architectures': unsupported architecture {archs or config.get('model_type')!r}; "
-        f"fix: convert one of {sorted(FAMILIES)} (other families need a mapping in experiment/ckpt/mapping.py)"
+        f"fix: convert one of {sorted(FAMILIES)} (other families: docs/checkpoints.md, 'Adding a model family')"
     )
 
 
@@ -147,24 +202,14 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
             raise CheckpointError(f"{where}: field {key!r} is missing; fix: use the model's original config.json")
         return config[key]
 
-    act = config.get("hidden_act", "silu")
-    if act != "silu":
-        raise CheckpointError(f"{where}: field 'hidden_act' = {act!r}; fix: only SwiGLU (silu) models are supported")
-    for flag in ("attention_bias", "mlp_bias"):
-        if family.name != "qwen2" and config.get(flag):
-            raise CheckpointError(
-                f"{where}: field {flag!r} = true: biases on every projection are not in the mapping; "
-                "fix: convert a model without them"
-            )
-    if family.name == "qwen2" and config.get("use_sliding_window"):
-        raise CheckpointError(f"{where}: field 'use_sliding_window' = true is not supported; fix: set it false")
+    family.check_config(config, where)
     heads = int(need("num_attention_heads"))
     hidden = int(need("hidden_size"))
     head_dim = config.get("head_dim")
     if head_dim is not None and int(head_dim) * heads != hidden:
         raise CheckpointError(
             f"{where}: field 'head_dim' = {head_dim} differs from hidden_size/num_attention_heads = {hidden // heads}; "
-            "fix: such models need kv_channels support in experiment.presets.ModelShape"
+            "fix: such models are not supported yet (docs/checkpoints.md)"
         )
     theta, scaling, factor = _rope(config, where)
     shape = ModelShape(
@@ -187,7 +232,7 @@ def shape_from_config(config: dict[str, Any], where: str) -> tuple[Family, Model
 
 def config_from_shape(shape: ModelShape, family: str = "llama") -> dict[str, Any]:
     """A Hugging Face config.json for a model that has none (trained from scratch by the kit)."""
-    arch = {f.name: f.architecture for f in FAMILIES.values()}[family]
+    arch = FAMILY_NAMES[family].architecture
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": shape.rope_theta}
     if shape.rope_scaling == "llama3":
         rope = {**_LLAMA3_FIXED, "rope_type": "llama3", "rope_theta": shape.rope_theta,
@@ -202,27 +247,35 @@ def config_from_shape(shape: ModelShape, family: str = "llama") -> dict[str, Any
     }
 
 
+_HF_FIELD = {"num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+             "ffn_hidden_size": "intermediate_size", "num_layers": "num_hidden_layers"}
+
+
 def check_layout(shape: ModelShape, tp: int, pp: int, where: str) -> None:
-    """TP must divide heads, KV groups and the FFN; PP must divide the layers."""
+    """TP must divide heads, KV groups and the FFN; PP must divide the layers (``layout_mismatches``)."""
+    from experiment.model.layout import ParallelLayout, layout_mismatches
+
     if tp < 1 or pp < 1:
         raise CheckpointError(f"--tp {tp} --pp {pp}: both must be >= 1")
-    for name, value in (("num_attention_heads", shape.num_attention_heads),
-                        ("num_key_value_heads", shape.num_query_groups),
-                        ("intermediate_size", shape.ffn_hidden_size)):
-        if value % tp:
-            divisors = [d for d in range(1, value + 1) if value % d == 0 and d <= 64]
-            raise CheckpointError(
-                f"{where}: field {name!r} = {value} is not divisible by --tp {tp}; fix: use --tp in {divisors}"
-            )
-    if shape.num_layers % pp:
-        raise CheckpointError(
-            f"{where}: field 'num_hidden_layers' = {shape.num_layers} is not divisible by --pp {pp}; "
-            f"fix: use --pp in {[d for d in range(1, shape.num_layers + 1) if shape.num_layers % d == 0]}"
-        )
+    for m in layout_mismatches(shape, ParallelLayout(tp, pp)):
+        flag = "--tp" if m.parallel == "tensor_parallel" else "--pp"
+        raise CheckpointError(f"{where}: field {_HF_FIELD[m.field]!r} = {m.value} is not divisible by {flag} "
+                              f"{m.size}; fix: use {flag} in {m.divisors}")
 
 
-def rules_for(shape: ModelShape) -> list[Rule]:
-    return [r for r in RULES if r.applies(shape)]
+def rules_for(shape: ModelShape, family: str = "llama") -> list[Rule]:
+    """The tensor rules of ``family`` that apply to ``shape``."""
+    return FAMILY_NAMES[family].rules_for(shape)
+
+
+def expected_hf_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Every Hugging Face tensor the model must have, with its shape (derived from ``RULES``)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for rule in rules_for(shape):
+        layers = range(shape.num_layers) if rule.per_layer else [None]
+        for i in layers:
+            out |= {n.format(i=i): s for n, s in zip(rule.hf, rule.hf_shapes(shape))}
+    return out
 
 
 def hf_names(shape: ModelShape) -> list[str]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experiment.presets import ModelShape
+from experiment.errors import KitError
+from experiment.model.presets import ModelShape
 from experiment.atomic import write_atomic
 
 META_NAME = "kit_checkpoint.json"
@@ -25,7 +26,7 @@ TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(KitError):
     """A checkpoint folder or conversion input is not usable; the message names the file and the fix."""
 
 

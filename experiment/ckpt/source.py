@@ -13,7 +13,7 @@ from pathlib import Path
 
 from experiment.ckpt import mapping
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 INDEX_NAME = "model.safetensors.index.json"
@@ -175,10 +175,7 @@ def open_hf(path: str | Path) -> HFSource:
                 shapes[name] = tuple(sl.get_shape())
                 dtypes.setdefault(str(sl.get_dtype()), []).append(name)
 
-    expected = _expected_shapes(shape)
-    for name, want in expected.items():
-        if name == "lm_head.weight" and shape.tie_embeddings:
-            continue
+    for name, want in mapping.expected_hf_shapes(shape).items():
         if name not in where:
             raise CheckpointError(
                 f"{path}: tensor {name!r} is missing from the weights; fix: the folder is incomplete or not a "
@@ -240,35 +237,11 @@ def _torch_dtype_name(safetensors_dtype: str) -> str:
     )
 
 
-def _expected_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
-    h, d = shape.hidden_size, shape.kv_channels
-    q, kv, f = shape.num_attention_heads * d, shape.num_query_groups * d, shape.ffn_hidden_size
-    per_layer = {
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-        "self_attn.o_proj.weight": (h, q),
-        "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f),
-    }
-    if shape.qkv_bias:
-        per_layer |= {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)}
-    out = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,),
-           "lm_head.weight": (shape.vocab_size, h)}
-    for i in range(shape.num_layers):
-        out |= {f"model.layers.{i}.{k}": v for k, v in per_layer.items()}
-    return out
-
-
 def content_hash(files: list[Path]) -> str:
-    """blake3 over (name, size, bytes) of the weight files, in name order."""
-    import blake3
+    """blake3 over (name, size, bytes) of the weight files, in name order (the kit's one hasher)."""
+    from experiment.hashing import content_hash as named_hash
 
-    h = blake3.blake3()  # one thread: runs beside the conversion
-    for p in sorted(files, key=lambda p: p.name):
-        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    return "blake3:" + h.hexdigest()
+    return named_hash(((p.name, p) for p in sorted(files, key=lambda p: p.name)), threads=1)  # one thread: beside the conversion
 
 
 def map_range(file: Path, offset: int, dtype, shape: tuple[int, ...]):

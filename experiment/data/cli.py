@@ -11,8 +11,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, logs and errors; results go to stdout (``experiment.summary.emit``)
 data_app = typer.Typer(help="Data pipeline: raw text -> counted, signed Megatron shards.", no_args_is_help=True)
+
+
+JSON_OPTION = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table")
+
+
+def emit(result, as_json: bool) -> None:
+    from experiment.summary import emit as emit_summary
+
+    emit_summary(result, as_json)
 
 
 def _friendly(fn):
@@ -25,8 +34,9 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except DataError as err:
-            where = f"{err.file}:{err.line}" if err.line else err.file
-            console.print(f"[red]error[/red] {where}: {err.message}\n  [bold]fix:[/bold] {err.fix}", highlight=False, soft_wrap=True)
+            from experiment.errors import print_error
+
+            print_error(err, console)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -39,7 +49,7 @@ def tokenize(
     output: Path = typer.Option(..., "--output", "-o", help="folder for the .bin/.idx shards"),
     tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="HF tokenizer folder, tokenizer.json or SentencePiece .model"),
     text_key: str = typer.Option("text", help="JSON key / Parquet column holding the text"),
-    backend: str = typer.Option("auto", help="auto (gigatoken when proven identical), gigatoken, or reference"),
+    backend: str = typer.Option("auto", help="auto (the first fast backend proven identical: gigatoken), a fast backend by name, or reference"),
     language: str = typer.Option(None, help="language part of the shard names (else read from input names)"),
     domain: str = typer.Option(None, help="domain part of the shard names"),
     subdomain: str = typer.Option(None, help="subdomain part (default: the input file's stem)"),
@@ -58,6 +68,7 @@ def tokenize(
     cpus_per_task: int = typer.Option(16, help="slurm: cores per task (its encoder threads)"),
     mem_per_cpu_gb: float = typer.Option(2.0, help="slurm: memory per core, GB"),
     env_command: str = typer.Option(None, help="slurm: shell line that puts the kit on PATH in the job (e.g. source .venv/bin/activate)"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Tokenize each input shard into one counted Megatron shard (EOD appended, restartable)."""
     from experiment.data.tokenize import TokenizeConfig, run
@@ -69,13 +80,17 @@ def tokenize(
         whole_files=whole_files, group_bytes=int(group_mb * 1e6), threads=threads,
     )
     if tasks == 1 and executor == "local":
-        run(cfg, console=console)
-        return
-    from experiment.data.tokenize_tasks import SlurmOptions, run_tasks
+        report = run(cfg, console=console)
+    else:
+        from experiment.data.tokenize_tasks import SlurmOptions, run_tasks
 
-    slurm = SlurmOptions(partition=partition, time=time_limit, cpus_per_task=cpus_per_task, mem_per_cpu_gb=mem_per_cpu_gb,
-                         env_command=env_command)
-    run_tasks(cfg, tasks, workers=workers, executor=executor, slurm=slurm, console=console)
+        slurm = SlurmOptions(partition=partition, time=time_limit, cpus_per_task=cpus_per_task, mem_per_cpu_gb=mem_per_cpu_gb,
+                             env_command=env_command)
+        report = run_tasks(cfg, tasks, workers=workers, executor=executor, slurm=slurm, console=console)
+    if report is not None:
+        from experiment.data.tokenize import summary
+
+        emit(summary(report), as_json)
 
 
 @data_app.command()
@@ -86,20 +101,21 @@ def count(
     domain: str = typer.Option(None, help="for names outside the convention"),
     subdomain: str = typer.Option(None, help="for names outside the convention (default: the file name)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the new names, rename nothing"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Recount .bin/.idx pairs with megatron.core and rename them ..._dc=_sc=_tc=."""
-    from rich.table import Table
-
     from experiment.data.count import count as run_count
+    from experiment.summary import Column, Summary, command_seconds, count as n
 
     results = run_count(list(paths), language, domain, subdomain, dry_run)
-    table = Table(title=f"{len(results)} shard(s){' (dry run)' if dry_run else ''}")
-    for col in ("shard", "docs", "sentences", "tokens", "change"):
-        table.add_column(col, justify="left" if col in ("shard", "change") else "right")
+    seconds = command_seconds()
+    out = Summary(f"{len(results)} shard(s){' (dry run)' if dry_run else ''}",
+                  [Column("shard"), Column("docs", n, True), Column("sentences", n, True), Column("tokens", n, True), Column("change")],
+                  extra={"wall_seconds": round(seconds, 3), "dry_run": dry_run}, caption=f"{seconds:.2f} s wall")
     for r in results:
         change = "unchanged" if not r.renamed else ("fixed wrong counts" if r.name_was_wrong else "renamed")
-        table.add_row(r.new.name, f"{r.counts.docs:,}", f"{r.counts.sentences:,}", f"{r.counts.tokens:,}", change)
-    console.print(table)
+        out.add(r.new.name, r.counts.docs, r.counts.sentences, r.counts.tokens, change)
+    emit(out, as_json)
 
 
 @data_app.command()
@@ -110,19 +126,23 @@ def merge(
     target_mb: float = typer.Option(256.0, help="target shard size in MB"),
     text_key: str = typer.Option("text", help="key that must hold the text in every record"),
     language: str = typer.Option(None), domain: str = typer.Option(None), subdomain: str = typer.Option(None),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Merge many small JSONL shards into shards of about --target-mb, per language/domain/subdomain."""
-    from rich.table import Table
-
     from experiment.data.merge import merge as run_merge
+    from experiment.summary import Column, Summary, command_seconds, count as n, fixed
 
     groups = run_merge(list(inputs), output, target_mb, text_key, language, domain, subdomain)
-    table = Table(title=f"merged into {output}")
-    for col in ("group", "inputs", "outputs", "records", "MB"):
-        table.add_column(col, justify="left" if col == "group" else "right")
+    seconds = command_seconds()
+    total_mb = sum(g.bytes for g in groups) / 1e6
+    out = Summary(f"merged into {output}",
+                  [Column("group"), Column("inputs", n, True), Column("outputs", n, True), Column("records", n, True),
+                   Column("MB", fixed(1), True)],
+                  extra={"wall_seconds": round(seconds, 3), "output": str(output)},
+                  caption=f"{total_mb:.1f} MB in {seconds:.2f} s wall" + (f" = {total_mb / seconds:.1f} MB/s" if seconds > 0 else ""))
     for g in groups:
-        table.add_row(g.stem, str(len(g.inputs)), str(len(g.outputs)), f"{g.records:,}", f"{g.bytes / 1e6:.1f}")
-    console.print(table)
+        out.add(g.stem, len(g.inputs), len(g.outputs), g.records, g.bytes / 1e6)
+    emit(out, as_json)
 
 
 @data_app.command()
@@ -134,15 +154,19 @@ def dedup(
     num_perm: int = typer.Option(64, help="MinHash permutations (seed 004: 64)"),
     threshold: float = typer.Option(0.85, help="Jaccard threshold (seed 004: 0.85)"),
     ngram: int = typer.Option(5, help="words per shingle"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """MinHash near-duplicate removal across all shards (datatrove's minhash pipeline)."""
     from experiment.data.dedup import dedup as run_dedup
+    from experiment.summary import Column, Summary, command_seconds, count as n
 
     report = run_dedup(input_dir, output, text_key, num_perm, threshold, ngram)
-    console.print(
-        f"[green]dedup[/green] LSH {report.bands} bands x {report.rows} rows: kept {report.kept:,}, "
-        f"removed {report.removed:,} near-duplicates -> {output}"
-    )
+    seconds = command_seconds()
+    out = Summary(f"dedup -> {output}", [Column("LSH bands", n, True), Column("rows per band", n, True),
+                                         Column("kept", n, True), Column("removed", n, True), Column("wall s", lambda v: f"{v:.2f}", True)],
+                  extra={"output": str(output), "outputs": [str(p) for p in report.outputs]})
+    out.add(report.bands, report.rows, report.kept, report.removed, round(seconds, 3))
+    emit(out, as_json)
 
 
 @data_app.command()
@@ -153,6 +177,7 @@ def signature(
     out_dir: Path = typer.Option(Path("data_signatures"), "--out-dir", help="where signatures live"),
     tokenizer: Path = typer.Option(None, "--tokenizer", "-t", help="tokenizer (default: the folder's tokenizer_info.json)"),
     algorithm: str = typer.Option("blake3", help="content hash: blake3 or xxh3"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a data signature: every shard's counts, sizes and content hashes, plus the tokenizer's hash."""
     from experiment.data import signature as sig
@@ -170,10 +195,17 @@ def signature(
         if not path.is_file():
             raise DataError(path, "no record of the tokenizer these shards were made with", "pass --tokenizer")
         info = sig.TokenizerInfo.model_validate_json(path.read_text())
+    from experiment.summary import Column, Summary, command_seconds, count as n, fixed
+
     built = sig.build(shard_dir, name, out_dir, info, algorithm)
     written = sig.write(built, out_dir)
-    tokens = sum(s.tokens for s in built.shards)
-    console.print(f"[green]signature[/green] {written}: {len(built.shards)} shards, {tokens:,} tokens, tokenizer {info.name}")
+    seconds = command_seconds()
+    nbytes = sum(s.bin_bytes + s.idx_bytes for s in built.shards)
+    out = Summary(f"signature {written}", [Column("shards", n, True), Column("tokens", n, True), Column("GB hashed", fixed(2), True),
+                                           Column("wall s", fixed(2), True), Column("tokenizer")],
+                  extra={"signature": str(written), "hash_algorithm": built.hash_algorithm})
+    out.add(len(built.shards), sum(s.tokens for s in built.shards), nbytes / 1e9, round(seconds, 3), info.name)
+    emit(out, as_json)
 
 
 @data_app.command()
@@ -184,7 +216,7 @@ def sample(
     shard_mb: float = typer.Option(16.0, help="maximum shard size in MB"),
 ) -> None:
     """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
 
@@ -199,7 +231,7 @@ def demo(
     name: str = typer.Option("demo-data", help="signature name"),
 ) -> None:
     """The data half of the demo: sample -> tokenize -> count -> signature (prints where outputs are)."""
-    from experiment.data.demo_pipeline import run_data_demo
+    from experiment.demo.data import run_data_demo
 
     run_data_demo(work, signatures, tokenizer, mb, name, console=console)
 

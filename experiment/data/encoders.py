@@ -9,6 +9,10 @@ Literal special-token strings in the text (``<s>``, ``</s>``, ``<|endoftext|>``)
 everywhere: sentencepiece never maps them to control ids; for ``tokenizers`` we set
 ``encode_special_tokens = True``; for gigatoken we load the tokenizer.json without its special
 added tokens (non-special added tokens stay, as in ``tokenizers``).
+
+Every backend is an ``Encoder`` subclass in one registry (``register``): the reference backend of each
+tokenizer kind, and the fast backends ``auto`` tries in order. A new backend is one class here; nothing
+else dispatches on the type of an encoder.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+import time
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
 
 import numpy as np
 
+from experiment.atomic import write_atomic
 from experiment.data.errors import DataError
 
 _FIX_TOKENIZER = "give a Hugging Face tokenizer folder, a tokenizer.json, or a SentencePiece .model file"
 # Common end-of-document tokens, tried in order when no tokenizer_config.json names the eos token.
 _EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
-BACKENDS = ("auto", "gigatoken", "reference")
 
 # Strings where tokenizer implementations tend to differ: whitespace runs, control and special-token
 # look-alikes, byte fallback, CJK, full-width forms, combining marks, emoji, code.
@@ -57,6 +63,11 @@ class TokenizerSpec:
         return self.path.name
 
     def sha256(self) -> str:
+        """Hash of the tokenizer's files (computed once per spec: the run asks for it several times)."""
+        return self._sha256
+
+    @functools.cached_property
+    def _sha256(self) -> str:
         digest = hashlib.sha256()
         for file in sorted(self.files, key=lambda p: p.name):
             digest.update(file.name.encode() + b"\0")
@@ -84,13 +95,115 @@ def resolve_tokenizer(path: str | Path, eod_token: str | None = None) -> Tokeniz
     raise DataError(path, "unknown tokenizer file type (neither tokenizer.json nor SentencePiece model)", _FIX_TOKENIZER)
 
 
-class Encoder(Protocol):
-    backend: str
+Progress = Callable[[int], None]  # called with the text bytes just encoded
+
+
+class Encoder(ABC):
+    """A tokenizer backend: texts in, (flat uint32 ids, int64 offsets of length n+1) out, EOD not added.
+
+    ``reference_for``: the tokenizer kinds whose own library this backend is (the ids every other
+    backend must reproduce). Backends without it are fast ones, used only after they pass the probe."""
+
+    backend: ClassVar[str]
+    reference_for: ClassVar[tuple[str, ...]] = ()
     vocab_size: int
     eod_id: int
 
-    def encode(self, texts: "list[str] | object") -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of each text, without EOD: (flat ids, int64 offsets of length n+1)."""
+    @classmethod
+    @abstractmethod
+    def load(cls, spec: TokenizerSpec, reference: "Encoder | None", threads: int | None, cache_dir: Path | None) -> "Encoder":
+        """The backend for ``spec`` (``reference``: the loaded reference, for a fast backend's vocab and EOD)."""
+
+    @abstractmethod
+    def encode_texts(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of each text (a list of str, or an Arrow string array), in one call."""
+
+    def encode(self, texts, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_texts``; with ``progress``, in chunks timed to report about twice a second (no backend
+        offers a callback from inside one call)."""
+        if progress is None:
+            return self.encode_texts(texts)
+        return _encode_in_chunks(self.encode_texts, texts, progress)
+
+    def file_reader(self, key: str) -> "Callable[[list[Path]], tuple[np.ndarray, np.ndarray]] | None":
+        """A function encoding every document of whole JSONL files, read by the backend itself, or None."""
+        return None
+
+    @classmethod
+    def early_file_reader(cls, spec: TokenizerSpec, cache_dir: Path | None, key: str):
+        """``file_reader`` before the reference and the probe are loaded (its ids are used only if the
+        probe then passes), or None."""
+        return None
+
+
+_REGISTRY: dict[str, type[Encoder]] = {}
+
+
+def register(cls: type[Encoder]) -> type[Encoder]:
+    """Add a backend to the registry (fast backends: ``auto`` tries them in registration order)."""
+    _REGISTRY[cls.backend] = cls
+    return cls
+
+
+def fast_backends() -> list[type[Encoder]]:
+    return [c for c in _REGISTRY.values() if not c.reference_for]
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What ``--backend`` accepts: auto, reference, or a fast backend by name."""
+    return ("auto", "reference", *(c.backend for c in fast_backends()))
+
+
+def reference_class(kind: str) -> type[Encoder]:
+    for cls in _REGISTRY.values():
+        if kind in cls.reference_for:
+            return cls
+    raise DataError(kind, f"no reference backend for tokenizers of kind {kind!r}", _FIX_TOKENIZER)
+
+
+# The first chunk is small so the first report comes early; then each chunk is sized from the rate so far.
+_FIRST_CHUNK_BYTES = 2 << 20
+_CHUNK_SECONDS = 0.5
+
+
+def _text_ends(texts) -> np.ndarray:
+    """Cumulative text size after each text (bytes for Arrow, characters for a list: only for sizing)."""
+    if isinstance(texts, list):
+        return np.cumsum(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)))
+    offsets = arrow_offsets(texts)
+    return offsets[1:] - offsets[0]
+
+
+def _encode_in_chunks(encode, texts, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    n = len(texts)
+    ends = _text_ends(texts)
+    flats, offs = [], []
+    start, done, want = 0, 0, _FIRST_CHUNK_BYTES
+    while start < n:
+        stop = max(start + 1, int(np.searchsorted(ends, done + want, side="right")))
+        stop = min(stop, n)
+        chunk = texts[start:stop] if isinstance(texts, list) else texts.slice(start, stop - start)
+        t0 = time.perf_counter()
+        flat, offsets = encode(chunk)
+        seconds = time.perf_counter() - t0
+        nbytes = int(ends[stop - 1]) - done
+        flats.append(flat)
+        offs.append(offsets)
+        progress(nbytes)
+        done += nbytes
+        start = stop
+        if seconds > 0:
+            want = max(256 << 10, int(nbytes / seconds * _CHUNK_SECONDS))
+    if len(flats) == 1:
+        return flats[0], offs[0]
+    flat = np.concatenate(flats)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    pos, base = 1, 0
+    for o in offs:
+        offsets[pos : pos + len(o) - 1] = o[1:] + base
+        pos += len(o) - 1
+        base += int(o[-1])
+    return flat, offsets
 
 
 def _as_list(texts) -> list[str]:
@@ -105,8 +218,14 @@ def _flatten(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-class SentencePieceEncoder:
+@register
+class SentencePieceEncoder(Encoder):
     backend = "sentencepiece"
+    reference_for = ("sentencepiece",)
+
+    @classmethod
+    def load(cls, spec, reference=None, threads=None, cache_dir=None):
+        return cls(spec, threads)
 
     def __init__(self, spec: TokenizerSpec, threads: int | None = None) -> None:
         import sentencepiece as spm
@@ -126,7 +245,7 @@ class SentencePieceEncoder:
             if self.eod_id < 0:
                 raise DataError(spec.model_file, "the model defines no eos piece to use as EOD", "pass --eod-token")
 
-    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+    def encode_texts(self, texts) -> tuple[np.ndarray, np.ndarray]:
         return _flatten(self.sp.encode(_as_list(texts), num_threads=self.threads))
 
 
@@ -157,8 +276,14 @@ def _eod_from_json(spec: TokenizerSpec, config: dict, token_to_id) -> int:
     )
 
 
-class TokenizersEncoder:
+@register
+class TokenizersEncoder(Encoder):
     backend = "tokenizers"
+    reference_for = ("tokenizers", "hf")
+
+    @classmethod
+    def load(cls, spec, reference=None, threads=None, cache_dir=None):
+        return cls(spec, threads)
 
     def __init__(self, spec: TokenizerSpec, threads: int | None = None) -> None:
         from tokenizers import Tokenizer
@@ -172,7 +297,7 @@ class TokenizersEncoder:
         self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
         self.eod_id = _eod_from_json(spec, json.loads(raw), self.tk.token_to_id)
 
-    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+    def encode_texts(self, texts) -> tuple[np.ndarray, np.ndarray]:
         encodings = self.tk.encode_batch_fast(_as_list(texts), add_special_tokens=False)
         return _flatten([e.ids for e in encodings])
 
@@ -205,17 +330,39 @@ def _arrow_to_awkward(texts):
     return ak.Array(layout)
 
 
-class GigatokenEncoder:
+@register
+class GigatokenEncoder(Encoder):
+    """The fast backend: gigatoken's Rust encoder, also reading whole JSONL files itself (``whole_files``)."""
+
     backend = "gigatoken"
 
-    def __init__(self, spec: TokenizerSpec, reference: SentencePieceEncoder | TokenizersEncoder, cache_dir: Path | None = None) -> None:
+    @classmethod
+    def load(cls, spec, reference, threads=None, cache_dir=None):
+        return cls(spec, reference, cache_dir)
+
+    def __init__(self, spec: TokenizerSpec, reference: Encoder, cache_dir: Path | None = None) -> None:
         self.tok = gigatoken_tokenizer(spec, cache_dir)
         self.vocab_size = reference.vocab_size
         self.eod_id = reference.eod_id
 
-    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+    def encode_texts(self, texts) -> tuple[np.ndarray, np.ndarray]:
         batch = texts if isinstance(texts, list) else _arrow_to_awkward(texts)
         return _flat_offsets(self.tok.encode_batch(batch))
+
+    def file_reader(self, key: str):
+        return functools.partial(_encode_jsonl_with, self.tok, key)
+
+    @classmethod
+    def early_file_reader(cls, spec: TokenizerSpec, cache_dir: Path | None, key: str):
+        try:
+            tok = gigatoken_tokenizer(spec, cache_dir)
+        except Exception:  # load_encoder says why (or falls back to the reference)
+            return None
+        return functools.partial(_encode_jsonl_with, tok, key)
+
+
+def _encode_jsonl_with(tok, key: str, paths: list[Path]):
+    return encode_jsonl(tok, paths, key)  # looked up at call time (tests wrap it)
 
 
 def gigatoken_tokenizer(spec: TokenizerSpec, cache_dir: Path | None = None):
@@ -272,10 +419,7 @@ def _gigatoken_json(spec: TokenizerSpec, cache_dir: Path | None) -> str:
     text = json.dumps(config)
     if cached is not None:
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, cached)
+            write_atomic(cached, text)
         except OSError:
             pass  # a read-only cache only costs time
     return text
@@ -287,16 +431,14 @@ def _dist_version(name: str) -> str:
     return version(name)
 
 
-def reference_encoder(spec: TokenizerSpec, threads: int | None = None) -> SentencePieceEncoder | TokenizersEncoder:
-    if spec.kind == "sentencepiece":
-        return SentencePieceEncoder(spec, threads)
-    return TokenizersEncoder(spec, threads)
+def reference_encoder(spec: TokenizerSpec, threads: int | None = None) -> Encoder:
+    return reference_class(spec.kind).load(spec, None, threads, None)
 
 
 def same_ids(a: Encoder, b: Encoder, texts: list[str]) -> list[int]:
     """Indices of texts where the two encoders disagree (empty list: identical)."""
-    fa, oa = a.encode(texts)
-    fb, ob = b.encode(texts)
+    fa, oa = a.encode_texts(texts)
+    fb, ob = b.encode_texts(texts)
     return [
         i for i in range(len(texts))
         if not np.array_equal(fa[oa[i] : oa[i + 1]], fb[ob[i] : ob[i + 1]])
@@ -326,7 +468,7 @@ class SpotSample:
 def differing_ids(reference: Encoder, texts: list[str], flat: np.ndarray, offsets: np.ndarray) -> list[int]:
     """Indices of the leading ``texts`` whose ids in (``flat``, ``offsets``), from another encoder, are
     not the reference's (empty list: identical). Only the reference encodes here."""
-    rf, ro = reference.encode(texts)
+    rf, ro = reference.encode_texts(texts)
     n = len(texts)
     if np.array_equal(np.diff(ro), np.diff(offsets[: n + 1])) and np.array_equal(rf, flat[offsets[0] : offsets[n]]):
         return []
@@ -354,24 +496,60 @@ def load_encoder(spec: TokenizerSpec, backend: str = "auto", threads: int | None
 
 @functools.lru_cache(maxsize=8)
 def _load_encoder(spec: TokenizerSpec, sha256: str, backend: str, threads: int | None, cache_dir: Path | None) -> LoadedEncoder:
-    if backend not in BACKENDS:
-        raise DataError(spec.path, f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    choices = backend_choices()
+    if backend not in choices:
+        raise DataError(spec.path, f"unknown backend {backend!r}", f"use one of {', '.join(choices)}")
     reference = reference_encoder(spec, threads)
     if backend == "reference":
         return LoadedEncoder(reference, reference, spec, f"{reference.backend} (reference, as asked)")
-    try:
-        fast = GigatokenEncoder(spec, reference, cache_dir)
-    except Exception as err:  # gigatoken refuses some vocabularies (e.g. missing byte tokens)
-        if backend == "gigatoken":
-            raise DataError(spec.model_file, f"gigatoken cannot load this tokenizer: {err}", "use --backend reference") from None
-        return LoadedEncoder(reference, reference, spec, f"{reference.backend} (gigatoken cannot load it: {str(err).splitlines()[0]})")
+    why_not = []
+    for cls in fast_backends():
+        if backend not in ("auto", cls.backend):
+            continue
+        try:
+            fast = cls.load(spec, reference, threads, cache_dir)
+        except Exception as err:  # gigatoken refuses some vocabularies (e.g. missing byte tokens)
+            if backend == cls.backend:
+                raise DataError(spec.model_file, f"{cls.backend} cannot load this tokenizer: {err}", "use --backend reference") from None
+            why_not.append(f"{cls.backend} cannot load it: {str(err).splitlines()[0]}")
+            continue
+        bad = _probe(fast, reference, spec, cache_dir)
+        if bad is None:
+            return LoadedEncoder(fast, reference, spec, f"{cls.backend} (ids identical to {reference.backend} on the probe)")
+        if backend == cls.backend:
+            raise DataError(spec.model_file, f"{cls.backend} ids differ from {reference.backend} on {bad[0]!r}", "use --backend reference")
+        why_not.append(f"{cls.backend} differs on {len(bad)} probe texts")
+    return LoadedEncoder(reference, reference, spec, f"{reference.backend} ({'; '.join(why_not) or 'no fast backend'})")
+
+
+def _probe(fast: Encoder, reference: Encoder, spec: TokenizerSpec, cache_dir: Path | None) -> list[str] | None:
+    """The probe texts where ``fast`` and ``reference`` disagree, None if none. A pass is remembered in
+    ``cache_dir`` under the tokenizer's hash and both libraries' versions, so later runs skip it."""
+    mark = None
+    if cache_dir is not None:
+        versions = "-".join(_backend_version(e.backend) for e in (fast, reference))
+        key = hashlib.sha256(f"{spec.sha256()}|{fast.backend}|{reference.backend}|{versions}|{PROBE_TEXTS!r}".encode()).hexdigest()
+        mark = cache_dir / f"probe-passed-{key[:32]}"
+        if mark.is_file():
+            return None
     probe = list(PROBE_TEXTS) + _added_token_probe(spec)
     bad = same_ids(fast, reference, probe)
     if bad:
-        if backend == "gigatoken":
-            raise DataError(spec.model_file, f"gigatoken ids differ from {reference.backend} on {probe[bad[0]]!r}", "use --backend reference")
-        return LoadedEncoder(reference, reference, spec, f"{reference.backend} (gigatoken differs on {len(bad)} probe texts)")
-    return LoadedEncoder(fast, reference, spec, f"gigatoken (ids identical to {reference.backend} on the probe)")
+        return [probe[i] for i in bad]
+    if mark is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            mark.touch()
+        except OSError:
+            pass  # a read-only cache only costs time
+    return None
+
+
+def _backend_version(name: str) -> str:
+    try:
+        return _dist_version(name)
+    except Exception:
+        return "unknown"
 
 
 def _added_token_probe(spec: TokenizerSpec) -> list[str]:

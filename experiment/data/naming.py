@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from experiment.errors import KitError
+
 _NAME = re.compile(
     r"^(?P<language>[^_/]+)_(?P<domain>[^_/]+)_(?P<subdomain>[^/]*?)_split_(?P<split>[^_/]+)_text_document"
     r"(?:_dc=(?P<docs>\d+)_sc=(?P<sentences>\d+)_tc=(?P<tokens>\d+))?$"
@@ -19,7 +21,7 @@ _NAME = re.compile(
 _PART = re.compile(r"^[A-Za-z0-9.\-]+$")
 
 
-class ShardNameError(ValueError):
+class ShardNameError(KitError, ValueError):
     """A shard name that does not follow the convention."""
 
 

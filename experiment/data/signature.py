@@ -71,26 +71,11 @@ def read(path: str | Path) -> DataSignature:
 
 # --- building a signature -------------------------------------------------------------------------
 
-HASH_CHUNK = 16 << 20
-
-
 def hash_file(path: str | Path, algorithm: str = "blake3") -> str:
-    """Content hash of one file: blake3 (multi-threaded, default) or xxh3_128."""
-    if algorithm == "blake3":
-        from blake3 import blake3
+    """Content hash of one file (the kit's one hasher, ``experiment.hashing``): blake3 or xxh3_128."""
+    from experiment.hashing import hash_file as content
 
-        hasher = blake3(max_threads=blake3.AUTO)
-        hasher.update_mmap(str(path))
-        return hasher.hexdigest()
-    if algorithm == "xxh3":
-        import xxhash
-
-        hasher = xxhash.xxh3_128()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(HASH_CHUNK):
-                hasher.update(chunk)
-        return hasher.hexdigest()
-    raise ValueError(f"unknown hash algorithm {algorithm!r} (blake3 or xxh3)")
+    return content(path, algorithm)
 
 
 def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: TokenizerInfo, algorithm: str = "blake3") -> DataSignature:
@@ -106,6 +91,13 @@ def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: Toke
     prefixes = shards.find_prefixes([shard_dir])
     if not prefixes:
         raise DataError(shard_dir, "no .bin/.idx pairs found", "tokenize first, or give the folder that holds the shards")
+    from experiment.hashing import hash_paths, normalize_algorithm
+
+    try:
+        normalize_algorithm(algorithm)
+    except ValueError as err:
+        raise DataError("--algorithm", str(err), "use blake3 (default) or xxh3") from None
+    digests = hash_paths([f"{p}{ext}" for p in prefixes for ext in (".bin", ".idx")], algorithm)  # all files at once
     entries = []
     for prefix in prefixes:
         try:
@@ -122,7 +114,7 @@ def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: Toke
         entries.append(ShardEntry(
             prefix=prefix.name, language=parsed.language, domain=parsed.domain, subdomain=parsed.subdomain,
             docs=c.docs, sentences=c.sentences, tokens=c.tokens, bin_bytes=info.bin_bytes, idx_bytes=info.idx_bytes,
-            bin_hash=hash_file(f"{prefix}.bin", algorithm), idx_hash=hash_file(f"{prefix}.idx", algorithm), dtype=info.dtype,
+            bin_hash=digests[f"{prefix}.bin"], idx_hash=digests[f"{prefix}.idx"], dtype=info.dtype,
         ))
     import os
 
@@ -131,13 +123,9 @@ def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: Toke
 
 
 def write(signature: DataSignature, out_dir: str | Path) -> Path:
-    """Write ``out_dir/<name>.json`` atomically (temporary name, then rename)."""
-    import os
+    """Write ``out_dir/<name>.json`` atomically (``experiment.atomic.write_atomic``)."""
+    from experiment.atomic import write_atomic
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{signature.name}.json"
-    tmp = out_dir / f".{signature.name}.json.tmp-{os.getpid()}"
-    tmp.write_text(signature.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(out_dir) / f"{signature.name}.json"
+    write_atomic(path, signature.to_json())
     return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from experiment.data import encoders, naming, shards, sources, whole_files
 from experiment.data.encoders import LoadedEncoder, differing_ids, load_encoder, resolve_tokenizer
 from experiment.data.errors import DataError
 from experiment.data.signature import TokenizerInfo
+from experiment.summary import Summary, command_seconds
 
 TOKENIZER_INFO = "tokenizer_info.json"
 
@@ -50,6 +51,9 @@ class TokenizeConfig:
     group_bytes: int = 128 << 20  # whole files encoded together, at most this much text per call
     threads: int | None = None  # encoder/parser threads (None: all cores; see ``apply_threads``)
     share: tuple[Path, ...] | None = None  # only these inputs (one datatrove task's); names count over all inputs
+    # auto: below this much input the reference encodes: loading a fast backend, importing awkward and the
+    # probe cost ~0.25 s, more than the reference takes for it (a 1-document run: 0.62 -> 0.37 s wall).
+    small_input_bytes: int = 256 << 10
 
 
 @dataclass
@@ -280,14 +284,15 @@ class _Reader:
         self._stream.close()
 
 
-def _encode_blocks(blocks, loaded: LoadedEncoder, sample_first: bool):
-    """(flat ids, offsets, spot-check texts or None, empty docs dropped, text bytes) per block of texts."""
+def _encode_blocks(blocks, loaded: LoadedEncoder, sample_first: bool, on_bytes=None):
+    """(flat ids, offsets, spot-check texts or None, empty docs dropped, text bytes not yet reported to
+    ``on_bytes``) per block of texts; ``on_bytes`` hears of the text bytes as they are encoded."""
     for texts in blocks:
         texts, n_empty = _drop_empty(texts)
         sample = _leading(texts) if sample_first and len(texts) else None
         sample_first = sample_first and sample is None
-        flat, offsets = loaded.encoder.encode(texts)
-        yield flat, offsets, sample, n_empty, texts.nbytes
+        flat, offsets = loaded.encoder.encode(texts, progress=on_bytes)
+        yield flat, offsets, sample, n_empty, 0 if on_bytes else texts.nbytes
 
 
 def tokenize_file(
@@ -323,7 +328,7 @@ def tokenize_file(
         if encoded is None:
             if blocks is None:  # not in the run's reader (its output was there when the run started)
                 blocks = sources.read_batches(path, cfg.text_key, cfg.block_bytes)
-            encoded = _encode_blocks(blocks, loaded, not checked)
+            encoded = _encode_blocks(blocks, loaded, not checked, on_bytes)
         for flat, offsets, sample, n_empty, nbytes in encoded:
             empty += n_empty
             if sample and not checked:  # the ids about to be written, re-encoded by the reference
@@ -335,7 +340,7 @@ def tokenize_file(
                     )
                 checked = True
             writer.append(flat, offsets)
-            if on_bytes:
+            if on_bytes and nbytes:
                 on_bytes(nbytes)
         counts = writer.finish()
     except BaseException:
@@ -381,18 +386,27 @@ def input_names(cfg: TokenizeConfig) -> tuple[list[Path], list[naming.ShardName]
 
 
 def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
-    """Tokenize every input (sorted) into ``cfg.output``; progress bar and summary table on ``console``."""
-    started, cpu_started = time.perf_counter(), _process_cpu()
+    """Tokenize every input (sorted) into ``cfg.output``; a progress bar on ``console`` (stderr). The
+    summary (``summary``) is the caller's to print. ``report.seconds`` is the command's wall time when run
+    as a command (``experiment.summary.start_command``), else this call's."""
+    started, cpu_started = time.monotonic(), _process_cpu()
     apply_threads(cfg.threads)
     inputs, names = input_names(cfg)
+    all_inputs = inputs
     if cfg.share is not None:  # a task's inputs: named as in the whole run (split ids), then kept
         share = set(cfg.share)
         inputs, names = [p for p in inputs if p in share], [n for p, n in zip(inputs, names) if p in share]
         if not inputs:
-            return TokenizeReport("nothing to do", seconds=time.perf_counter() - started)
+            return TokenizeReport("nothing to do", seconds=command_seconds(started))
     spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
     index = OutputIndex(cfg.output)
     pending = [p for p, n in zip(inputs, names) if index.finished(n.stem) is None]
+    # what is left to encode (a re-run of a finished folder loads no fast backend); a datatrove task decides
+    # on every input of the run, so all its tasks decide alike
+    todo = pending if cfg.share is None else all_inputs
+    small = cfg.backend == "auto" and sum(p.stat().st_size for p in todo) < cfg.small_input_bytes
+    if small:
+        cfg = replace(cfg, backend="reference")  # the same ids (the reference's) at a fraction of the start-up
     whole = [p for p in pending if cfg.whole_files and cfg.backend != "reference" and whole_files.eligible(p, cfg.whole_file_bytes)]
     # Reading starts now, in the background, while the tokenizer loads (reading inputs changes nothing):
     # the line check of whole-file inputs, the parse of the others.
@@ -401,6 +415,8 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     reader = _Reader([p for p in pending if p not in whole_set], cfg)
     try:
         report = _run(cfg, console, started, inputs, names, spec, reader, checker, whole, index)
+        if small:
+            report.backend_note = f"{report.backend_note.split()[0]} (the reference: under {cfg.small_input_bytes >> 10} KB of input)"
         report.cpu_seconds = _process_cpu() - cpu_started
         return report
     finally:
@@ -421,15 +437,18 @@ def _run(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names
 
 
 def _start_whole_files(cfg: TokenizeConfig, spec, whole: list[Path]):
-    """gigatoken starts encoding the whole-file inputs now, while the reference loads and the probe runs."""
+    """The first fast backend that reads whole files (as ``auto`` or ``--backend`` would pick it) starts
+    encoding the whole-file inputs now, while the reference loads and the probe runs."""
     if not whole:
         return None
-    try:
-        tok = encoders.gigatoken_tokenizer(spec, cfg.cache_dir)
-    except Exception:  # load_encoder says why (or falls back to the reference)
-        return None
-    groups = whole_files.plan_groups(whole, cfg.group_bytes)
-    return whole_files.GroupEncoder(lambda group: encoders.encode_jsonl(tok, group, cfg.text_key), groups)
+    for cls in encoders.fast_backends():
+        if cfg.backend not in ("auto", cls.backend):
+            continue
+        reader = cls.early_file_reader(spec, cfg.cache_dir, cfg.text_key)
+        if reader is not None:
+            return whole_files.GroupEncoder(reader, whole, cfg.group_bytes, backend=cls.backend)
+        return None  # auto would try this backend first: its ids are the ones to start on
+    return None
 
 
 def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path], names: list, loaded: LoadedEncoder,
@@ -464,7 +483,7 @@ def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path]
             if progress:
                 progress.advance(task, path.stat().st_size - before[0])
 
-        if group_encoder is not None and isinstance(loaded.encoder, encoders.GigatokenEncoder):
+        if group_encoder is not None and loaded.encoder.backend == group_encoder.backend:
             _whole_file_groups(cfg.text_key, checker, group_encoder, one, results)
         elif checker is not None:  # the reference encoder runs: these inputs are read block by block below
             checker.close()
@@ -474,17 +493,15 @@ def _run_loaded(cfg: TokenizeConfig, console, started: float, inputs: list[Path]
             if path not in results:
                 one(path, blocks=reader.blocks(path) if path in reader.paths else None)  # None: read here
     report.shards = [results[p] for p in inputs]
-    report.seconds = time.perf_counter() - started
-    if console is not None:
-        console.print(summary_table(report))
+    report.seconds = command_seconds(started)
     return report
 
 
 def _whole_file_groups(key: str, checker, group_encoder, one, results) -> None:
     """Whole-file inputs: encoded by gigatoken in groups (one ahead), checked line by line, written per
     input. A group whose check or count is in doubt goes to the block reader, which names any problem."""
-    for _ in range(group_encoder.groups):
-        group, encoded, seconds = group_encoder.next_group()
+    while (item := group_encoder.next_group()) is not None:
+        group, encoded, seconds = item
         checks: list = []
         error = None
         for path in group:
@@ -545,21 +562,31 @@ def progress_bar(console):
     )
 
 
-def summary_table(report: TokenizeReport):
-    from rich.table import Table
+def summary(report: TokenizeReport) -> Summary:
+    """Per shard its tokens and share of the run's tokens (shards are encoded together: a per-shard rate
+    would be false); the rate is over the command's wall time."""
+    from experiment.summary import Column, Summary, count, fixed, percent
 
-    table = Table(title=f"tokenized with {report.backend_note}")
-    for col in ("shard", "docs", "tokens", "MB in", "tokens/s", "status"):
-        table.add_column(col, justify="left" if col in ("shard", "status") else "right")
-    docs = tokens = nbytes = 0
-    work = 0.0
-    for s in report.shards:
-        rate = f"{s.tokens / s.seconds / 1e6:.2f} M" if s.seconds > 0 else "-"
-        status = "skipped (done)" if s.skipped else ("ok" if not s.empty_docs else f"ok, {s.empty_docs} empty docs dropped")
-        table.add_row(s.prefix.name, f"{s.docs:,}", f"{s.tokens:,}", f"{s.input_bytes / 1e6:.1f}", rate, status)
-        docs, tokens, nbytes = docs + s.docs, tokens + s.tokens, nbytes + s.input_bytes
-        work += s.seconds
+    tokens = sum(s.tokens for s in report.shards)
     new_tokens = sum(s.tokens for s in report.shards if not s.skipped)
-    rate = f"{new_tokens / report.seconds / 1e6:.2f} M" if report.seconds > 0 and new_tokens else "-"
-    table.add_row("total", f"{docs:,}", f"{tokens:,}", f"{nbytes / 1e6:.1f}", rate, f"{report.seconds:.1f} s", style="bold")
-    return table
+    rate = new_tokens / report.seconds if report.seconds > 0 and new_tokens else None
+    out = Summary(
+        f"tokenized with {report.backend_note}",
+        [Column("shard"), Column("docs", count, True), Column("tokens", count, True), Column("share", percent, True),
+         Column("MB in", fixed(1), True), Column("status")],
+        extra={"backend": report.backend_note, "wall_seconds": round(report.seconds, 3),
+               "cpu_seconds": round(report.cpu_seconds, 3), "new_tokens": new_tokens,
+               "tokens_per_second": round(rate) if rate else None},
+        caption=f"{new_tokens:,} new tokens in {report.seconds:.2f} s wall"
+                + (f" = {_rate_text(rate)}" if rate else "") + f", {report.cpu_seconds:.2f} CPU-s",
+    )
+    for s in report.shards:
+        status = "skipped (done)" if s.skipped else ("ok" if not s.empty_docs else f"ok, {s.empty_docs} empty docs dropped")
+        out.add(s.prefix.name, s.docs, s.tokens, 100 * s.tokens / tokens if tokens else 0.0, s.input_bytes / 1e6, status)
+    out.total = ["total", sum(s.docs for s in report.shards), tokens, 100.0 if tokens else 0.0,
+                 sum(s.input_bytes for s in report.shards) / 1e6, f"{report.seconds:.2f} s wall"]
+    return out
+
+
+def _rate_text(rate: float) -> str:
+    return f"{rate / 1e6:.2f} M tokens/s" if rate >= 1e5 else f"{rate:,.0f} tokens/s"

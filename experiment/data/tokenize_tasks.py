@@ -13,6 +13,7 @@ byte-for-byte those of one process, and a re-run (or a requeued task) redoes onl
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -135,7 +136,8 @@ def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions
 
     return SlurmPipelineExecutor(
         [TokenizeShards(cfg, slurm.cpus_per_task)], tasks=tasks, time=slurm.time, partition=slurm.partition,
-        cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=slurm.mem_per_cpu_gb, job_name=slurm.job_name,
+        # datatrove writes f"{gb}G" and sbatch refuses "2.0G" (seen on a real Slurm): whole GB, rounded up
+        cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=math.ceil(slurm.mem_per_cpu_gb), job_name=slurm.job_name,
         env_command=slurm.env_command, logging_dir=str(cfg.output / LOGS), skip_completed=False,
     )
 
@@ -160,7 +162,7 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     cfg.output.mkdir(parents=True, exist_ok=True)
     for stale in _reports_dir(cfg.output).glob("*.json"):
         stale.unlink()
-    started = time.perf_counter()
+    started = time.monotonic()
     if executor == "slurm":
         slurm_executor(cfg, tasks, slurm or SlurmOptions()).run()
         if console is not None:
@@ -181,7 +183,6 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
             local.run()
     else:
         local.run()
-    report = _read_reports(cfg.output, tasks, time.perf_counter() - started)
-    if console is not None:
-        console.print(tokenize.summary_table(report))
-    return report
+    from experiment.summary import command_seconds
+
+    return _read_reports(cfg.output, tasks, command_seconds(started))

@@ -51,24 +51,6 @@ def eligible(path: Path, max_bytes: int) -> bool:
     return sources.format_of(path) == "jsonl" and 0 < path.stat().st_size <= max_bytes
 
 
-def plan_groups(paths: list[Path], group_bytes: int) -> list[list[Path]]:
-    """Consecutive inputs packed into groups of at most ``group_bytes`` (a larger file is its own group).
-
-    The last input is a group of its own: the shards of a group are written after it is encoded, and
-    only the last group's writing overlaps no encoding, so it should be small."""
-    groups: list[list[Path]] = []
-    size = 0
-    for path in paths[:-1]:
-        n = path.stat().st_size
-        if groups and size + n <= group_bytes:
-            groups[-1].append(path)
-            size += n
-        else:
-            groups.append([path])
-            size = n
-    return groups + [paths[-1:]] if paths else groups
-
-
 def check_file(path: Path, key: str) -> FileCheck:
     """Check every line of ``path`` as ``sources.iter_documents`` would; raise its DataError (file:line).
 
@@ -168,35 +150,68 @@ class Checker:
         self._stop.set()
 
 
-class GroupEncoder:
-    """``encode(group)`` of each group in order, in a background thread one group ahead. It starts before
-    the reference tokenizer and the probe are loaded; its ids are used only if gigatoken passes the probe."""
+# Groups are sized from the encode rate so far, to take about this long: the bar moves once per group
+# (gigatoken reports nothing from inside a call), and smaller groups would pay more per-call overhead.
+GROUP_SECONDS = 0.6
+FIRST_GROUP_BYTES = 8 << 20
+MIN_GROUP_BYTES = 4 << 20  # on a slow (busy) machine smaller groups would add per-call overhead for little
 
-    def __init__(self, encode, groups: list[list[Path]]) -> None:
-        self.groups = len(groups)
+
+def next_group(sizes: list[int], start: int, want: int) -> int:
+    """The end of the group that starts at input ``start`` (``sizes``: every input's bytes): whole files up
+    to ``want`` bytes, at least one; the last input is a group of its own (only the last group's writing
+    overlaps no encoding)."""
+    last = len(sizes) - 1
+    if start >= last:
+        return start + 1
+    end, size = start + 1, sizes[start]
+    while end < last and size + (n := sizes[end]) <= want:
+        size += n
+        end += 1
+    return end
+
+
+class GroupEncoder:
+    """``encode(group)`` of consecutive groups of ``paths``, in a background thread one group ahead. Groups
+    hold at most ``group_bytes``, and are sized to take ``GROUP_SECONDS`` at the rate measured so far. It
+    starts before the reference tokenizer and the probe are loaded; its ids are used only if the backend
+    (``backend``) passes the probe."""
+
+    def __init__(self, encode, paths: list[Path], group_bytes: int, backend: str = "") -> None:
+        self.backend = backend
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._slots = threading.Semaphore(2)  # the group being written and the one being encoded
+        sizes = [p.stat().st_size for p in paths]
 
         def work():
-            for group in groups:
+            start, want = 0, min(group_bytes, FIRST_GROUP_BYTES)
+            while start < len(paths):
                 while not self._slots.acquire(timeout=0.1):
                     if self._stop.is_set():
                         return
                 if self._stop.is_set():
                     return
-                start = time.perf_counter()
+                end = next_group(sizes, start, want)
+                group = paths[start:end]
+                began = time.perf_counter()
                 try:
                     item = encode(group)
                 except Exception as err:  # the block reader then names the problem
                     item = err
-                self._queue.put((group, item, time.perf_counter() - start))
+                seconds = time.perf_counter() - began
+                self._queue.put((group, item, seconds))
+                if seconds > 0:
+                    nbytes = sum(sizes[start:end])
+                    want = max(MIN_GROUP_BYTES, min(group_bytes, int(nbytes / seconds * GROUP_SECONDS)))
+                start = end
+            self._queue.put(None)
 
         self._thread = threading.Thread(target=work, daemon=True, name="jsonl-encode")
         self._thread.start()
 
-    def next_group(self) -> tuple[list[Path], tuple[np.ndarray, np.ndarray] | Exception, float]:
-        """The next group, its (flat, offsets) or the error, and the seconds its encoding took."""
+    def next_group(self) -> tuple[list[Path], tuple[np.ndarray, np.ndarray] | Exception, float] | None:
+        """The next group, its (flat, offsets) or the error, and the seconds its encoding took; None at the end."""
         return self._queue.get()
 
     def written(self) -> None:

@@ -22,17 +22,16 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiment.errors import KitError
+from experiment.engine import engine_env
 from experiment.folder import TrainingFolder
 from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR, RUN_IMAGE_PATH
 
 ENGINES = ("podman", "docker")
 DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTAINERS_CONF = REPO_ROOT / "env" / "containers.conf"
-STORAGE_CONF = REPO_ROOT / "env" / "storage.conf"
 
 
-class ContainerError(Exception):
+class ContainerError(KitError):
     """No engine, no image, or the container failed; the message says what to do."""
 
 
@@ -63,16 +62,6 @@ def detect_engine(prefer: str | None = None) -> str | None:
         if name and shutil.which(name):
             return name
     return None
-
-
-def engine_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The engine's environment: the repo-local containers/storage settings this machine kind needs."""
-    env = dict(os.environ if base is None else base)
-    if CONTAINERS_CONF.is_file():
-        env.setdefault("CONTAINERS_CONF", os.fspath(CONTAINERS_CONF))
-    if STORAGE_CONF.is_file():
-        env.setdefault("CONTAINERS_STORAGE_CONF", os.fspath(STORAGE_CONF))
-    return env
 
 
 def image_id(engine: str, ref: str, root: str | None = None) -> dict[str, str] | None:
@@ -127,6 +116,7 @@ def inner_run_command(folder: TrainingFolder, nproc: int | None = None) -> tuple
     cmd = ["experiment", "run", os.fspath(folder.path)]
     if nproc:
         cmd += ["--nproc", str(nproc)]
+    cmd += [a for o in getattr(folder, "overrides", ()) for a in ("--set", o)]
     return tuple(cmd)
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.launch.local import Launch, torchrun_argv
 
 TEMPLATES = Path(__file__).parent / "templates"
-SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
 RDZV_PORT = 29500
 
 
@@ -30,14 +30,22 @@ class ClusterSettings:
     walltime: str
     partition: str | None = None
     account: str | None = None
-    gpus: bool = True
+    gpus: int = 0  # per node
     container_prefix: str | None = None  # e.g. "apptainer exec --nv --bind ... image.sif"
+    cpus_per_task: int = 2  # the one task per node: torchrun and its ranks
+    signal_seconds: int = 120
 
 
-def torchrun_line(launch: Launch, kind: str) -> str:
+def _python(settings: "ClusterSettings") -> tuple[str, ...]:
+    """The interpreter the job uses: the image's ``python`` in a container, else the one that submitted
+    (a cluster's shared filesystem holds the same virtual environment on every node)."""
+    return ("python",) if settings.container_prefix else (sys.executable,)
+
+
+def torchrun_line(launch: Launch, kind: str, torchrun: tuple[str, ...] = ("torchrun",)) -> str:
     """The exact torchrun command each node runs (shell variables expand on the node)."""
     rdzv_id = "$SLURM_JOB_ID" if kind == "slurm" else "$PBS_JOBID"
-    argv = torchrun_argv(launch, rdzv_endpoint="__ENDPOINT__", rdzv_id="__ID__")
+    argv = torchrun_argv(launch, rdzv_endpoint="__ENDPOINT__", rdzv_id="__ID__", torchrun=torchrun)
     line = shlex.join(argv)
     return line.replace("__ENDPOINT__", '"$MASTER_ADDR:$MASTER_PORT"').replace("__ID__", f'"{rdzv_id}"')
 
@@ -45,21 +53,28 @@ def torchrun_line(launch: Launch, kind: str) -> str:
 def render(launch: Launch, settings: ClusterSettings) -> str:
     import jinja2
 
-    if settings.kind not in SUBMIT:
+    if settings.kind not in ("slurm", "pbs"):
         raise ValueError(f"unknown launcher {settings.kind!r}; use slurm or pbs")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
-    command = torchrun_line(launch, settings.kind)
+    from experiment.train.walltime import parse_duration
+
+    python = _python(settings)
+    command = torchrun_line(launch, settings.kind, ("torchrun",) if settings.container_prefix else
+                            (*python, "-m", "torch.distributed.run"))
+    chain = shlex.join([*python, "-m", "experiment.launch.chain"])
     if settings.container_prefix:
         command = f"{settings.container_prefix} {command}"
+        chain = f"{settings.container_prefix} {chain}"
     return env.get_template(f"{settings.kind}.sh.j2").render(
         job_name=settings.job_name, nnodes=launch.nnodes, nproc=launch.nproc_per_node,
         walltime=settings.walltime, partition=settings.partition, account=settings.account,
         gpus=settings.gpus, log_dir=shlex.quote(os.fspath(launch.folder / "logs")),
         folder=shlex.quote(os.fspath(launch.folder)),
         exports=[f"export {k}={shlex.quote(v)}" for k, v in launch.env], env_names=[k for k, _ in launch.env],
-        rdzv_port=RDZV_PORT,
-        command=command,
+        rdzv_port=RDZV_PORT, command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
+        signal_seconds=settings.signal_seconds, walltime_seconds=parse_duration(settings.walltime),
+        script=shlex.quote(os.fspath(launch.folder / "launch" / f"{settings.kind}.sh")),
     )
 
 
@@ -80,17 +95,3 @@ def check_syntax(path: Path) -> None:
     res = subprocess.run(["bash", "-n", os.fspath(path)], capture_output=True, text=True)
     if res.returncode:
         raise ValueError(f"{path}: bash -n failed: {res.stderr.strip()}")
-
-
-def submit(path: Path, kind: str) -> str:
-    """Submit with sbatch/qsub; returns the scheduler's answer (the job id)."""
-    import shutil
-
-    tool = SUBMIT[kind]
-    if shutil.which(tool) is None:
-        raise FileNotFoundError(f"{tool} is not on this machine; the script is at {path}: copy it to a "
-                                f"login node and run `{tool} {path.name}`, or use --dry-run to print it")
-    res = subprocess.run([tool, os.fspath(path)], capture_output=True, text=True, cwd=path.parent)
-    if res.returncode:
-        raise RuntimeError(f"{tool} {path} failed: {res.stderr.strip()}")
-    return res.stdout.strip()

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
               no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
-        from experiment.folder import load
+        from experiment.mixture.checks import load
         from experiment.lock.lockfile import write_run_lock
         from experiment.lock.reproduce import determinism_now
 
@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         verify_only: bool = typer.Option(False, "--verify-only", help="check inputs, do not re-run"),
         out: Path | None = typer.Option(None, help="where the re-run happens (default: <folder>/.reproduce)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again"),
+        launcher: str = typer.Option("local", "--launcher", help="local, or slurm/pbs: re-run as a chain of jobs"),
     ) -> None:
         """Check environment, code, data, tokenizer and base weights against a lockfile, then re-run and
         compare losses and checkpoints, naming the first divergence."""
@@ -56,5 +57,6 @@ def register(app: typer.Typer) -> None:
             lockfile=lockfile, steps=steps, data_root=data_root, base=base, container=container,
             image=image, ignore=ignore, verify_only=verify_only, out=out,
             hash_cache=_cache_path(no_cache), environ={k: os.environ[k] for k in sorted(os.environ)},
+            launcher=launcher,
         )
         raise typer.Exit(rep.main(options, console))

@@ -1,84 +1,37 @@
-"""Fast content hashes of many large files, with a cache keyed by (path, size, mtime, inode).
+"""Content hashes of many large files for the lockfile, with a cache keyed by (path, size, mtime, ctime, inode).
 
 Why: a run's lockfile records a hash of every shard, and ``reproduce`` re-checks them. Shards add up to
-terabytes, so hashing uses blake3 (multi-threaded, memory-mapped; ~8 GB/s on 2 cores against
-``sha256sum``'s ~0.4 GB/s) in parallel over files, and a file whose (size, mtime_ns, inode) did not change
-since it was last hashed is not read again: a re-check of 10,000 cached shards is a ``stat`` per file.
+terabytes, so hashing is the kit's one hasher (``experiment.hashing``: blake3, memory-mapped, on every
+core), and a file whose (size, mtime_ns, inode) did not change since it was last hashed is not read
+again: a re-check of 10,000 cached shards is a ``stat`` per file.
 
 The cache is a small SQLite file (safe with several processes); the CLI chooses where it lives and
 passes the path down. A cache entry is only a shortcut: change a file's bytes and its mtime changes, so
-its entry no longer matches and the file is hashed again.
+its entry no longer matches and the file is hashed again. The key holds the ctime too: ``cp -p``,
+``rsync -t``, a restore from backup or ``os.utime`` can put back a same-size file's mtime, but no user tool
+sets the ctime (any write or utime moves it to now), so a same-size, same-mtime edit is still read again.
+``HashCache.hits``/``reads`` count what was served from the cache and what was read in full (``reproduce``
+reports them per check).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-ALGORITHMS = ("blake3", "xxh3-128", "sha256")
-DEFAULT_ALGORITHM = "blake3"
-_CHUNK = 8 << 20
-_MMAP_MIN = 1 << 20  # below this a plain read is faster than mapping
-
-
-def normalize_algorithm(name: str) -> str:
-    """Accept the spellings data signatures use ("xxh3_128", "XXH3-128", "blake3")."""
-    key = name.lower().replace("_", "-")
-    if key in ("xxh3", "xxh128", "xxh3-128"):
-        return "xxh3-128"
-    if key not in ALGORITHMS:
-        raise ValueError(f"unknown hash algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
-    return key
-
-
-def strip_prefix(digest: str) -> str:
-    """``"blake3:ab12..."`` -> ``"ab12..."`` so hashes written with or without a prefix compare."""
-    return digest.split(":", 1)[1] if ":" in digest else digest
-
-
-def hash_bytes(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    algorithm = normalize_algorithm(algorithm)
-    if algorithm == "blake3":
-        import blake3
-
-        return blake3.blake3(data).hexdigest()
-    if algorithm == "xxh3-128":
-        import xxhash
-
-        return xxhash.xxh3_128_hexdigest(data)
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def hash_file(path: str | os.PathLike, algorithm: str = DEFAULT_ALGORITHM, threads: int = 0) -> str:
-    """Hex digest of one file's bytes. ``threads=0``: blake3 uses every core for a large file."""
-    algorithm = normalize_algorithm(algorithm)
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    if algorithm == "blake3":
-        import blake3
-
-        h = blake3.blake3(max_threads=threads or blake3.blake3.AUTO)
-        if size >= _MMAP_MIN:
-            h.update_mmap(path)
-            return h.hexdigest()
-    elif algorithm == "xxh3-128":
-        import xxhash
-
-        h = xxhash.xxh3_128()
-    else:
-        import hashlib
-
-        h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+# The hashing itself is the kit's one hasher; these names stay importable from here.
+from experiment.hashing import (  # noqa: E402,F401
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    hash_bytes,
+    hash_file,
+    hash_paths,
+    normalize_algorithm,
+    strip_prefix,
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +42,7 @@ class FileKey:
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int = 0  # inode change time: set by the kernel on every write or utime, never by a user tool
 
     @classmethod
     def of(cls, path: str | os.PathLike, _dirs: dict[str, str] | None = None) -> "FileKey":
@@ -101,25 +55,29 @@ class FileKey:
             real_dir = _dirs[head] = os.path.realpath(head)
         real = os.path.join(real_dir, tail)
         st = os.stat(real)  # follows a link to the file: its inode and mtime are the content's
-        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino)
+        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class HashCache:
-    """(path, size, mtime_ns, inode, algorithm) -> digest, in SQLite; ``None`` path = in memory only."""
+    """(path, size, mtime_ns, ctime_ns, inode, algorithm) -> digest, in SQLite; ``None`` path = in memory only."""
+
+    TABLE = "hashes_v2"  # v1 (no ctime) entries are ignored, never trusted
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
         self._memory: dict[tuple, str] = {}
         self._dirty: dict[tuple, str] = {}
         self._loaded = False
+        self.hits = 0   # look-ups answered from the cache
+        self.reads = 0  # look-ups that missed: the file is read in full
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=60)
         con.execute(
-            "CREATE TABLE IF NOT EXISTS hashes (path TEXT, algorithm TEXT, size INTEGER, mtime_ns INTEGER, "
-            "inode INTEGER, digest TEXT, PRIMARY KEY (path, algorithm))"
+            f"CREATE TABLE IF NOT EXISTS {self.TABLE} (path TEXT, algorithm TEXT, size INTEGER, mtime_ns INTEGER, "
+            "ctime_ns INTEGER, inode INTEGER, digest TEXT, PRIMARY KEY (path, algorithm))"
         )
         return con
 
@@ -131,18 +89,24 @@ class HashCache:
             return
         try:
             with self._connect() as con:
-                for path, algorithm, size, mtime_ns, inode, digest in con.execute("SELECT * FROM hashes"):
-                    self._memory[(path, algorithm, size, mtime_ns, inode)] = digest
+                for path, algorithm, size, mtime_ns, ctime_ns, inode, digest in con.execute(
+                        f"SELECT path, algorithm, size, mtime_ns, ctime_ns, inode, digest FROM {self.TABLE}"):
+                    self._memory[(path, algorithm, size, mtime_ns, ctime_ns, inode)] = digest
         except sqlite3.DatabaseError:
             self._memory.clear()  # a damaged cache is only a lost shortcut: start over
 
     def get(self, key: FileKey, algorithm: str) -> str | None:
         self._load()
-        return self._memory.get((key.path, algorithm, key.size, key.mtime_ns, key.inode))
+        found = self._memory.get((key.path, algorithm, key.size, key.mtime_ns, key.ctime_ns, key.inode))
+        if found is None:
+            self.reads += 1
+        else:
+            self.hits += 1
+        return found
 
     def put(self, key: FileKey, algorithm: str, digest: str) -> None:
         self._load()
-        row = (key.path, algorithm, key.size, key.mtime_ns, key.inode)
+        row = (key.path, algorithm, key.size, key.mtime_ns, key.ctime_ns, key.inode)
         self._memory[row] = digest
         self._dirty[row] = digest
 
@@ -154,8 +118,9 @@ class HashCache:
         try:
             with self._connect() as con:
                 con.executemany(
-                    "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)",
-                    [(p, a, s, m, i, d) for (p, a, s, m, i), d in self._dirty.items()],
+                    f"INSERT OR REPLACE INTO {self.TABLE} (path, algorithm, size, mtime_ns, ctime_ns, inode, digest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(p, a, s, m, c, i, d) for (p, a, s, m, c, i), d in self._dirty.items()],
                 )
         except sqlite3.DatabaseError:
             self.path.unlink(missing_ok=True)  # damaged: drop it, it is rebuilt next time
@@ -202,12 +167,6 @@ def hash_files(
             if progress:
                 progress(keys[p].size)
     if todo:
-        workers = workers or min(8, os.cpu_count() or 1)
-        # big files: blake3's own threads; many small files: one file per worker
-        threads = 0 if workers == 1 or len(todo) == 1 else 1
-
-        def one(p: str) -> tuple[str, str]:
-            return p, hash_file(p, algorithm, threads)
 
         def record(p: str, digest: str) -> None:
             key = keys[p]
@@ -217,12 +176,6 @@ def hash_files(
             if progress:
                 progress(key.size)
 
-        if len(todo) == 1 or workers == 1:
-            for p in todo:
-                record(*one(p))
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for p, digest in pool.map(one, sorted(todo, key=lambda p: -keys[p].size)):
-                    record(p, digest)
+        hash_paths(todo, algorithm, workers, sizes={p: keys[p].size for p in todo}, done=record)
         cache.flush()
     return out

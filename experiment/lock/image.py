@@ -22,6 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiment.errors import KitError
+from experiment.atomic import write_atomic
+from experiment.engine import SOURCE_DATE_EPOCH as EPOCH
+from experiment.engine import engine_env as _engine_env
 from experiment.lock.environment import IMAGE_INFO_PATH, environment_hash, git_state, source_hash
 from experiment.lock.hashing import hash_file
 
@@ -31,10 +35,9 @@ WHEELHOUSE = REPO / "build" / "wheelhouse"
 BASE_TAR = REPO / "build" / "base-bookworm.tar"
 BASE_REF = "localhost/midtrain-kit-base:bookworm"
 IMAGE_REF = "localhost/midtrain-kit:{flavor}"
-EPOCH = "0"
 
 
-class BuildError(Exception):
+class BuildError(KitError):
     pass
 
 
@@ -60,11 +63,8 @@ def _run(cmd: list[str], env: dict | None = None, capture: bool = False) -> str:
 
 
 def engine_env(root: str | None = None) -> dict:
-    env = dict(os.environ)
-    env["CONTAINERS_CONF"] = str(REPO / "env" / "containers.conf")
-    env["CONTAINERS_STORAGE_CONF"] = str(REPO / "env" / "storage.conf")
-    env["SOURCE_DATE_EPOCH"] = EPOCH
-    return env
+    """The build's engine environment: the kit's one (``experiment.engine``) with SOURCE_DATE_EPOCH fixed."""
+    return _engine_env(reproducible_build=True)
 
 
 def _store_args(root: str | None) -> list[str]:
@@ -146,9 +146,7 @@ def pick_engine(flavor: str, wanted: str | None) -> str | None:
 def write_image_lock(flavor: str, entry: dict, path: Path = IMAGE_LOCK) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[flavor] = entry
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, sort_keys=True, indent=1) + "\n")
 
 
 def build(flavor: str, engine: str | None = None, root: str | None = None, rebuild_base: bool = False,

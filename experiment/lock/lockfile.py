@@ -34,8 +34,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import ValidationError
+
+from experiment.errors import KitError
 from experiment.folder import TrainingFolder
+from experiment import runlog
 from experiment.lock import environment
+from experiment.lock.records import Record, RunLock
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
 from experiment.atomic import write_atomic
 
@@ -43,11 +48,11 @@ LOCK_NAME = "run.lock.json"
 LOCK_VERSION = 1
 FILE_HASH = "blake3"
 # Folder content that a run writes (outputs), never part of the folder's identity.
-OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce")
+OUTPUT_DIRS = ("logs", "checkpoints", "tensorboard", ".reproduce", "launch")  # launch/: generated job scripts
 METADATA_FILE = ".metadata"  # torch DCP: pickled, holds a random save_id -> hashed without it
 
 
-class LockError(Exception):
+class LockError(KitError):
     """A lockfile that cannot be written or read, with the reason and the fix."""
 
 
@@ -67,23 +72,47 @@ def _canonical(value: Any, where: str = "") -> Any:
     return value
 
 
-def dumps(lock: Mapping) -> str:
+def dumps(lock: RunLock | Mapping) -> str:
     """The canonical text of a lock (sorted keys, indent 1, repr floats, trailing newline)."""
+    if isinstance(lock, Record):
+        lock = lock.dump()
     return json.dumps(_canonical(lock), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def read(path: str | Path) -> dict:
+def read(path: str | Path) -> RunLock:
+    """The typed lock; a file that is not a lock of this version names the field and the fix."""
     path = Path(path)
     try:
         lock = json.loads(path.read_text())
     except OSError as err:
-        raise LockError(f"{path}: cannot read ({err.strerror}); give the path of a run.lock.json") from err
+        raise LockError(f"{path}: cannot read ({err.strerror})", file=path,
+                        fix="give the path of a run.lock.json") from err
     except json.JSONDecodeError as err:
-        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}); restore the file") from err
+        raise LockError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})", file=path,
+                        fix="restore the file (from your backup or the run's commit)") from err
+    fix = "give the run.lock.json that `experiment run` wrote in the training folder"
+    if not isinstance(lock, dict) or "lock_version" not in lock:
+        raise LockError(f"{path}: not a run lockfile (a JSON {type(lock).__name__} without 'lock_version')",
+                        file=path, field="lock_version", fix=fix)
     if lock.get("lock_version") != LOCK_VERSION:
-        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}; "
-                        "use the kit version named in its 'kit' section")
-    return lock
+        raise LockError(f"{path}: lock_version {lock.get('lock_version')!r}, this kit reads {LOCK_VERSION}",
+                        file=path, field="lock_version", fix="use the kit version named in its 'kit' section")
+    return parse(lock, str(path))
+
+
+def parse(lock: Mapping, where: str = "run.lock.json") -> RunLock:
+    """A lock dict as the typed record, or ``LockError`` naming the first field that does not fit."""
+    try:
+        return RunLock.model_validate(lock)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise LockError(f"{where}: field {field}: {first['msg']} ({err.error_count()} problem(s)): the file is "
+                        "not a run.lock.json of this kit version", file=where, field=field,
+                        fix="restore it, or use the kit version named in its 'kit' section "
+                        "(docs/reproducibility.md)") from None
+
+
 
 
 # ---------------------------------------------------------------------------- sections
@@ -202,10 +231,8 @@ def data_section(folder: TrainingFolder, cache: HashCache | None, data_root: Pat
 
 def blend_section(folder: TrainingFolder, data_root: Path | None = None) -> dict:
     """The blend (prefix, weight) in the order given to Megatron, prefixes relative to their data root."""
-    try:
-        from experiment.mixture.plan import plan_folder
-    except ModuleNotFoundError:
-        return {"available": False, "reason": "experiment.mixture.plan is not installed", "entries": []}
+    from experiment.mixture.plan import plan_folder
+
     prefixes, weights = plan_folder(folder).megatron_blend()
     roots = sorted({(str(info["root"]), key.split("::")[0]) for key, info in shard_files(folder).items()},
                    key=lambda r: -len(r[0]))
@@ -273,31 +300,35 @@ def tensor_hashes(ckpt_dir: Path) -> dict[str, str]:
     return out
 
 
-def read_losses(path: Path) -> list[list]:
+def loss_steps(path: Path) -> list[list]:
     """[[step, loss, grad norm, lr], ...] (hex float strings) from the runner's per-step JSONL."""
+    try:
+        records = runlog.read_jsonl(path)
+    except runlog.RunLogError as err:
+        raise LockError(str(err)) from err
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LockError(f"{path}: line {n}: not JSON ({err.msg}); the run's log is damaged") from err
+    for rec in records:
         step = rec.get("step", rec.get("iteration"))
         values = [rec.get("loss", rec.get("lm_loss")), rec.get("grad_norm"), rec.get("lr")]
         rows.append([step, *(v.hex() if isinstance(v, float) else v for v in values)])
     return rows
 
 
-def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tensors: bool = True) -> dict:
+def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tensors: bool = True,
+                    all_checkpoints: bool = False) -> dict:
+    """Losses, and the hashes of the last checkpoint (every ``iter_*`` with ``all_checkpoints``: a
+    long run's many 100 GB checkpoints are not all re-read for one lock)."""
     save = folder.resolve(folder.config.checkpoint.save)
     latest_file = save / "latest_checkpointed_iteration.txt"
     latest = latest_file.read_text().strip() if latest_file.is_file() else None
     checkpoints = {}
     if save.is_dir():
-        for d in sorted(save.glob("iter_*")):
-            if d.is_dir():
-                checkpoints[d.name] = checkpoint_hashes(d, cache, tensors)
+        found = sorted(d for d in save.glob("iter_*") if d.is_dir() and d.name[5:].isdigit())
+        if not all_checkpoints and found:
+            last = f"iter_{int(latest):07d}" if latest and latest.isdigit() else found[-1].name
+            found = [d for d in found if d.name == last] or found[-1:]
+        for d in found:
+            checkpoints[d.name] = checkpoint_hashes(d, cache, tensors)
     logs = folder.path / "logs"
     losses_file = logs / "losses.jsonl"
     eval_file = logs / "eval.jsonl"
@@ -309,7 +340,7 @@ def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tens
         "losses": {
             "file": "logs/losses.jsonl",
             "hash": hash_file(losses_file, FILE_HASH) if losses_file.is_file() else None,
-            "steps": read_losses(losses_file) if losses_file.is_file() else [],
+            "steps": loss_steps(losses_file) if losses_file.is_file() else [],
         },
         "eval": {"file": "logs/eval.jsonl",
                  "hash": hash_file(eval_file, FILE_HASH) if eval_file.is_file() else None},
@@ -334,8 +365,11 @@ def base_checkpoint_section(folder: TrainingFolder, cache: HashCache | None = No
 
 
 def config_section(folder: TrainingFolder, resolved_args: Mapping | None) -> dict:
+    """The resolved config (experiment.toml with the ``--set`` overrides applied) and the overrides
+    themselves, in order: ``reproduce`` passes them again."""
     cfg = folder.config
     return {
+        "overrides": list(folder.overrides),
         "experiment": cfg.model_dump(mode="json"),
         "model_shape": cfg.model.shape.model_dump(mode="json"),
         "resolved": dict(resolved_args or {}),
@@ -366,12 +400,12 @@ def build_run_lock(
     resolved_args: Mapping | None = None,
     hash_cache: str | Path | None = None,
     tensors: bool = True,
-) -> dict:
-    """The lock as a dict (see the module docstring); ``write_run_lock`` writes it."""
+) -> RunLock:
+    """The typed lock (see the module docstring); ``write_run_lock`` writes it."""
     if image == "detect":
         image = environment.detect_image()
     cache = HashCache(Path(hash_cache).expanduser() if hash_cache else None)
-    return {
+    return parse({
         "lock_version": LOCK_VERSION,
         "name": folder.config.name,
         "kit": environment.kit_section(),
@@ -385,7 +419,7 @@ def build_run_lock(
         "determinism": dict(sorted((determinism_env or {}).items())),
         "launch": launch_section(folder, launch),
         "outputs": outputs_section(folder, cache, tensors),
-    }
+    })
 
 
 def write_run_lock(

@@ -20,13 +20,16 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from experiment.folder import FolderError, TrainingFolder, load
+from experiment.folder import FolderError, TrainingFolder
+from experiment.mixture.checks import load
 from experiment.lock import environment, lockfile
 from experiment.lock.hashing import HashCache, hash_files
+from experiment.lock.records import (BaseCheckpointRecord, BlendRecord, EnvironmentRecord, KitRecord, OutputsRecord, RunLock,
+                                     SignatureRecord)
 
 # environment entries whose change can change the numbers (the rest of the distribution set is noted)
 NUMERIC_ENV = ("torch", "megatron_core", "transformer_engine", "cuda", "cudnn", "nccl", "machine")
@@ -62,6 +65,8 @@ class ReproduceOptions:
     hash_cache: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     folder: Path | None = None  # default: the lockfile's folder
+    launcher: str = "local"  # or slurm/pbs: the re-run is a chain of jobs, waited for
+    overrides: tuple[str, ...] = ()  # the lock's `--set` list (main fills it in from the lock)
 
 
 @dataclass(frozen=True)
@@ -96,50 +101,55 @@ def _short(h: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ verify
 
-def load_folder(path: Path) -> TrainingFolder:
+def load_folder(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
     """The folder as far as verification needs it: a missing or renamed shard is a finding to name,
-    not a reason to stop, so artifacts are not required here (the re-run requires them)."""
-    return load(path, require_artifacts=False)
+    not a reason to stop, so artifacts are not required here (the re-run requires them). ``overrides``:
+    the ``--set`` list the lock recorded, applied again."""
+    return load(path, require_artifacts=False, overrides=tuple(overrides))
 
 
-def check_code(lock: dict) -> list[Finding]:
-    want, have = lock["kit"], environment.kit_section()
+def locked_overrides(lock: RunLock) -> tuple[str, ...]:
+    """The ``experiment run --set`` overrides a locked run was started with (none for older locks)."""
+    return tuple(lock.config.overrides)
+
+
+def check_code(lock: RunLock) -> list[Finding]:
+    want, have = lock.kit, KitRecord.model_validate(environment.kit_section())
     out = []
-    if want["source_hash"] != have["source_hash"]:
-        out.append(Finding("code", "experiment (kit source)", f"{want['source_hash']} (commit {want['commit']})",
-                           f"{have['source_hash']} (commit {have['commit']})", True,
+    if want.source_hash != have.source_hash:
+        out.append(Finding("code", "experiment (kit source)", f"{want.source_hash} (commit {want.commit})",
+                           f"{have.source_hash} (commit {have.commit})", True,
                            "the kit's code differs; check out the locked commit (and its dirty diff) or use the image"))
-    elif (want["commit"], want.get("dirty_diff_hash")) != (have["commit"], have.get("dirty_diff_hash")):
-        out.append(Finding("code", "git commit", str(want["commit"]), str(have["commit"]), False,
+    elif (want.commit, want.dirty_diff_hash) != (have.commit, have.dirty_diff_hash):
+        out.append(Finding("code", "git commit", str(want.commit), str(have.commit), False,
                            "another commit, but the kit's source files are byte-identical"))
     return out
 
 
-def check_environment(lock: dict, image: environment.ImageInfo | None) -> list[Finding]:
-    want, have = lock["environment"], environment.environment_section(image)
+def check_environment(lock: RunLock, image: environment.ImageInfo | None) -> list[Finding]:
+    want, have = lock.environment, EnvironmentRecord.model_validate(environment.environment_section(image))
     out = []
     for key in NUMERIC_ENV:
-        if want.get(key) != have.get(key):
-            out.append(Finding("environment", key, str(want.get(key)), str(have.get(key)), True,
+        if getattr(want, key) != getattr(have, key):
+            out.append(Finding("environment", key, str(getattr(want, key)), str(getattr(have, key)), True,
                                "a different version can change the numbers; use the locked image"))
-    if want.get("python", "").rsplit(".", 1)[0] != have["python"].rsplit(".", 1)[0]:
-        out.append(Finding("environment", "python", want.get("python"), have["python"], True,
+    if want.python.rsplit(".", 1)[0] != have.python.rsplit(".", 1)[0]:
+        out.append(Finding("environment", "python", want.python, have.python, True,
                            "another Python minor version"))
-    wi, hi = want.get("image") or {}, have.get("image") or {}
-    if want["containerized"] and have["containerized"] and wi.get("digest") and hi.get("digest") \
-            and wi["digest"] != hi["digest"]:
-        out.append(Finding("environment", "image digest", wi["digest"], hi["digest"], True,
+    wd, hd = want.image and want.image.digest, have.image and have.image.digest
+    if want.containerized and have.containerized and wd and hd and wd != hd:
+        out.append(Finding("environment", "image digest", wd, hd, True,
                            "another image; rebuild from env/ at the locked commit or pull the locked digest"))
-    if want["containerized"] != have["containerized"]:
-        out.append(Finding("environment", "containerized", str(want["containerized"]), str(have["containerized"]),
-                           False, "the run was made " + ("in the image" if want["containerized"] else "on a host") +
+    if want.containerized != have.containerized:
+        out.append(Finding("environment", "containerized", str(want.containerized), str(have.containerized),
+                           False, "the run was made " + ("in the image" if want.containerized else "on a host") +
                            "; numerics depend on the versions compared above, the output comparison tells"))
-    if want["distributions_hash"] != have["distributions_hash"]:
-        a, b = want["distributions"], have["distributions"]
+    if want.distributions_hash != have.distributions_hash:
+        a, b = want.distributions, have.distributions
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         shown = ", ".join(f"{k} {a.get(k)}->{b.get(k)}" for k in diff[:6]) + (" ..." if len(diff) > 6 else "")
-        out.append(Finding("environment", f"installed distributions ({len(diff)} differ)", want["distributions_hash"],
-                           have["distributions_hash"], False,
+        out.append(Finding("environment", f"installed distributions ({len(diff)} differ)", want.distributions_hash,
+                           have.distributions_hash, False,
                            f"not torch/megatron/TE/CUDA themselves: {shown}"))
     return out
 
@@ -162,9 +172,9 @@ def _dict_diff(a: Any, b: Any, where: str = "") -> list[str]:
     return []
 
 
-def check_folder(lock: dict, folder: TrainingFolder, blend_same: bool | None) -> list[Finding]:
-    want = lock["folder"]["files"]
-    content = lock["folder"].get("content", {})
+def check_folder(lock: RunLock, folder: TrainingFolder, blend_same: bool | None) -> list[Finding]:
+    want = lock.folder.files
+    content = lock.folder.content
     have = lockfile.folder_files(folder)
     now = lockfile.folder_content(folder)
     out = []
@@ -195,28 +205,29 @@ def check_folder(lock: dict, folder: TrainingFolder, blend_same: bool | None) ->
     return out
 
 
-def check_signatures(lock: dict, folder: TrainingFolder) -> list[Finding]:
-    want, have = lock["signatures"], lockfile.signatures_section(folder)
+def check_signatures(lock: RunLock, folder: TrainingFolder) -> list[Finding]:
+    want = lock.signatures
+    have = {k: SignatureRecord.model_validate(v) for k, v in lockfile.signatures_section(folder).items()}
     out = []
     for key in sorted(set(want) | set(have)):
         w, h = want.get(key), have.get(key)
         if w is None or h is None:
             out.append(Finding("signature", key, "listed" if w else "absent", "listed" if h else "absent", True,
                                "the folder reads another set of data signatures"))
-        elif w["file_hash"] != h["file_hash"]:
-            if w["canonical_hash"] == h["canonical_hash"]:
-                out.append(Finding("signature", key, w["file_hash"], h["file_hash"], False,
+        elif w.file_hash != h.file_hash:
+            if w.canonical_hash == h.canonical_hash:
+                out.append(Finding("signature", key, w.file_hash, h.file_hash, False,
                                    "shards reordered or reformatted only: the signature is read as a set (sorted "
                                    "by prefix), so the planner and Megatron see the same shards in the same order"))
             else:
-                out.append(Finding("signature", key, w["canonical_hash"], h["canonical_hash"], False,
+                out.append(Finding("signature", key, w.canonical_hash, h.canonical_hash, False,
                                    "signature content changed; the shard, tokenizer and blend checks below say "
                                    "what it changes"))
     return out
 
 
-def check_tokenizer(lock: dict, folder: TrainingFolder) -> list[Finding]:
-    want, have = lock["tokenizer"], lockfile.tokenizer_section(folder)
+def check_tokenizer(lock: RunLock, folder: TrainingFolder) -> list[Finding]:
+    want, have = lock.tokenizer, lockfile.tokenizer_section(folder)
     out = []
     for key in sorted(set(want) & set(have)):
         w, h = want[key], have[key]
@@ -228,11 +239,11 @@ def check_tokenizer(lock: dict, folder: TrainingFolder) -> list[Finding]:
     return out
 
 
-def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: Path | None,
+def check_data(lock: RunLock, folder: TrainingFolder, cache: HashCache, data_root: Path | None,
                blend_now: list | None) -> tuple[list[Finding], dict[str, str]]:
     """Every locked shard's bytes; a shard that is gone under its name is looked for by content.
     Returns the findings and the renames found ({locked shard key: its new key})."""
-    want = lock["data"]["shards"]
+    want = lock.data.shards
     now = lockfile.shard_files(folder, data_root)
     out: list[Finding] = []
     renames: dict[str, str] = {}
@@ -249,25 +260,25 @@ def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: 
     for algo, paths in by_algo.items():
         digests.update(hash_files(paths, algo, cache))
     found_by_hash = {digests[os.fspath(p)]: name for name, p in present.items()}
-    locked_blend = {n: (i, w) for i, (n, w) in enumerate(lock["data"]["blend"].get("entries", []))}
+    locked_blend = {n: (i, w) for i, (n, w) in enumerate(lock.data.blend.entries)}
     new_blend = {n: (i, w) for i, (n, w) in enumerate(blend_now or [])}
     for key in sorted(want):
         w = want[key]
         for ext in ("bin", "idx"):
             name = f"{key}.{ext}"
-            expect = w[ext]
+            expect = getattr(w, ext)
             if name in present:
                 got = digests[os.fspath(present[name])]
-                if got != expect["hash"]:
+                if got != expect.hash:
                     size = os.path.getsize(present[name])
-                    out.append(Finding("data", name, f"{expect['hash']} ({expect['bytes']} bytes)",
+                    out.append(Finding("data", name, f"{expect.hash} ({expect.bytes} bytes)",
                                        f"{got} ({size} bytes)", True,
-                                       "the shard's bytes changed" + ("" if size == expect["bytes"] else
+                                       "the shard's bytes changed" + ("" if size == expect.bytes else
                                                                        ", and its size")))
                 continue
-            twin = found_by_hash.get(expect["hash"])
+            twin = found_by_hash.get(expect.hash)
             if twin is None:
-                out.append(Finding("data", name, expect["hash"], "missing", True,
+                out.append(Finding("data", name, expect.hash, "missing", True,
                                    "no shard with these bytes is listed; restore it or pass --data-root"))
                 continue
             old, new = key, twin.rsplit(".", 1)[0]
@@ -282,11 +293,11 @@ def check_data(lock: dict, folder: TrainingFolder, cache: HashCache, data_root: 
     return out, renames
 
 
-def check_blend(lock: dict, blend_now: list | None, renames: Mapping[str, str] | None = None) -> list[Finding]:
+def check_blend(lock: RunLock, blend_now: list | None, renames: Mapping[str, str] | None = None) -> list[Finding]:
     """The blend given to Megatron, entry by entry (a renamed shard compared under its new name)."""
     renames = renames or {}
-    want = [[renames.get(n, n), w] for n, w in lock["data"]["blend"].get("entries", [])]
-    if not lock["data"]["blend"].get("available") or blend_now is None:
+    want = [[renames.get(n, n), w] for n, w in lock.data.blend.entries]
+    if not lock.data.blend.available or blend_now is None:
         return []
     if want == blend_now:
         return []
@@ -297,34 +308,32 @@ def check_blend(lock: dict, blend_now: list | None, renames: Mapping[str, str] |
     return [Finding("blend", "length", str(len(want)), str(len(blend_now)), True, "another number of shards")]
 
 
-def check_base(lock: dict, folder: TrainingFolder, cache: HashCache, base: Path | None) -> list[Finding]:
-    want = lock.get("base_checkpoint")
+def check_base(lock: RunLock, folder: TrainingFolder, cache: HashCache, base: Path | None) -> list[Finding]:
+    want = lock.base_checkpoint
     if want is None:
         return []
     root = base if base is not None else folder.resolve(folder.config.checkpoint.base)
     if not root.is_dir():
-        return [Finding("base", want["path"], want["hash"], "missing", True, "pass --base DIR or restore it")]
-    have = lockfile.base_checkpoint_section(folder, cache, base)
-    if have["hash"] == want["hash"]:
+        return [Finding("base", want.path, want.hash, "missing", True, "pass --base DIR or restore it")]
+    have = BaseCheckpointRecord.model_validate(lockfile.base_checkpoint_section(folder, cache, base))
+    if have.hash == want.hash:
         return []
-    diff = sorted(k for k in set(want["files"]) | set(have["files"]) if want["files"].get(k) != have["files"].get(k))
-    return [Finding("base", f"{want['path']}/{k}", str(want["files"].get(k, "absent")),
-                    str(have["files"].get(k, "absent")), True, "the base weights differ") for k in diff]
+    diff = sorted(k for k in set(want.files) | set(have.files) if want.files.get(k) != have.files.get(k))
+    return [Finding("base", f"{want.path}/{k}", str(want.files.get(k, "absent")),
+                    str(have.files.get(k, "absent")), True, "the base weights differ") for k in diff]
 
 
 def determinism_now(folder: TrainingFolder) -> dict[str, str]:
     """What a run of this folder exports now (the runner's recipe for its ``training.deterministic``)."""
-    try:
-        from experiment.train import determinism
-    except ModuleNotFoundError:
-        return {}
+    from experiment import determinism
+
     return dict(sorted(determinism.environment(folder.config.training.deterministic).items()))
 
 
-def check_determinism(lock: dict, folder: TrainingFolder, environ: Mapping[str, str]) -> list[Finding]:
+def check_determinism(lock: RunLock, folder: TrainingFolder, environ: Mapping[str, str]) -> list[Finding]:
     """The locked determinism variables against the recipe a run would export now (blocking), and
     against this shell's environment (named; the launcher exports the recipe over it, so not in force)."""
-    want, have = lock.get("determinism", {}), determinism_now(folder)
+    want, have = lock.determinism, determinism_now(folder)
     out = []
     for key in sorted(set(want) | set(have)):
         if want.get(key) != have.get(key):
@@ -338,18 +347,30 @@ def check_determinism(lock: dict, folder: TrainingFolder, environ: Mapping[str, 
     return out
 
 
-def verify(lock: dict, folder: TrainingFolder, *, cache: HashCache, data_root: Path | None = None,
+def _counted(cache: HashCache, name: str, reads: dict[str, tuple[int, int]] | None, check, *args):
+    """Run one hashing check; ``reads[name]`` = (files served from the cache, files read in full)."""
+    hits, missed = cache.hits, cache.reads
+    result = check(*args)
+    if reads is not None:
+        reads[name] = (cache.hits - hits, cache.reads - missed)
+    return result
+
+
+def verify(lock: RunLock, folder: TrainingFolder, *, cache: HashCache, data_root: Path | None = None,
            base: Path | None = None, environ: Mapping[str, str] | None = None,
-           image: environment.ImageInfo | None = None) -> list[Finding]:
-    """Every difference between the lock and this machine's code, environment and inputs."""
+           image: environment.ImageInfo | None = None,
+           reads: dict[str, tuple[int, int]] | None = None) -> list[Finding]:
+    """Every difference between the lock and this machine's code, environment and inputs. ``reads``
+    (if given) receives, per hashing check (data, base), how many files came from the cache and how many
+    were read in full."""
     environ = environ or {}
     blend_now, plan_error = None, None
     try:
-        blend = lockfile.blend_section(folder, data_root)
-        blend_now = blend["entries"] if blend["available"] else None
+        blend = BlendRecord.model_validate(lockfile.blend_section(folder, data_root))
+        blend_now = [[name, weight] for name, weight in blend.entries] if blend.available else None
     except (FolderError, ValueError, OSError) as err:
         plan_error = err
-    findings_data, renames = check_data(lock, folder, cache, data_root, blend_now)
+    findings_data, renames = _counted(cache, "data", reads, check_data, lock, folder, cache, data_root, blend_now)
     if plan_error is not None:
         findings_blend = [Finding("blend", "plan", "a plan", "none", True,
                                   f"the mixture cannot be planned: {plan_error}")]
@@ -363,7 +384,7 @@ def verify(lock: dict, folder: TrainingFolder, *, cache: HashCache, data_root: P
         *check_tokenizer(lock, folder),
         *findings_data,
         *findings_blend,
-        *check_base(lock, folder, cache, base),
+        *_counted(cache, "base", reads, check_base, lock, folder, cache, base),
         *check_determinism(lock, folder, environ),
     ]
 
@@ -434,15 +455,18 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
         cmd += ["--container"] + (["--image", options.image] if options.image else [])
     else:
         cmd += ["--host"]
+    if options.launcher != "local":
+        cmd += ["--launcher", options.launcher, "--wait"]  # returns when the chain of jobs has ended
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
+    cmd += [a for o in options.overrides for a in ("--set", o)]
     return cmd
 
 
-def compare_outputs(want: dict, have: dict, steps: int | None = None) -> Divergence:
+def compare_outputs(want: OutputsRecord, have: OutputsRecord, steps: int | None = None) -> Divergence:
     """First step whose loss (then grad norm) differs, then the first checkpoint file and tensor."""
-    w_steps = want["losses"]["steps"]
-    h_steps = have["losses"]["steps"]
+    w_steps = want.losses.steps
+    h_steps = have.losses.steps
     if steps is not None:
         w_steps = [s for s in w_steps if s[0] is not None and s[0] <= steps]
     for i, expected in enumerate(w_steps):
@@ -455,20 +479,20 @@ def compare_outputs(want: dict, have: dict, steps: int | None = None) -> Diverge
                           "record")
             return Divergence(step=expected[0], field=field_, expected=_fmt_row(expected), found=_fmt_row(got),
                               compared_steps=i)
-    w_top, h_top = want.get("checkpoint_files", {}), have.get("checkpoint_files", {})
+    w_top, h_top = want.checkpoint_files, have.checkpoint_files
     top_bad = tuple(sorted(k for k in set(w_top) | set(h_top) if k != "latest_checkpointed_iteration.txt"
                            and w_top.get(k) != h_top.get(k)))
     if top_bad and steps is None:
         return Divergence(checkpoint="(checkpoint folder)", files=top_bad, compared_steps=len(w_steps))
-    names = tuple(n for n in sorted(want["checkpoints"])
+    names = tuple(n for n in sorted(want.checkpoints)
                   if steps is None or int(n.removeprefix("iter_")) <= steps)
     first_bad: Divergence | None = None
     for name in names:
-        w, h = want["checkpoints"][name], have["checkpoints"].get(name)
+        w, h = want.checkpoints[name], have.checkpoints.get(name)
         if h is None:
             return Divergence(checkpoint=name, files=("(checkpoint missing)",), compared_steps=len(w_steps))
-        bad = tuple(sorted(k for k in set(w["files"]) | set(h["files"]) if w["files"].get(k) != h["files"].get(k)))
-        wt, ht = w.get("tensors", {}), h.get("tensors", {})
+        bad = tuple(sorted(k for k in set(w.files) | set(h.files) if w.files.get(k) != h.files.get(k)))
+        wt, ht = w.tensors or {}, h.tensors or {}
         tensor = next((k for k in sorted(set(wt) | set(ht)) if wt.get(k) != ht.get(k)), None)
         if tensor or (bad and first_bad is None):
             div = Divergence(checkpoint=name, tensor=tensor, files=bad, compared_steps=len(w_steps),
@@ -508,11 +532,19 @@ def main(options: ReproduceOptions, console) -> int:
 
     lock = lockfile.read(options.lockfile)
     folder_path = options.folder or Path(options.lockfile).resolve().parent
-    folder = load_folder(folder_path)
+    options = replace(options, overrides=locked_overrides(lock))
+    folder = load_folder(folder_path, options.overrides)
+    if options.overrides:
+        console.print("overrides recorded in the lock, applied again: " + " ".join(f"--set {o}" for o in options.overrides))
     cache = HashCache(options.hash_cache)
     image = environment.detect_image()
+    reads: dict[str, tuple[int, int]] = {}
     findings = verify(lock, folder, cache=cache, data_root=options.data_root, base=options.base,
-                      environ=options.environ, image=image)
+                      environ=options.environ, image=image, reads=reads)
+    for name, (hits, full) in reads.items():
+        how = "read in full" if not hits else ("cached (size, mtime, ctime, inode unchanged)" if not full else
+                                              f"{hits} cached, {full} read in full")
+        console.print(f"hash check {name}: {hits + full} file(s), {how}", highlight=False)
     blocking = [f for f in findings if f.blocking]
     if findings:
         print_findings(findings, f"{len(findings)} difference(s) from {options.lockfile} "
@@ -533,16 +565,13 @@ def main(options: ReproduceOptions, console) -> int:
     if res.returncode != 0:
         console.print(f"[red]re-run failed[/red] (exit {res.returncode})")
         return 3
-    have = lockfile.outputs_section(load(mirror), cache)
-    div = compare_outputs(lock["outputs"], have, options.steps)
+    have = OutputsRecord.model_validate(lockfile.outputs_section(load(mirror, overrides=options.overrides), cache))
+    div = compare_outputs(lock.outputs, have, options.steps)
     relock = mirror / lockfile.LOCK_NAME
     sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None
-    table = Table(title="re-run against the lock")
-    for col in ("compared", "result"):
-        table.add_column(col)
-    table.add_row(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
-                  f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
-                  f"found {div.found}")
+    rows = [(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
+             f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
+             f"found {div.found}")]
     if div.checkpoint is None:
         verdict = "identical"
     elif div.numerically_identical:
@@ -550,14 +579,35 @@ def main(options: ReproduceOptions, console) -> int:
                    f"{', '.join(div.files)}")
     else:
         verdict = f"[red]{div.checkpoint} differs[/red]: first tensor {div.tensor}; files {', '.join(div.files)}"
-    table.add_row(f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}", verdict)
+    rows.append((f"checkpoints {', '.join(div.compared_checkpoints) or '(none)'}", verdict))
     if sections is not None:
-        table.add_row("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
-                      else "sections that differ: " + ", ".join(sections))
+        rows.append(("the re-run's run.lock.json", "byte-identical" if relock.read_text() == lockfile.dumps(lock)
+                     else "sections that differ: " + ", ".join(sections)))
+    table = Table(title="re-run against the lock")
+    for col in ("compared", "result"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    return 0 if div.identical or div.numerically_identical else 2
+    reproduced = div.identical or div.numerically_identical
+    _record_verdict(folder, reproduced, rows)
+    return 0 if reproduced else 2
 
 
-def differing_sections(a: dict, b: dict) -> list[str]:
+def _record_verdict(folder: TrainingFolder, reproduced: bool, rows: list[tuple[str, str]]) -> None:
+    """``logs/reproduce.json``: the last verdict, for ``experiment report`` (logs/ is not part of the lock)."""
+    from experiment.atomic import write_atomic
+
+    plain = [(k, v.replace("[red]", "").replace("[/red]", "")) for k, v in rows]
+    payload = {"reproduced": reproduced,
+               "verdict": "reproduced: the re-run matches the lock" if reproduced else "NOT reproduced",
+               "losses": f"{plain[0][0]}: {plain[0][1]}", "checkpoints": f"{plain[1][0]}: {plain[1][1]}"}
+    if len(plain) > 2:
+        payload["lockfile"] = f"{plain[2][0]}: {plain[2][1]}"
+    write_atomic(folder.path / "logs" / "reproduce.json", json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def differing_sections(a: RunLock, b: RunLock) -> list[str]:
     """Top-level lock sections that differ (e.g. ``environment`` for a host lock re-run in the image)."""
+    a, b = a.dump(), b.dump()
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

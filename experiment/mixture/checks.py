@@ -18,6 +18,7 @@ import os
 from pydantic import ValidationError
 
 from experiment.data.naming import ShardNameError, parse
+from experiment import folder as folder_module
 from experiment.folder import Problem, TrainingFolder
 from experiment.mixture.plan import (MixtureError, MixturePlan, ShardTable, plan, read_signature_shards,
                                      spec_from_folder)
@@ -111,6 +112,18 @@ def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan 
         return plan(shards, spec), []
     except MixtureError as err:
         return getattr(err, "plan", None), list(err.problems)
+
+
+def check(path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+    """The kit's full validation of a training folder (``--set`` overrides applied): schema, files, then
+    the mixture, every problem at once."""
+    return folder_module.check(path, overrides, semantic=(check_folder,))
+
+
+def load(path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
+    """The validated folder (schema, files and mixture), or ``FolderError`` listing every problem."""
+    return folder_module.load(path, require_artifacts=require_artifacts, overrides=overrides,
+                              semantic=(check_folder,))
 
 
 def check_folder(folder: TrainingFolder) -> list[Problem]:

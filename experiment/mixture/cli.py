@@ -43,9 +43,11 @@ def write_outputs(folder, out: Path) -> tuple[object, dict[str, Path]]:
 def mix(
     folder: Path = typer.Argument(..., help="training folder, e.g. training/demo"),
     out: Path = typer.Option(None, "--out", help="output folder (default: FOLDER/mixture)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Plan the data mixture: Megatron --data-path, DATA_PATH bash, per-split JSON, train_data.sh, report, PNG."""
-    from experiment.folder import check, errors
+    from experiment.folder import errors
+    from experiment.mixture.checks import check
     from experiment.mixture.plan import MixtureError
     from experiment.mixture.report import group
 
@@ -64,15 +66,20 @@ def mix(
     except MixtureError as err:
         console.print(_problems_table(f"{len(err.problems)} mixture problem(s)", err.problems))
         raise typer.Exit(1) from None
-    table = Table(title=f"mixture of {loaded.config.name}: {plan.budget_tokens:,.0f} tokens ({plan.mode} mode)")
-    for col in ("domain", "shards", "tokens available", "tokens seen", "mix %", "epochs"):
-        table.add_column(col, justify="left" if col == "domain" else "right")
-    for r in group(plan, lambda e: e.domain):
-        table.add_row(r.key, f"{r.shards:,}", f"{r.available:,}", f"{r.seen:,}", f"{100 * r.weight:.2f}",
-                      f"{r.epochs:.3f}")
-    console.print(table)
+    from experiment.summary import Column, Summary, command_seconds, count, emit, fixed
+
     for fname, path in written.items():
-        console.print(f"  wrote {path}")
+        console.print(f"  wrote {path}")  # a log line (stderr); the result is the table below (stdout)
+    seconds = command_seconds()
+    result = Summary(f"mixture of {loaded.config.name}: {plan.budget_tokens:,.0f} tokens ({plan.mode} mode)",
+                     [Column("domain"), Column("shards", count, True), Column("tokens available", count, True),
+                      Column("tokens seen", count, True), Column("mix %", fixed(2), True), Column("epochs", fixed(3), True)],
+                     extra={"budget_tokens": plan.budget_tokens, "mode": plan.mode, "wall_seconds": round(seconds, 3),
+                            "written": {k: str(v) for k, v in written.items()}},
+                     caption=f"{seconds:.2f} s wall")
+    for r in group(plan, lambda e: e.domain):
+        result.add(r.key, r.shards, r.available, r.seen, 100 * r.weight, r.epochs)
+    emit(result, as_json)
 
 
 def register(app: typer.Typer) -> None:

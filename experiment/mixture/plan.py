@@ -21,6 +21,8 @@ operations per column, and the per-rule work happens once per (language, domain)
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import gc
 import math
 import re
@@ -35,6 +37,7 @@ import numpy
 import orjson
 
 from experiment.folder import FolderError, Problem, TrainingFolder
+from experiment.mixture import inputs
 
 #: Megatron's BlendedDataset indexes its datasets with int16 (``assert len(datasets) < 32767``).
 MAX_BLEND_DATASETS = 32766
@@ -117,6 +120,13 @@ class ShardTable:
 _TABLE_FIELDS = ("prefix", "name", "language", "domain", "subdomain", "tokens", "bin_bytes", "idx_bytes", "signature")
 
 
+class MixtureMode(StrEnum):
+    """How the budget is split: multipliers x language probabilities (seed 002), or fixed domain shares."""
+
+    RATIO = "ratio"
+    PROPORTIONS = "proportions"
+
+
 @dataclass(frozen=True)
 class MixtureSpec:
     """The mixing rules, already read from their files; file names are kept for messages only."""
@@ -171,7 +181,7 @@ class Dropped(NamedTuple):
 class MixturePlan:
     """The per-shard weights (in Megatron's blend order) and everything the outputs and the report need."""
 
-    mode: str
+    mode: MixtureMode
     table: ShardTable  # the kept shards, in blend order
     multiplier: list[float]
     weight: list[float]
@@ -259,38 +269,15 @@ def _number(value: Any) -> bool:
 
 
 def _ratio_problems(spec: MixtureSpec) -> list[Problem]:
-    """data_ratio.json's shape: all numbers (flat) or all {domain: number} (per language), none negative."""
-    out, f = [], spec.ratio_file
-    if not isinstance(spec.data_ratio, Mapping):
-        return [Problem(f, "", "is not a JSON object", 'write {"domain": multiplier} or {"lang": {...}}')]
-    values = list(spec.data_ratio.values())
-    nested = [isinstance(v, Mapping) for v in values]
-    if any(nested) and not all(nested):
-        flat_keys = [k for k, v in spec.data_ratio.items() if not isinstance(v, Mapping)]
-        out.append(Problem(f, ", ".join(flat_keys), "mixes flat domain multipliers with per-language objects",
-                           "use either {domain: multiplier} or {lang: {domain: multiplier}} throughout"))
-        return out
-    items = ([(f"{lang}.{dom}", v) for lang, d in spec.data_ratio.items() for dom, v in d.items()]
-             if all(nested) and values else list(spec.data_ratio.items()))
-    for key, v in items:
-        if not _number(v) or v < 0:
-            out.append(Problem(f, key, f"multiplier {v!r} is not a number >= 0",
-                               "write a multiplier >= 0 (0 leaves the domain out)"))
-    return out
+    return inputs.ratio_problems(spec.data_ratio, spec.ratio_file)
 
 
 def _lang_prob_problems(spec: MixtureSpec) -> list[Problem]:
     out, f = [], spec.lang_prob_file
     if spec.lang_prob is None:
         return out
-    if not isinstance(spec.lang_prob, Mapping):
-        return [Problem(f, "", "is not a JSON object", 'write {"lang": probability, ...}')]
-    bad = False
-    for k, v in spec.lang_prob.items():
-        if not _number(v) or v < 0:
-            out.append(Problem(f, k, f"probability {v!r} is not a number >= 0", "write a number in [0, 1]"))
-            bad = True
-    if bad:
+    out = inputs.lang_prob_problems(spec.lang_prob, f)
+    if out:
         return out
     total = math.fsum(spec.lang_prob.values())
     if total <= 0:
@@ -328,7 +315,7 @@ def _multiplier(data_ratio: Mapping[str, Any], per_language: bool, lang: str, do
     return table.get(domain)
 
 
-def _empty(mode: str, spec: MixtureSpec) -> MixturePlan:
+def _empty(mode: MixtureMode, spec: MixtureSpec) -> MixturePlan:
     return MixturePlan(mode, ShardTable.from_shards([]), [], [], spec.budget_tokens, spec.budget_from,
                        spec.seq_length)
 
@@ -396,7 +383,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
     problems.extend(_ratio_problems(spec))
     problems.extend(_lang_prob_problems(spec))
     if problems:
-        return _empty("ratio", spec)
+        return _empty(MixtureMode.RATIO, spec)
     per_language = is_per_language(spec.data_ratio)
     optional = set(spec.optional)
     rows, dropped = _apply_excludes(t, spec, problems)
@@ -506,7 +493,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
         problems.append(Problem(spec.ratio_file, "", "no shard is left to train on",
                                 "check data_ratio.json, lang_prob.json and the exclude list"))
     if problems or not kept:
-        return _empty("ratio", spec)
+        return _empty(MixtureMode.RATIO, spec)
 
     # w = tc*m / (sum of the language's tc*m) * p, with seed 002's operation order
     order = sorted(range(len(kept)), key=code.__getitem__)  # stable: grouped by language, names sorted within
@@ -525,7 +512,7 @@ def plan_ratio(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) -> Mix
     if zero.size:
         keep = numpy.flatnonzero(w > 0)
         kept, mult, w = [kept[j] for j in keep], [mult[j] for j in keep], w[keep]
-    result = MixturePlan("ratio", t.take(kept), [float(m) for m in mult], w.tolist(), spec.budget_tokens,
+    result = MixturePlan(MixtureMode.RATIO, t.take(kept), [float(m) for m in mult], w.tolist(), spec.budget_tokens,
                          spec.budget_from, spec.seq_length, tuple(sorted(dropped)), tuple(notes))
     _check_budget_and_weights(result, spec, problems)
     return result
@@ -565,12 +552,12 @@ def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) 
     total = math.fsum(targets.values())
     if total > 0 and abs(total - 1.0) > 1e-12 and abs(total - 1.0) <= PROPORTION_TOLERANCE:
         notes.append(f"data.target_proportions sum to {total:.6g}; each share was divided by that sum")
-    mass = sum(targets[d] for d in present)
+    mass = math.fsum(targets[d] for d in present)  # exactly rounded: independent of the set's order
     if not kept or mass <= 0:
         if not problems:
             problems.append(Problem(spec.config_file, "data.target_proportions", "no shard is left to train on",
                                     "check the shares and the exclude list"))
-        return _empty("proportions", spec)
+        return _empty(MixtureMode.PROPORTIONS, spec)
     domain_tokens: dict[str, int] = {}
     domain_count: dict[str, int] = {}
     for i in kept:
@@ -581,7 +568,7 @@ def plan_proportions(t: ShardTable, spec: MixtureSpec, problems: list[Problem]) 
         d = t.domain[i]
         share = targets[d] / mass
         w.append(share * t.tokens[i] / domain_tokens[d] if domain_tokens[d] else share / domain_count[d])
-    result = MixturePlan("proportions", t.take(kept), [1.0] * len(kept), w, spec.budget_tokens, spec.budget_from,
+    result = MixturePlan(MixtureMode.PROPORTIONS, t.take(kept), [1.0] * len(kept), w, spec.budget_tokens, spec.budget_from,
                          spec.seq_length, tuple(sorted(dropped)), tuple(notes), targets)
     if not problems:
         _check_budget_and_weights(result, spec, problems)
@@ -650,12 +637,10 @@ def _plan(t: ShardTable, spec: MixtureSpec) -> MixturePlan:
 
 def read_exclude(raw: Any, file: str) -> list[str]:
     """``[name, ...]`` or seed 002's ``{"exclude_iterator_name": [name, ...]}``."""
-    if isinstance(raw, Mapping) and "exclude_iterator_name" in raw:
-        raw = raw["exclude_iterator_name"]
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise MixtureError([Problem(file, "", "is not a list of shard names",
-                                    'write ["name", ...] or {"exclude_iterator_name": ["name.bin", ...]}')])
-    return raw
+    names, problems = inputs.read_exclude_list(raw, file)
+    if problems:
+        raise MixtureError(problems)
+    return names
 
 
 _TEXT = ("prefix", "language", "domain", "subdomain")

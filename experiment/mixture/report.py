@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from experiment.mixture.outputs import split_string
-from experiment.mixture.plan import MixtureEntry, MixturePlan, whole_tokens
+from experiment.mixture.plan import MixtureEntry, MixtureMode, MixturePlan, whole_tokens
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def _table(title: str, rows: Iterable[Row], with_target: bool) -> str:
 
 
 def markdown(plan: MixturePlan, folder_name: str, fingerprint: str, valid_fraction: float) -> str:
-    with_target = plan.mode == "proportions"
-    rules = ("data_ratio.json x lang_prob.json, seed 002 rules" if plan.mode == "ratio"
+    with_target = plan.mode == MixtureMode.PROPORTIONS
+    rules = ("data_ratio.json x lang_prob.json, seed 002 rules" if plan.mode == MixtureMode.RATIO
              else "data.target_proportions per domain")
     parts = [
         f"# Data mixture of `{folder_name}`\n",
@@ -117,7 +117,7 @@ def markdown(plan: MixturePlan, folder_name: str, fingerprint: str, valid_fracti
 
 
 def _derivation(plan: MixturePlan, valid_fraction: float) -> str:
-    if plan.mode == "ratio":
+    if plan.mode == MixtureMode.RATIO:
         rule = ("Per shard, `tokens x multiplier` (multiplier from `data_ratio.json`); within a language these are "
                 "divided by their sum and multiplied by the language's probability from `lang_prob.json` (without "
                 "it, all languages form one pool). This is seed 002's `data_ratio_from_file.py` rule.")

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from experiment.errors import KitError
 from experiment.atomic import write_atomic
+from experiment.model.strategies import dist_strategies
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ MANIFEST_NAME = "kit_manifest.json"
 PARTIAL_SUFFIX = ".partial"
 
 
-class CheckpointLoadError(RuntimeError):
+class CheckpointLoadError(KitError, RuntimeError):
     """No usable checkpoint where one was required; the message names the folder and the fix."""
 
 
@@ -153,16 +155,6 @@ class TrainState:
     consumed_samples: int = 0
 
 
-def _strategies():
-    from megatron.core.dist_checkpointing.strategies.torch import (
-        TorchDistLoadShardedStrategy,
-        TorchDistSaveShardedStrategy,
-    )
-
-    # one writer bucket per rank: deterministic file layout, and no extra forked writer on CPU hosts
-    return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1), TorchDistLoadShardedStrategy()
-
-
 def _sharded_state(model, optimizer, scheduler, state: TrainState | None, *, is_loading: bool) -> dict:
     model_sd = model.sharded_state_dict()
     out = {"model": model_sd}
@@ -193,7 +185,7 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
     dist.barrier()
-    save_strategy, _ = _strategies()
+    save_strategy, _ = dist_strategies()
     dist_checkpointing.save(
         _sharded_state(model, optimizer, scheduler, state, is_loading=False), str(partial),
         sharded_strategy=save_strategy,
@@ -237,12 +229,7 @@ def _normalize_dcp_metadata(folder: Path, name: str, iteration: int) -> None:
         metadata = pickle.load(fh)
     if getattr(metadata, "storage_meta", None) is not None:
         metadata.storage_meta = StorageMeta(checkpoint_id=name, save_id=f"iteration-{iteration}")
-        tmp = path.with_name(".metadata.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(metadata, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, pickle.dumps(metadata))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -263,7 +250,7 @@ def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainSta
         _materialize_optimizer_state(optimizer)
     for it in good:
         folder = iteration_dir(save_dir, it)
-        _, load_strategy = _strategies()
+        _, load_strategy = dist_strategies()
         try:
             loaded = dist_checkpointing.load(
                 _sharded_state(model, optimizer, scheduler, TrainState(), is_loading=True), str(folder),
@@ -351,7 +338,7 @@ def load_base(base_dir: Path, model) -> tuple[int, Path]:
     folder = base_dir / ("release" if latest == 0 and (base_dir / "release").is_dir() else f"iter_{iteration:07d}")
     if not folder.is_dir():
         raise CheckpointLoadError(f"{folder}: no such folder; fix: check {base_dir / LATEST_NAME}")
-    _, load_strategy = _strategies()
+    _, load_strategy = dist_strategies()
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(folder),
                                      sharded_strategy=load_strategy)
     model.load_state_dict(loaded["model"], strict=True)
@@ -359,22 +346,18 @@ def load_base(base_dir: Path, model) -> tuple[int, Path]:
 
 
 def content_hash(folder: Path) -> str:
-    """blake3 over the sorted (relative name, size, bytes) of every file of a checkpoint folder."""
-    import blake3
+    """blake3 over the sorted (relative name, size, bytes) of every file of a checkpoint folder (the kit's one hasher)."""
+    from experiment.hashing import content_hash as named_hash
 
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    for p in sorted(q for q in Path(folder).rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(folder)).encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    return "blake3:" + h.hexdigest()
+    files = sorted(q for q in Path(folder).rglob("*") if q.is_file())
+    return named_hash((str(p.relative_to(folder)), p) for p in files)
 
 
 def remove_stale_partials(save_dir: Path) -> list[Path]:
     """Delete ``*.partial`` folders a killed run left behind (rank 0, before training)."""
     removed = []
-    for p in Path(save_dir).glob(f"iter_*{PARTIAL_SUFFIX}"):
+    stale = [*Path(save_dir).glob(f"iter_*{PARTIAL_SUFFIX}"), *Path(save_dir).glob("iter_*.deleting")]
+    for p in stale:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from experiment.mixture.outputs import split_string
+
 
 @dataclass(frozen=True)
 class Blend:
@@ -64,9 +66,6 @@ def blend_from_folder(folder) -> Blend:
                  {d: [str(p) for p in ps] for d, ps in plan.sources().items()}, tok.eod_id, tok.vocab_size, plan)
 
 
-def split_string(valid_fraction: float) -> str:
-    """Megatron's per-source ``split`` (train, valid, test weights) for a held-out fraction."""
-    return f"{1.0 - valid_fraction!r},{valid_fraction!r},0"
 
 
 def _config(blend: tuple[list[str], list[float] | None], ids: _TokenIds, seq_length: int, seed: int,

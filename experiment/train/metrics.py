@@ -12,8 +12,9 @@ import json
 import math
 from pathlib import Path
 
-LOSSES = "losses.jsonl"
-EVALS = "eval.jsonl"
+from experiment.atomic import write_atomic
+
+from experiment.runlog import EVALS, LOSSES, read_losses  # noqa: F401  (read_losses: the one reader)
 PLOT = "loss.png"
 
 
@@ -31,16 +32,46 @@ def _truncate_jsonl(path: Path, keep_through: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines(keepends=True)
             if line.strip() and json.loads(line)["iteration"] <= keep_through]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(kept))
+
+
+class _Mirrored:
+    """TensorBoard's writer, each ``add_scalar`` also sent to the trackers (``experiment.train.trackers``):
+    same tag, same step, so every scalar anyone adds to TensorBoard reaches MLflow and W&B too. Values are
+    sent once per step, as one batch."""
+
+    def __init__(self, writer, sinks: list):
+        self._writer, self.sinks = writer, sinks
+        self._step: int | None = None
+        self._pending: dict[str, float] = {}
+
+    def add_scalar(self, tag: str, value, step: int, *args, **kwargs) -> None:
+        self._writer.add_scalar(tag, value, step, *args, **kwargs)
+        if self.sinks:
+            if self._step is not None and step != self._step:
+                self.flush_trackers()
+            self._step = step
+            self._pending[tag] = float(value)
+
+    def flush_trackers(self) -> None:
+        from experiment.train import trackers
+
+        if self._pending and self._step is not None:
+            trackers.emit(self.sinks, self._step, self._pending)
+        self._pending = {}
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
 
 
 class MetricsLogger:
-    """Writes the run's metrics; only the rank that owns the logs creates one (others use ``NullLogger``)."""
+    """Writes the run's metrics; only the rank that owns the logs creates one (others use ``NullLogger``).
+    ``folder``: the training folder, whose ``[tracking]`` section adds MLflow/W&B beside TensorBoard."""
 
-    def __init__(self, log_dir: Path, start_iteration: int):
+    def __init__(self, log_dir: Path, start_iteration: int, folder=None):
         from torch.utils.tensorboard import SummaryWriter
+
+        from experiment.train import trackers
 
         self.dir = Path(log_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +80,8 @@ class MetricsLogger:
                 (self.dir / name).unlink(missing_ok=True)
             else:
                 _truncate_jsonl(self.dir / name, start_iteration)
-        self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_iteration + 1)
+        self.tb = _Mirrored(SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_iteration + 1),
+                            trackers.start(folder, self.dir, resume=start_iteration > 0))
         self._losses = open(self.dir / LOSSES, "a")
         self._evals = open(self.dir / EVALS, "a")
 
@@ -70,6 +102,7 @@ class MetricsLogger:
         tb.add_scalar("throughput/tokens_per_s_per_gpu", tokens_per_s_per_gpu, iteration)
         for domain, count in (domain_samples or {}).items():
             tb.add_scalar(f"data/samples/{domain}", count, iteration)
+        tb.flush_trackers()
 
     def scalars(self, iteration: int, values: dict[str, float | None]) -> None:
         """Extra TensorBoard scalars (throughput/mfu, throughput/eta_s); timings, so never in losses.jsonl."""
@@ -85,13 +118,22 @@ class MetricsLogger:
             self.tb.add_scalar(f"valid/{domain}/loss", loss, iteration)
             self.tb.add_scalar(f"valid/{domain}/ppl", ppl, iteration)
         self._evals.flush()
+        self.tb.flush_trackers()
 
-    def close(self, *, plot: bool = True) -> Path | None:
+    def close(self, *, plot: bool = True, status: str = "finished") -> Path | None:
+        from experiment.train import trackers
+
         self._losses.close()
         self._evals.close()
+        self.tb.flush_trackers()
         self.tb.flush()
         self.tb.close()
-        return plot_losses(self.dir) if plot else None
+        png = plot_losses(self.dir) if plot else None
+        for sink in list(self.tb.sinks):
+            if png is not None:
+                trackers.guard(self.tb.sinks, sink, "artifact", png)
+        trackers.finish(self.tb.sinks, status)
+        return png
 
 
 class NullLogger:
@@ -108,11 +150,6 @@ class NullLogger:
 
     def close(self, **k) -> None:
         return None
-
-
-def read_losses(log_dir: Path) -> list[dict]:
-    path = Path(log_dir) / LOSSES
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def plot_losses(log_dir: Path) -> Path | None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from experiment.train import determinism
+from experiment import determinism
+from experiment.atomic import write_atomic
 from experiment.train.checkpointing import TrainState
 
 log = logging.getLogger("experiment.train")
@@ -103,7 +104,7 @@ def _copy_tokenizer(base_dir: Path, save_dir: Path) -> None:
 def _model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
     """Padded vocabulary and base folder; the base's recorded shape must be the folder's."""
     from experiment.ckpt import meta as ckpt_meta
-    from experiment.train.model import padded_vocab_size
+    from experiment.model.build import padded_vocab_size
 
     ck = folder.config.checkpoint
     if ck.from_scratch or ck.base is None:
@@ -211,9 +212,7 @@ def _peak_memory_gib() -> float | None:
 
 
 def _write_status(log_dir: Path, payload: dict) -> None:
-    tmp = log_dir / f".{STATUS_NAME}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    tmp.replace(log_dir / STATUS_NAME)
+    write_atomic(log_dir / STATUS_NAME, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -254,9 +253,9 @@ class Trainer:
         from megatron.core.transformer.module import Float16Module
 
         from experiment.train import checkpointing as ckpt
-        from experiment.train import distributed
+        from experiment.model import parallel as distributed
+        from experiment.model.build import ParallelLayout, build_gpt_model
         from experiment.train import gpu, throughput
-        from experiment.train.model import ParallelLayout, build_gpt_model
         from experiment.train.optim import build_optimizer, build_scheduler
 
         t = self.t
@@ -378,7 +377,7 @@ class Trainer:
         self.plan = train_data.BatchPlan(t.global_batch_size, t.micro_batch_size,
                                          ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
         self.count_domains = _domain_counter(self.train_ds, blend)
-        self.logger = (metrics.MetricsLogger(log_dir, state.iteration)
+        self.logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=self.folder)
                        if self.env.rank == 0 else metrics.NullLogger())
         self.fwd_bwd = get_forward_backward_func()
         self.domain_samples = self.count_domains(0, state.consumed_samples) if state.consumed_samples else {}
@@ -467,16 +466,19 @@ class Trainer:
         return losses
 
     def save(self) -> Path:
-        """A crash-safe checkpoint of the current state; then the after-save hooks."""
+        """A crash-safe checkpoint of the current state (timed, retention applied: ``walltime.Segment``); then the
+        after-save hooks."""
         from experiment.train import checkpointing as ckpt
 
-        path = ckpt.save(self.save_dir, self.gpt, self.optimizer, self.scheduler, self.state,
-                         meta_json=self.meta_json)
-        if self.env.rank == 0:
-            self.write_status("running", str(path))
+        path = self.segment.save(partial(ckpt.save, self.save_dir, self.gpt, self.optimizer, self.scheduler,
+                                         self.state, meta_json=self.meta_json), self.state.iteration)
         for hook in self.after_save:
             hook(self, path)
         return path
+
+    def _status_extra(self) -> dict:
+        """What the live ``run_status.json`` adds to walltime.Progress's fields: speed per GPU, MFU, ETA."""
+        return {k: None if v is None else round(v, 6) for k, v in self.throughput().items()}
 
     def write_status(self, state: str, checkpoint: str | None) -> None:
         """``run_status.json``: where the run is, its speed, MFU and ETA (rank 0)."""
@@ -494,8 +496,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> RunResult:
-        """The loop: step, hooks, periodic evaluation, signal check, periodic save."""
-        from experiment.train.signals import StopRequest
+        """The loop: step, hooks, periodic evaluation, signal and time-budget check, periodic save."""
+        from experiment.train.signals import StopRequest, protect_checkpoint_writers
+        from experiment.train.walltime import WALLTIME_STATE, Segment
 
         t, state, options = self.t, self.state, self.options
         result = self.result = RunResult("finished", state.iteration, state.consumed_samples)
@@ -506,6 +509,9 @@ class Trainer:
         # the base model, for comparison
         self.before = self.evaluate(0) if self.valid_sets and state.iteration == 0 else None
         self.model.train()
+        protect_checkpoint_writers()
+        self.segment = Segment(self.folder, self.log_dir, self.save_dir, self.iters, self.tokens_per_iter,
+                               self.env.rank == 0)  # time budget, live status, retention
         with StopRequest() as stop:
             while state.iteration < self.iters:
                 t0 = time.perf_counter()
@@ -514,6 +520,8 @@ class Trainer:
                 for hook in self.after_step:
                     hook(self, step)
                 stopping = options.max_iterations is not None and state.iteration >= options.max_iterations
+                out_of_time = (self.segment.after_step(state.iteration, step.seconds, self._status_extra())
+                               and state.iteration < self.iters)
                 eval_seconds = 0.0
                 if (self.valid_sets and not stopping and state.iteration % t.eval_interval == 0
                         and state.iteration < self.iters):
@@ -529,23 +537,27 @@ class Trainer:
                 if stopping:
                     result.state = "stopped"
                     break
-                if stop_now or self.stop_reason:
-                    result.state = "interrupted"
-                    why = f"signal {stop.signum}" if stop_now else self.stop_reason
+                if stop_now or out_of_time or self.stop_reason:
+                    result.state = "interrupted" if stop_now or self.stop_reason else WALLTIME_STATE
+                    why = f"signal {stop.signum}" if stop_now else ("time budget" if out_of_time else self.stop_reason)
                     _say(f"{why}: saving a checkpoint at iteration {state.iteration} and stopping")
                     if options.save:
                         self.save()
                     break
                 if options.save and (state.iteration % t.save_interval == 0 or state.iteration == self.iters):
                     self.save()
+                    if state.iteration < self.iters and stop.requested():  # signalled during the save: stop
+                        result.state = "interrupted"
+                        _say(f"signal {stop.signum} during the save of iteration {state.iteration}: stopping")
+                        break
         if result.state == "finished" and self.valid_sets:
             self.last_eval = self.evaluate(state.iteration)
         return result
 
     def close(self) -> RunResult:
         """Metrics files, ``run_status.json``, the summary table; the process group goes down."""
+        from experiment.model import parallel as distributed
         from experiment.train import checkpointing as ckpt
-        from experiment.train import distributed
 
         result, state = self.result, self.state
         result.iteration, result.consumed_samples = state.iteration, state.consumed_samples
@@ -614,22 +626,27 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun worker: ``python -m experiment.train.runner FOLDER [--max-iterations N]``."""
     import argparse
 
-    from experiment.folder import FolderError, load
+    from experiment import megatron_jit
+    from experiment.folder import FolderError
+    from experiment.mixture.checks import load
+
+    megatron_jit.install()  # before the first megatron import of this worker
 
     parser = argparse.ArgumentParser(prog="python -m experiment.train.runner")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--max-iterations", type=int, default=None)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")  # experiment run --set
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     _quiet_known_warnings()
     try:
-        folder = load(args.folder)
+        folder = load(args.folder, overrides=args.overrides)
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)
         return 2
-    return 0 if result.state in ("finished", "interrupted", "stopped") else 1
+    return 0 if result.state in ("finished", "interrupted", "stopped", "walltime") else 1
 
 
 if __name__ == "__main__":

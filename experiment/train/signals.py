@@ -39,3 +39,20 @@ class StopRequest:
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())
+
+
+def protect_checkpoint_writers() -> None:
+    """Start megatron.core's checkpoint-writer result queue (a ``spawn``-ed multiprocessing Manager) with
+    SIGTERM/SIGINT ignored, so the scheduler's signal, which reaches every process of the step, cannot
+    kill it in the middle of a save (the ranks then fail with EOFError/ConnectionRefusedError and the
+    checkpoint stays ``.partial``). The forked writer processes inherit the ranks' handler (a flag)."""
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

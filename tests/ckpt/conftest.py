@@ -23,7 +23,7 @@ def llama_tokenizer_dir(sp_model_path, tmp_path_factory) -> Path:
 @pytest.fixture()
 def dist1():
     """A single-process gloo group with TP=1/PP=1 megatron state (idempotent across tests)."""
-    from experiment.train import distributed
+    from experiment.model import parallel as distributed
 
     distributed.initialize()
     yield

@@ -11,7 +11,7 @@ import torch
 from experiment.ckpt import boxes, convert
 from experiment.ckpt.meta import CheckpointError, iteration_path
 from experiment.ckpt.safetensors_out import SafetensorsWriter
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from experiment.ckpt import convert
 from experiment.ckpt.meta import CheckpointError
 from experiment.cli import app
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf
 
 

@@ -7,7 +7,7 @@ import torch
 
 from experiment.ckpt import mapping
 from experiment.ckpt.meta import CheckpointError
-from experiment.presets import ModelShape
+from experiment.model.presets import ModelShape
 
 SHAPE = ModelShape(num_layers=2, hidden_size=48, ffn_hidden_size=64, num_attention_heads=6, num_query_groups=2,
                    vocab_size=1000, max_position_embeddings=64, qkv_bias=True)
@@ -99,3 +99,27 @@ def test_config_from_shape_round_trips(family):
         shape = shape.model_copy(update={"rope_scaling": "none"})
     _, back = mapping.shape_from_config(mapping.config_from_shape(shape, family), "config.json")
     assert back == shape
+
+
+@pytest.mark.parametrize("family", sorted(mapping.FAMILY_NAMES))
+def test_family_shapes_are_those_of_the_transformers_model(family):
+    """The one shape table (the rules' named dimensions) gives exactly the tensors transformers builds for
+    the family, and each Megatron tensor is the rows of its Hugging Face parts."""
+    import torch
+    import transformers
+
+    from experiment.model.presets import PRESETS
+
+    fam = mapping.FAMILY_NAMES[family]
+    shape = PRESETS["tiny"].model_copy(update={"qkv_bias": fam.qkv_bias, "tie_embeddings": False})
+    config = transformers.AutoConfig.for_model(**{**mapping.config_from_shape(shape, family),
+                                                  "attention_bias": fam.qkv_bias})
+    with torch.device("meta"):
+        model = getattr(transformers, fam.architecture)(config)
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
+    if family == "qwen2":  # Qwen2 has q/k/v biases but no o_proj bias
+        assert not any(k.endswith("o_proj.bias") for k in built)
+    assert mapping.expected_hf_shapes(shape) == built
+    for rule in fam.rules_for(shape):
+        parts = rule.hf_shapes(shape)
+        assert rule.ckpt_shape(shape, 512)[1:] == parts[0][1:]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from experiment.ckpt import compare, convert
 from experiment.ckpt.meta import read
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf, real_text
 
 pytestmark = pytest.mark.slow

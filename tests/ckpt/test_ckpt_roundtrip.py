@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from experiment.ckpt import compare, convert
 from experiment.ckpt.meta import read
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import FAMILIES, make_hf, real_text
 
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiment.ckpt import convert, gguf
+from experiment.ckpt import convert
+from experiment.demo import smollm2
 from experiment.ckpt.meta import read
 from experiment.cli import app
-from experiment.train.model import ParallelLayout
+from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import real_text
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ def smollm2_hf(request, tmp_path_factory) -> object:
     temporary folder when the cache plugin is off."""
     cache = getattr(request.config, "cache", None)
     folder = cache.mkdir("smollm2-135m-instruct-hf") if cache else tmp_path_factory.mktemp("gguf") / "smollm2"
-    return gguf.materialize_smollm2(folder)
+    return smollm2.materialize_smollm2(folder)
 
 
 def _greedy(folder, prompt_ids, n=24):
@@ -63,7 +64,7 @@ def test_gguf_source_on_the_command_line_is_refused_for_existing_output(tmp_path
     """`experiment ckpt import file.gguf OUT` refuses an existing checkpoint before dequantizing anything."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "latest_checkpointed_iteration.txt").write_text("1\n")
-    result = CliRunner().invoke(app, ["ckpt", "import", str(gguf.smollm2_gguf_path()), str(tmp_path / "out")])
+    result = CliRunner().invoke(app, ["ckpt", "import", str(smollm2.smollm2_gguf_path()), str(tmp_path / "out")])
     said = " ".join(result.output.split())  # rich wraps the message at the terminal width
     assert result.exit_code == 2 and "already holds a checkpoint" in said, result.output
     assert not (tmp_path / "SmolLM2-135M-Instruct.Q4_1-hf").exists()

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from experiment.ckpt import compare, convert
 from experiment.ckpt.meta import read
-from experiment.train.model import ParallelLayout, build_gpt_model
+from experiment.model.build import ParallelLayout, build_gpt_model
 from tests.ckpt.tiny import make_hf, real_text
 
 pytestmark = pytest.mark.slow

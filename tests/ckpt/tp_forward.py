@@ -18,8 +18,8 @@ def main(hf: str, ckpt: str, tokens_file: str, out_file: str) -> None:
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from experiment.ckpt import compare, convert
-    from experiment.train import distributed
-    from experiment.train.model import ParallelLayout
+    from experiment.model import parallel as distributed
+    from experiment.model.build import ParallelLayout
 
     warnings.filterwarnings("ignore")
     tokens = json.loads(open(tokens_file).read())

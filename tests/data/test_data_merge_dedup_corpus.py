@@ -11,7 +11,7 @@ from experiment.data.errors import DataError
 
 
 def test_sample_corpus_is_real_multilingual_and_deterministic(sample_dir, tmp_path):
-    from experiment.data.corpus import build_sample
+    from experiment.demo.corpus import build_sample
 
     again = tmp_path / "again"
     build_sample(again, mb=0.4)

@@ -59,9 +59,9 @@ def test_literal_special_tokens_are_plain_text(tmp_path, sp_model_path, sp_token
     sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
     reference = Tokenizer.from_file(str(sp_tokenizer_json))
     reference.encode_special_tokens = True
-    for tok in (sp_model_path, sp_tokenizer_json):  # gigatoken on both (auto); references checked below
+    for tok in (sp_model_path, sp_tokenizer_json):  # gigatoken on both (asked: auto takes the reference this small); references checked below
         out = tmp_path / f"out-{tok.name}"
-        report = run(TokenizeConfig(inputs=[src], output=out, tokenizer=tok, progress=False))
+        report = run(TokenizeConfig(inputs=[src], output=out, tokenizer=tok, progress=False, backend="gigatoken"))
         assert report.backend_note.startswith("gigatoken")
         docs = read_docs(next(out.glob("*.idx")).with_suffix(""))
         assert docs == [sp.encode(t) + [2] for t in texts]
@@ -145,7 +145,7 @@ def test_spot_check_catches_fast_ids_that_differ_from_the_reference(whole_files,
     src = tmp_path / "in" / "en_web_spot_split_0.jsonl"
     src.parent.mkdir()
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["first document", "", "second document", "third"]))
-    real, real_files = encoders.GigatokenEncoder.encode, encoders.encode_jsonl
+    real, real_files = encoders.GigatokenEncoder.encode_texts, encoders.encode_jsonl
 
     def wrong(self, texts):
         flat, offsets = real(self, texts)
@@ -161,7 +161,7 @@ def test_spot_check_catches_fast_ids_that_differ_from_the_reference(whole_files,
         flat[offsets[2]] += 1  # the same document: here the empty text is still row 1
         return flat, offsets
 
-    monkeypatch.setattr(encoders.GigatokenEncoder, "encode", wrong)
+    monkeypatch.setattr(encoders.GigatokenEncoder, "encode_texts", wrong)
     monkeypatch.setattr(encoders, "encode_jsonl", wrong_files)
     out = tmp_path / "out"
     with pytest.raises(DataError, match="ids differ from sentencepiece on document 2"):

@@ -19,6 +19,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _tokenize(inputs, out, tok, **kw):
+    kw.setdefault("small_input_bytes", 0)  # these inputs are tiny: keep them on gigatoken's whole-file path
     return run(TokenizeConfig(inputs=inputs, output=out, tokenizer=tok, progress=False, **kw))
 
 

@@ -24,14 +24,14 @@ def test_run_then_reproduce_is_byte_identical(project):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lock_path = folder / "run.lock.json"
     lock = lockfile.read(lock_path)
-    assert [s[0] for s in lock["outputs"]["losses"]["steps"]] == [1, 2, 3, 4]
-    assert set(lock["outputs"]["checkpoints"]) == {"iter_0000002", "iter_0000004"}
-    assert lock["outputs"]["checkpoints"]["iter_0000004"]["tensors"]
-    assert lock["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert [s[0] for s in lock.outputs.losses.steps] == [1, 2, 3, 4]
+    assert set(lock.outputs.checkpoints) == {"iter_0000004"}  # the last one by default
+    assert lock.outputs.checkpoints["iter_0000004"].tensors
+    assert lock.determinism["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
     rep = _cli("reproduce", str(lock_path), "--out", str(project / "rerun"))
     out = rep.stdout + rep.stderr
-    code_moved = environment.source_hash() != lock["kit"]["source_hash"]
+    code_moved = environment.source_hash() != lock.kit.source_hash
     if code_moved:  # someone edited the kit while the test ran: reproduce must say so, and only that
         assert rep.returncode == 1 and "BLOCKS code" in out
         rep = _cli("reproduce", str(lock_path), "--out", str(project / "rerun"), "--ignore")
@@ -40,7 +40,7 @@ def test_run_then_reproduce_is_byte_identical(project):
     assert "4 step(s) of losses" in out and "identical" in out
     relock = project / "rerun" / "training" / "tiny" / "run.lock.json"
     again = json.loads(relock.read_text())
-    assert again["outputs"] == lock["outputs"]  # losses, grad norms, checkpoint files and tensors
+    assert again["outputs"] == lock.dump()["outputs"]  # losses, grad norms, checkpoint files and tensors
     if not code_moved:
         assert relock.read_bytes() == lock_path.read_bytes()
         assert "byte-identical" in out

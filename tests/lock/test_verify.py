@@ -6,23 +6,24 @@ import json
 import os
 from pathlib import Path
 
-from experiment.folder import load
+from experiment.mixture.checks import load
 from experiment.lock import lockfile, reproduce
 from experiment.lock.hashing import HashCache
+from experiment.lock.records import RunLock
 
 
 def _folder(project: Path):
     return reproduce.load_folder(project / "training" / "tiny")
 
 
-def _lock(project: Path) -> dict:
+def _lock(project: Path) -> RunLock:
     folder = _folder(project)
     det = reproduce.determinism_now(folder)
     path = lockfile.write_run_lock(folder, determinism_env=det, launch={"launcher": "local"})
     return lockfile.read(path)
 
 
-def _verify(project: Path, lock: dict, environ=None, **kw) -> list[reproduce.Finding]:
+def _verify(project: Path, lock: RunLock, environ=None, **kw) -> list[reproduce.Finding]:
     return reproduce.verify(lock, _folder(project), cache=HashCache(None), environ=environ or {}, **kw)
 
 
@@ -33,14 +34,15 @@ def test_lock_is_canonical_without_host_paths(project):
     assert first == second
     text = first.decode()
     assert str(project) not in text and str(Path.home()) + "/" not in text
-    lock = json.loads(text)
-    assert list(lock) == sorted(lock)
-    assert len(lock["data"]["shards"]) == 3
-    assert lock["data"]["blend"]["available"] and len(lock["data"]["blend"]["entries"]) == 3
-    assert all(isinstance(w, float) for _, w in lock["data"]["blend"]["entries"])
-    assert lock["environment"]["containerized"] is False and lock["environment"]["torch"].startswith("2.13.0")
-    assert lock["tokenizer"]["../../data_signatures/tiny.json"]["name"] == "tokenizer.model.v1"
-    assert set(lock["folder"]["files"]) == {"experiment.toml", "data_ratio.json", "README.md"}
+    raw = json.loads(text)
+    assert list(raw) == sorted(raw)
+    lock = lockfile.parse(raw)
+    assert len(lock.data.shards) == 3
+    assert lock.data.blend.available and len(lock.data.blend.entries) == 3
+    assert all(isinstance(w, float) for _, w in lock.data.blend.entries)
+    assert lock.environment.containerized is False and lock.environment.torch.startswith("2.13.0")
+    assert lock.tokenizer["../../data_signatures/tiny.json"]["name"] == "tokenizer.model.v1"
+    assert set(lock.folder.files) == {"experiment.toml", "data_ratio.json", "README.md"}
 
 
 def test_untouched_folder_verifies(project):
@@ -152,7 +154,7 @@ def test_determinism_switched_off_names_each_variable(project):
     assert len(folder) == 1 and "training.deterministic: true -> false" in folder[0].why
     det = {f.what: f for f in findings if f.area == "determinism"}
     assert det["NCCL_ALGO"].expected == "Ring" and det["NCCL_ALGO"].found == "None" and det["NCCL_ALGO"].blocking
-    assert set(det) == set(lock["determinism"]) and lock["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert set(det) == set(lock.determinism) and lock.determinism["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_mirror_keeps_the_toml_and_resolves_every_path(project, tmp_path):
@@ -174,4 +176,4 @@ def test_data_root_moves_the_shards(project, tmp_path):
     assert _verify(project, lock, data_root=moved) == []
     mirror = reproduce.mirror_folder(_folder(project), tmp_path / "work", data_root=moved)
     again = load(mirror)
-    assert lockfile.data_section(again, HashCache(None))["shards"] == lock["data"]["shards"]
+    assert lockfile.data_section(again, HashCache(None))["shards"] == lock.dump()["data"]["shards"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.folder import check, errors
+from experiment.folder import errors
+from experiment.mixture.checks import check
 from experiment.mixture.plan import MAX_BLEND_DATASETS, MixtureError, MixtureSpec, Shard, plan
 from tests.mixture.helpers import folder, name, signature, write_shard
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from experiment.folder import load
+from experiment.mixture.checks import load
 from experiment.mixture.plan import plan_folder
 from tests.mixture.helpers import folder, name, signature, write_shard
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from experiment.folder import load
+from experiment.mixture.checks import load
 from experiment.mixture.plan import plan_folder
 from experiment.mixture.record import MixtureChanged, check_resume, read_record, write_record
 from tests.mixture.helpers import folder, name

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiment.launch.local import Launch, local_argv
-from experiment.train import determinism
+from experiment import determinism
 from tests.train.corpus import build_corpus
 
 

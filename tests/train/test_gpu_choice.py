@@ -3,7 +3,7 @@ count of the 1B shapes, and the ETA."""
 
 import pytest
 
-from experiment.presets import PRESETS
+from experiment.model.presets import PRESETS
 from experiment.train import gpu, throughput
 
 ONE_B, EIGHT_B = PRESETS["llama3.2-1b"], PRESETS["llama3.1-8b"]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from experiment.cli import app
 from tests.train.corpus import make_folder
 
-TORCHRUN = ('torchrun --nnodes=2 --nproc-per-node=4 --rdzv-id="{id}" --rdzv-backend=c10d '
+TORCHRUN = ('{python} -m torch.distributed.run --nnodes=2 --nproc-per-node=4 --rdzv-id="{id}" --rdzv-backend=c10d '
             '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" -m experiment.train.runner {folder}')
 
 
@@ -30,10 +30,12 @@ def test_slurm_script(tmp_path, corpus):
     script = folder / "launch" / "slurm.sh"
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    assert TORCHRUN.format(id="$SLURM_JOB_ID", folder=folder.resolve()) in text
+    assert TORCHRUN.format(python=sys.executable, id="$SLURM_JOB_ID", folder=folder.resolve()) in text
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "--cpus-per-task=8 \\", "-m experiment.launch.chain begin",
+                 "-m experiment.launch.chain end", "#SBATCH --output=",
                  "#SBATCH --partition=gpu", "#SBATCH --account=abc", "#SBATCH --time=02:00:00",
-                 "#SBATCH --signal=TERM@180", "export CUBLAS_WORKSPACE_CONFIG=:4096:8", "srun "):
+                 "#SBATCH --signal=TERM@120", "export CUBLAS_WORKSPACE_CONFIG=:4096:8", "srun "):
         assert line in text, line
     assert text in res.output  # --dry-run prints what it wrote
 
@@ -45,8 +47,9 @@ def test_pbs_script(tmp_path, corpus):
     script = folder / "launch" / "pbs.sh"
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    assert TORCHRUN.format(id="$PBS_JOBID", folder=folder.resolve()) in text
-    for line in ("#PBS -l select=2:ngpus=4", "#PBS -l walltime=02:00:00", "#PBS -q gpu", "#PBS -A abc",
+    assert TORCHRUN.format(python=sys.executable, id="$PBS_JOBID", folder=folder.resolve()) in text
+    for line in ("#PBS -l select=2:ncpus=8:ngpus=4", "MIDTRAIN_JOB_END_TIME=$(( $(date +%s) + 7200 ))",
+                 "-m experiment.launch.chain end", "#PBS -l walltime=02:00:00", "#PBS -q gpu", "#PBS -A abc",
                  "mpirun -np 2", "-x NCCL_ALGO", 'MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"'):
         assert line in text, line
 

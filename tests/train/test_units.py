@@ -7,8 +7,10 @@ import json
 import pytest
 
 from experiment.train import checkpointing as ckpt
-from experiment.train import determinism, metrics
-from experiment.train.data import BatchPlan, split_string
+from experiment import determinism
+from experiment.train import metrics
+from experiment.mixture.outputs import split_string
+from experiment.train.data import BatchPlan
 from experiment.train.runner import train_iterations
 
 

@@ -2,7 +2,7 @@
 
 A training folder names a preset and may override single fields. The shapes are the published
 configs of the models the seed workflows train (Llama 2/3, SmolLM2 for the CPU demo) plus a tiny one
-for smoke tests; ``experiment.train.model`` turns a shape into a megatron.core ``TransformerConfig``.
+for smoke tests; ``experiment.model.build`` turns a shape into a megatron.core ``TransformerConfig``.
 """
 
 from __future__ import annotations

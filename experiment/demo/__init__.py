@@ -52,7 +52,7 @@ def _cpu_image_present() -> bool:
 def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
     work, folder = root / WORK, root / DEMO_FOLDER
     hf_base, base = work / "smollm2-hf", work / "base"
-    from experiment.ckpt.gguf import smollm2_gguf_path
+    from experiment.demo.smollm2 import smollm2_gguf_path
 
     run = ["run", str(folder)] + (["--container"] if container else [])
     outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / "run.lock.json")
@@ -77,6 +77,7 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
               ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
         Stage("reproduce the run from its lockfile",
               ("reproduce", str(folder / "run.lock.json")) + (("--container",) if container else ())),
+        Stage("run report: one self-contained report.html", ("report", str(folder))),
     ]
 
 
@@ -96,11 +97,18 @@ def artifacts(root: Path) -> list[tuple[str, Path]]:
         ("TensorBoard logs", folder / "logs"),
         ("lockfile", folder / "run.lock.json"),
         ("exported HF model", work / "hf-out"),
+        ("model card", work / "hf-out" / "README.md"),
+        ("run report (HTML)", folder / "report.html"),
     ]
 
 
 def run_demo(root: Path, corpus_mb: float = 3.0, container: bool = False, console: Console | None = None) -> int:
+    """Check the prerequisites (installing missing Debian packages when root, else stopping with the exact
+    command: ``SystemPackagesMissing``), then run every stage in order."""
+    from experiment import system_packages
+
     console = console or Console()
+    system_packages.ensure(system_packages.demo_groups(container), say=lambda line: console.print(line, markup=False))
     timings: list[tuple[str, str, float]] = []
     plan = stages(root, corpus_mb, container)
     for i, stage in enumerate(plan, 1):
@@ -130,6 +138,9 @@ def run_demo(root: Path, corpus_mb: float = 3.0, container: bool = False, consol
         if path.exists():
             table.add_row(label, str(path.relative_to(root)))
     console.print(table)
+    report = root / DEMO_FOLDER / "report.html"
+    if report.is_file():
+        console.print(f"run report: {report}", soft_wrap=True, markup=False)
     return 0
 
 

@@ -19,7 +19,9 @@ en_legal_copyright             /usr/share/doc/*/copyright                   (eve
 Documents are taken round-robin, one per source in turn, until ``mb`` megabytes of text, so a small
 sample still covers every source. Long texts are cut at paragraph breaks into documents of at most
 ``doc_chars`` characters. Files are visited in sorted order and written as sorted-key JSONL, so the
-same packages give the same bytes. Missing sources are skipped (the summary says which).
+same packages give the same bytes. A source whose Debian package is missing is an error naming the
+package (never a silent skip: a shard missing here surfaces stages later as an empty domain); each package
+must be on the kit's declared list, ``experiment.system_packages`` (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class Source:
     subdomain: str
     root: Path
     documents: Callable[[Path], Iterator[tuple[str, str]]]  # root -> (text, source path)
+    package: str | None = None  # the Debian package that provides ``root`` (None: every installed package)
+    probe: str = ""  # a glob under ``root`` that matches when the package is installed (root shared by two)
+
+    def present(self) -> bool:
+        return self.root.is_dir() and (not self.probe or next(self.root.glob(self.probe), None) is not None)
 
     @property
     def stem(self) -> str:
@@ -231,13 +238,13 @@ def default_sources(usr_share: Path = Path("/usr/share")) -> list[Source]:
     doc = usr_share / "doc" / "python3.11" / "html"
     ref = usr_share / "debian-reference"
     return [
-        Source("en", "code-docs", "python-html", doc, _python_html),
-        Source("en", "code-docs", "python-rst", doc / "_sources", _python_rst),
-        Source("en", "manual", "debian-reference", ref, _debian_reference("en")),
-        Source("ja", "manual", "debian-reference", ref, _debian_reference("ja")),
-        Source("ja", "manual", "man", usr_share / "man" / "ja", _man_pages("man*/*.gz")),
+        Source("en", "code-docs", "python-html", doc, _python_html, "python3.11-doc"),
+        Source("en", "code-docs", "python-rst", doc / "_sources", _python_rst, "python3.11-doc"),
+        Source("en", "manual", "debian-reference", ref, _debian_reference("en"), "debian-reference-en", "*.en.html"),
+        Source("ja", "manual", "debian-reference", ref, _debian_reference("ja"), "debian-reference-ja", "*.ja.html"),
+        Source("ja", "manual", "man", usr_share / "man" / "ja", _man_pages("man*/*.gz"), "manpages-ja"),
         Source("en", "manual", "man", usr_share / "man", _man_pages("man[1-8]/*.gz")),
-        Source("en", "dictionary", "gcide", usr_share / "dictd", _gcide),
+        Source("en", "dictionary", "gcide", usr_share / "dictd", _gcide, "dict-gcide", "gcide.dict.dz"),
         Source("en", "legal", "copyright", usr_share / "doc", _copyright),
     ]
 
@@ -286,9 +293,19 @@ class _ShardSink:
 
 def build_sample(out: Path, mb: float = 1.0, shard_mb: float = 16.0, sources: list[Source] | None = None, console=None) -> list[SampleStats]:
     """Write about ``mb`` MB of JSONL (round-robin over the sources) into ``out``; deterministic bytes."""
-    sources = [s for s in (sources or default_sources()) if s.root.exists()]
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "exists and is not a folder", "give a folder (new or one of an earlier sample)")
+    sources = sources or default_sources()
+    absent = [s for s in sources if not s.present()]
+    packages = list(dict.fromkeys(s.package for s in absent if s.package))
+    if packages:
+        from experiment.system_packages import install_command
+
+        raise DataError(absent[0].root, f"source {', '.join(s.stem for s in absent if s.package)} is missing: "
+                        f"Debian package(s) {' '.join(packages)} not installed", install_command(packages))
+    sources = [s for s in sources if s.present()]
     if not sources:
-        raise DataError("/usr/share", "none of the sample sources is installed", "apt-get install python3.11-doc debian-reference-en debian-reference-ja manpages-ja dict-gcide")
+        raise DataError("/usr/share", "none of the sample sources exists", "pass sources whose folders exist")
     out.mkdir(parents=True, exist_ok=True)
     build = out / f".sample-build-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)

@@ -1,0 +1,238 @@
+"""A scheduled run as a chain of job segments: what the job script runs before and after its torchrun step.
+
+``begin`` (before the step) records the segment: job id, node count, the iteration it resumes from, the
+image digest, and the work the previous segment lost (iterations it trained past its last complete
+checkpoint). ``end`` (after the step) reads what the runner left (``logs/run_status.json``, the
+checkpoints) and either
+
+- writes ``run.lock.json`` with every segment, when the run reached its length;
+- submits the next segment (``sbatch --dependency=afterany:<this job>`` / ``qsub -W depend=afterany:``)
+  when the runner stopped cleanly on its time budget or a signal, or died after making progress;
+- stops the chain (exit 1) when a segment made no progress after a clean stop, or two segments in a row
+  made none: a real failure is not retried forever. ``launch.max_segments`` caps the chain too.
+
+The records go to ``logs/chain.jsonl`` (``experiment status`` reads them).
+
+    python -m experiment.launch.chain begin FOLDER
+    python -m experiment.launch.chain end FOLDER --rc RC --script launch/slurm.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from experiment.launch.launchers import read_chain, record
+from experiment.train.walltime import STATUS_NAME, WALLTIME_STATE
+
+CLEAN_STOPS = (WALLTIME_STATE, "interrupted")
+
+
+def _job() -> tuple[str, str]:
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm", os.environ["SLURM_JOB_ID"]
+    if os.environ.get("PBS_JOBID"):
+        return "pbs", os.environ["PBS_JOBID"]
+    return "none", "local"
+
+
+def _nodes() -> int:
+    for var in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    nodefile = os.environ.get("PBS_NODEFILE")
+    if nodefile and Path(nodefile).is_file():
+        return len(set(Path(nodefile).read_text().split()))
+    return 1
+
+
+def _complete_iteration(folder) -> int:
+    from experiment.train.checkpointing import usable_iterations
+
+    save = folder.resolve(folder.config.checkpoint.save)
+    good, _ = usable_iterations(save) if save.is_dir() else ([], [])
+    return good[0] if good else 0
+
+
+def _reached_iteration(folder) -> int:
+    """The last iteration the runner logged (it may be past the last complete checkpoint)."""
+    path = folder.path / "logs" / "losses.jsonl"
+    last = 0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line)["iteration"]))
+            except (ValueError, KeyError):
+                continue
+    return last
+
+
+def _image_digest() -> str | None:
+    from experiment.lock import environment
+
+    digest = os.environ.get(environment.IMAGE_DIGEST_VAR)
+    if digest:
+        return digest
+    image = environment.detect_image()
+    return getattr(image, "digest", None) if image else None
+
+
+def _status(folder) -> dict:
+    path = folder.path / "logs" / STATUS_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
+    """One row per segment from the chain records (and ``pending`` ones not written yet): job id, nodes,
+    iterations start -> end, image digest, lost iterations, how it ended."""
+    rows: list[dict] = []
+    for e in [*read_chain(folder_path), *pending]:
+        if e.get("event") == "begin":
+            rows.append({"job_id": e["job_id"], "nodes": e.get("nodes", 1), "start_iteration": e["start_iteration"],
+                         "end_iteration": None, "image_digest": e.get("image_digest"),
+                         "lost_iterations": e.get("lost_iterations", 0), "state": "running"})
+        elif e.get("event") == "end" and rows and rows[-1]["job_id"] == e["job_id"]:
+            rows[-1].update(end_iteration=e["complete_iteration"], state=e["state"], returncode=e["rc"])
+    return rows
+
+
+def begin(folder) -> int:
+    scheduler, job = _job()
+    events = read_chain(folder.path)
+    done = [e for e in events if e.get("event") == "begin"]
+    if len(done) >= folder.config.launch.max_segments:
+        print(f"[chain] launch.max_segments={folder.config.launch.max_segments} segments already ran; not "
+              "starting another (raise it in experiment.toml and resubmit)", file=sys.stderr)
+        return 1
+    start = _complete_iteration(folder)
+    ends = [e for e in events if e.get("event") == "end"]
+    lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
+    record(folder.path, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": _nodes(),
+                         "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                         "start_iteration": start, "image_digest": _image_digest(), "lost_iterations": lost,
+                         "segment": len(done) + 1})
+    note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""
+    print(f"[chain] segment {len(done) + 1} (job {job}) starts at iteration {start}{note}", flush=True)
+    return 0
+
+
+def end(folder, rc: int, script: Path | None) -> int:
+    from experiment.train.runner import train_iterations
+
+    scheduler, job = _job()
+    cfg = folder.config
+    iters = train_iterations(cfg.training, cfg.model.seq_length)
+    status = _status(folder)
+    complete, reached = _complete_iteration(folder), _reached_iteration(folder)
+    events = read_chain(folder.path)
+    begins = [e for e in events if e.get("event") == "begin" and e["job_id"] == job]
+    start = begins[-1]["start_iteration"] if begins else 0
+    state = status.get("state", "unknown")
+    if state == "running" or rc != 0 and state not in CLEAN_STOPS:
+        state = "failed"
+    finished = complete >= iters
+    if finished:
+        state = "finished"
+    progress = complete > start
+    event = {"event": "end", "job_id": job, "rc": rc, "state": state, "start_iteration": start,
+             "complete_iteration": complete, "reached_iteration": reached, "progress": progress}
+    if finished:  # the lock first: a finished record means the lockfile is there
+        path = write_lock(folder, scheduler, event)
+        record(folder.path, event)
+        print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
+        return 0
+    record(folder.path, event)
+    previous = [e for e in events if e.get("event") == "end"]
+    stalled_before = bool(previous) and not previous[-1].get("progress", True)
+    if not progress and (state in CLEAN_STOPS or stalled_before):
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "no progress"})
+        print(f"[chain] segment {job} ended ({state}, exit {rc}) without completing a checkpoint past iteration "
+              f"{start}; stopping the chain. See logs/slurm-{job}.out; fix the cause (or raise launch.walltime) and "
+              f"run `experiment run {folder.path} --launcher {scheduler}` again", file=sys.stderr, flush=True)
+        return 1
+    n = len([e for e in events if e.get("event") == "begin"])
+    if n >= cfg.launch.max_segments:
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
+        print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
+              "stopping", file=sys.stderr)
+        return 1
+    submitted = submit_next(folder, scheduler, job, script)
+    print(f"[chain] segment {job} ended ({state}) at iteration {complete}/{iters}; next segment: job {submitted}",
+          flush=True)
+    return 0
+
+
+def submit_next(folder, scheduler: str, job: str, script: Path | None) -> str:
+    from experiment.launch.launchers import LAUNCHERS, Prepared, Request
+    from experiment.launch.local import Launch
+
+    script = script or folder.path / "launch" / f"{scheduler}.sh"
+    launcher = LAUNCHERS[scheduler]
+    prepared = Prepared(Request(folder, Launch(folder.path)), "", script=Path(script))
+    return launcher.submit(prepared, dependency=job, by="chain").job_id
+
+
+def write_lock(folder, scheduler: str, last_end: dict) -> Path:
+    from experiment.lock.lockfile import write_run_lock
+    from experiment.lock.reproduce import determinism_now
+
+    lc = folder.config.launch
+    segs = [{k: s[k] for k in ("job_id", "nodes", "start_iteration", "end_iteration", "image_digest",
+                               "lost_iterations", "state")} for s in segments(folder.path, [last_end])]
+    return write_run_lock(
+        folder,
+        launch={"launcher": scheduler, "nnodes": lc.nnodes, "nproc_per_node": lc.nproc_per_node, "segments": segs},
+        determinism_env=determinism_now(folder),
+        resolved_args={"runner_args": []},
+    )
+
+
+def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> str:
+    """Block until the chain's last segment ended with nothing after it; returns its state."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        events = read_chain(folder_path)
+        last = events[-1] if events else {}
+        if last.get("event") == "end" and last.get("state") in ("finished", "failed"):
+            return last["state"]
+        if last.get("event") == "stopped":
+            return "failed"
+        time.sleep(poll)
+    return "timeout"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiment.folder import FolderError, load
+
+    parser = argparse.ArgumentParser(prog="python -m experiment.launch.chain")
+    parser.add_argument("action", choices=("begin", "end"))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--rc", type=int, default=0)
+    parser.add_argument("--script", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        folder = load(args.folder)
+    except FolderError as err:
+        print(f"[chain] refusing to start: {err}", file=sys.stderr)
+        return 2
+    if args.action == "begin":
+        return begin(folder)
+    from experiment.launch.launchers import LaunchError
+
+    try:
+        return end(folder, args.rc, args.script)
+    except LaunchError as err:
+        print(f"[chain] {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

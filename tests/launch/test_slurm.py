@@ -1,0 +1,191 @@
+"""`experiment run --launcher slurm` against a real Slurm (experiment/launch/slurm_local.py): the tiny
+folder trained as a job, a run chained over several 1-minute jobs with a SIGTERM in the middle of a save,
+byte-identical to an uninterrupted local run (`experiment reproduce` of the Slurm run's lockfile), and
+what a user sees when a submission cannot or should not go ahead."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiment.lock import environment, lockfile
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def _configure(folder: Path, launch: str, iters: int, save_interval: int) -> None:
+    toml = folder / "experiment.toml"
+    text = toml.read_text().replace("train_iters = 4", f"train_iters = {iters}")
+    text = text.replace("save_interval = 2", f"save_interval = {save_interval}")
+    toml.write_text(text.replace("[launch]\nnproc_per_node = 1\n", f"[launch]\nnproc_per_node = 1\n{launch}\n"))
+
+
+def _chain(folder: Path) -> list[dict]:
+    path = folder / "logs" / "chain.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _wait_chain_end(folder: Path, timeout: float) -> list[dict]:
+    """Until the chain's last segment ended without a successor (finished, or stopped)."""
+    from experiment.launch.chain import wait
+
+    state = wait(folder, poll=1.0, timeout=timeout)
+    assert state != "timeout", f"chain did not end in {timeout} s: {_chain(folder)[-3:]}\n" + \
+        _cli("status", str(folder)).stdout
+    return _chain(folder)
+
+
+def _job_id(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
+def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30\ncpus_per_task = 2', iters=4, save_interval=2)
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[checkpoint]\n", "[checkpoint]\nkeep_last = 1\n"))
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    assert (folder / "logs").is_dir()  # made before submission: the scheduler opens its output file there
+    info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    assert "NumCPUs=2" in info and "MinCPUsNode=2" in info, info  # the ranks' CPUs, not Slurm's default 1
+    events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
+    assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    lock = lockfile.read(folder / "run.lock.json")  # written by the job (the chain's last segment)
+    segs = lock.launch.launcher["segments"]
+    assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in segs] == [(job, 0, 4)]
+    assert list(lock.outputs.checkpoints) == ["iter_0000004"]
+    # retention: iteration 2 was deleted once iteration 4 was complete; each save's time is logged
+    assert sorted(p.name for p in (folder / "checkpoints").glob("iter_*")) == ["iter_0000004"]
+    saves = [json.loads(line) for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in saves] == [2, 4] and all(s["seconds"] > 0 for s in saves)
+    status = _cli("status", str(folder))
+    assert status.returncode == 0 and "finished" in status.stdout and "iteration 4/4" in status.stdout
+
+
+def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
+    """Walltime 2 minutes, exit margin 105 s (more than Slurm's up to 60 s early --signal): after its ~10 s
+    start a segment trains ~2 s (a few ~0.6 s steps; one on a loaded machine) and saves on its time budget; a segment gets `scancel -s TERM`
+    while a save is being written. The chain continues by
+    itself, and `experiment reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 25',
+               iters=9, save_interval=3)
+    toml = folder / "experiment.toml"  # ~1 s steps: a segment's few seconds of training hold a few of them
+    toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 128")
+                    .replace("global_batch_size = 4", "global_batch_size = 8"))
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    deadline = time.monotonic() + 240
+    partial = []
+    while not partial and time.monotonic() < deadline:
+        partial = list((folder / "checkpoints").glob("iter_*.partial"))
+        time.sleep(0.01)
+    assert partial, (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", "-s", "TERM", *running], check=True)
+    signalled = int(partial[0].name[5:12])
+    events = _wait_chain_end(folder, 1200)
+    log = (folder / "logs" / f"slurm-{job}.out").read_text()
+    ends = [e for e in events if e["event"] == "end"]
+    assert ends[-1]["state"] == "finished", log[-3000:]
+    assert len(ends) >= 3, ends
+    hit = next(e for e in ends if e["job_id"] == running[0])
+    # the save in progress finished (a periodic one: "interrupted"; the budget's own: "walltime")
+    assert hit["state"] in ("interrupted", "walltime") and hit["complete_iteration"] >= signalled, hit
+    log = (folder / "logs" / f"slurm-{running[0]}.out").read_text()
+    assert "Received 15 death signal" in log and f"saved iter_{signalled:07d}" in log, log[-3000:]
+    assert {e["state"] for e in ends[1:-1]} <= {"walltime", "interrupted"}, ends
+    saves = [json.loads(line)["iteration"] for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
+    assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
+    lock = lockfile.read(folder / "run.lock.json")
+    segs = lock.launch.launcher["segments"]
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 9
+    assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
+
+    rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
+               *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
+    out = rep.stdout + rep.stderr
+    assert rep.returncode == 0, out[-4000:]
+    assert "9 step(s) of losses" in out and "identical" in out
+    relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
+    assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
+
+
+def test_refusals_and_a_job_that_dies_at_start(slurm, project):
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "1"\nexit_margin_seconds = 55', iters=4, save_interval=2)
+    short = _cli("run", str(folder), "--launcher", "slurm")
+    assert short.returncode == 2 and "launch.walltime 1 (60 s) is too short" in short.stderr, short.stderr
+    assert "exit_margin_seconds 55 s" in short.stderr and not (folder / "logs" / "chain.jsonl").exists()
+
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("exit_margin_seconds = 55", 'exit_margin_seconds = 10\n'
+                                             'partition = "nosuch"'))
+    bad = _cli("run", str(folder), "--launcher", "slurm")
+    assert bad.returncode == 2 and "invalid partition" in bad.stderr.lower() and "launch.partition" in bad.stderr
+
+    toml.write_text(toml.read_text().replace('partition = "nosuch"', ""))
+    cpus = str(os.cpu_count())  # a job holding every CPU keeps ours queued while the test looks at it
+    blocker = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "--time=2", "--output=/dev/null",
+                              "--wrap", "sleep 100"], capture_output=True, text=True, check=True).stdout.strip()
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    again = _cli("run", str(folder), "--launcher", "slurm")
+    assert again.returncode == 2 and f"job {job} (PENDING)" in again.stderr and f"scancel {job}" in again.stderr
+    status = _cli("status", str(folder))
+    assert "queued" in status.stdout, status.stdout
+
+    good = toml.read_text()
+    toml.write_text(good.replace("[training]", "[training]\nno_such_field = 1"))  # the job will refuse it
+    subprocess.run(["scancel", blocker], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = _cli("status", str(folder))
+        if "failed" in status.stdout:
+            break
+        time.sleep(1)
+    assert "failed" in status.stdout and "exit code 2:0" in status.stdout, status.stdout
+    assert "refusing to start" in status.stdout and "no_such_field" in status.stdout  # the job's log tail
+
+
+def test_a_segment_killed_with_sigkill_resumes_from_its_last_checkpoint(slurm, project):
+    """kill -9 of every process of the step mid-run (torchrun and its rank; the batch script lives on): the
+    segment ends failed, the chain resubmits (it had saved a checkpoint), the next segment resumes from the
+    last complete checkpoint, and the lock records the iterations lost. (A whole job cancelled with
+    `scancel JOB` also stops its chain: that is how a user stops one.)"""
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30', iters=120, save_interval=40)
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    losses = folder / "logs" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (folder / "checkpoints" / "iter_0000040").is_dir() and losses.is_file() \
+                and len(losses.read_text().splitlines()) >= 50:
+            break
+        time.sleep(0.2)
+    step = subprocess.run(["pgrep", "-f", f"experiment.train.runner {folder}"], capture_output=True, text=True)
+    pids = [int(p) for p in step.stdout.split()]
+    assert pids, "no process of the step found"
+    for pid in pids:  # the processes this test's job started, by their ids
+        os.kill(pid, 9)
+    events = _wait_chain_end(folder, 400)
+    ends = [e for e in events if e["event"] == "end"]
+    assert ends[0]["state"] == "failed" and ends[0]["reached_iteration"] > ends[0]["complete_iteration"], ends
+    assert ends[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    second = [e for e in events if e["event"] == "begin"][1]
+    assert second["start_iteration"] == ends[0]["complete_iteration"]
+    assert second["lost_iterations"] == ends[0]["reached_iteration"] - ends[0]["complete_iteration"] > 0
+    segs = lockfile.read(folder / "run.lock.json").launch.launcher["segments"]
+    assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 120
+    steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
+    assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again

@@ -1,0 +1,83 @@
+"""One error root (KitError) and one CLI handler: each command, given a bad input, prints one message
+naming the file (and the fix), exits non-zero, never shows a traceback, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiment.errors import KitError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_kit_exception_class_derives_from_kit_error():
+    from experiment.ckpt.meta import CheckpointError
+    from experiment.data.errors import DataError
+    from experiment.data.naming import ShardNameError
+    from experiment.folder import FolderError
+    from experiment.launch.container import ContainerError
+    from experiment.lock.image import BuildError
+    from experiment.lock.lockfile import LockError
+    from experiment.mixture.plan import MixtureError
+    from experiment.system_packages import SystemPackagesMissing
+    from experiment.train.checkpointing import CheckpointLoadError
+
+    classes = [CheckpointError, DataError, ShardNameError, FolderError, ContainerError, BuildError, LockError,
+               MixtureError, SystemPackagesMissing, CheckpointLoadError]
+    assert [c.__name__ for c in classes if not issubclass(c, KitError)] == []
+    err = DataError("a.jsonl", "'text' is int", "store text as a string", line=3)
+    assert err.lines() == ["a.jsonl:3: 'text' is int", "fix: store text as a string"]
+    assert LockError("x.json: damaged", file="x.json", field="outputs", fix="restore it").lines() == \
+        ["x.json: damaged (field: outputs)", "fix: restore it"]
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notlock.json").write_text(json.dumps({"name": "x", "steps": [1, 2]}))
+    (d / "broken.json").write_text('{"lock_version": ')
+    (d / "list.json").write_text("[1, 2]")
+    (d / "text.txt").write_text("hello\n")
+    (d / "empty").mkdir()
+    (d / "shards").mkdir()
+    (d / "shards" / "a.jsonl").write_text('{"text": 1}\n')
+    return d
+
+
+CASES = {  # command -> (argv with {bad} for the folder, the file the message must name)
+    "reproduce: JSON that is not a lockfile": (["reproduce", "{bad}/notlock.json"], "notlock.json"),
+    "reproduce: a JSON list": (["reproduce", "{bad}/list.json"], "list.json"),
+    "reproduce: broken JSON": (["reproduce", "{bad}/broken.json"], "broken.json"),
+    "reproduce: missing file": (["reproduce", "{bad}/absent.json"], "absent.json"),
+    "ckpt check: missing HF folder": (["ckpt", "check", "{bad}/no-hf", "{bad}/empty"], "no-hf"),
+    "ckpt import: a text file": (["ckpt", "import", "{bad}/text.txt", "{bad}/out-import"], "text.txt"),
+    "ckpt export: not a checkpoint": (["ckpt", "export", "{bad}/empty", "{bad}/out-export"], "kit_checkpoint.json"),
+    "check: empty folder": (["check", "{bad}/empty"], "experiment.toml"),
+    "mix: empty folder": (["mix", "{bad}/empty"], "experiment.toml"),
+    "run: empty folder": (["run", "{bad}/empty"], "experiment.toml"),
+    "lock write: empty folder": (["lock", "write", "{bad}/empty"], "experiment.toml"),
+    "data count: not shards": (["data", "count", "{bad}/text.txt"], "text.txt"),
+    "data merge: unnamed input": (["data", "merge", "{bad}/shards", "-o", "{bad}/out-merge"], "a.jsonl"),
+    "data dedup: non-string text": (["data", "dedup", "{bad}/shards", "-o", "{bad}/out-dedup"], "a.jsonl"),
+    "data signature: no tokenizer record": (["data", "signature", "{bad}/empty", "--name", "x",
+                                             "--out-dir", "{bad}/out-sig"], "tokenizer_info.json"),
+    "data sample: a file as the folder": (["data", "sample", "{bad}/text.txt"], "text.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_prints_one_clean_message(case, bad):
+    argv, names = CASES[case]
+    argv = [a.format(bad=bad) for a in argv]
+    res = subprocess.run([sys.executable, "-m", "experiment.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    said = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, said
+    assert "Traceback" not in said and "[rank" not in said, said
+    assert names in said and "fix" in said.lower(), said
+    assert not list(bad.glob("out-*")), "a refused command wrote output"
