@@ -194,9 +194,13 @@ def _gpu_choice(t, shape, seq: int, world: int):
 
     from experiment.train import gpu
 
+    if t.fp8 and not (torch.cuda.is_available() and gpu.te_available()):
+        from experiment.folder import FolderError, Problem
+
+        raise FolderError([Problem(file="experiment.toml", field="training.fp8",
+                                   message="FP8 needs a GPU with Transformer Engine, and this host has none",
+                                   fix="set fp8 = false, or run in the GPU image (transformer_engine installed)")])
     if not torch.cuda.is_available():
-        if t.fp8:
-            raise ValueError("training.fp8 = true needs a GPU with Transformer Engine; fix: set fp8 = false")
         return None
     mem = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
     dp = max(1, world // (t.tensor_parallel * t.pipeline_parallel))
