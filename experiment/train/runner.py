@@ -256,10 +256,10 @@ class Trainer:
                                                finalize_model_grads)
         from megatron.core.transformer.module import Float16Module
 
-        from experiment.train import checkpointing as ckpt
         from experiment.model import parallel as distributed
         from experiment.model.build import ParallelLayout, build_gpt_model
-        from experiment.train import gpu, throughput
+        from experiment.train import checkpointing as ckpt
+        from experiment.train import gpu
         from experiment.train.optim import build_optimizer, build_scheduler
 
         t = self.t
@@ -280,21 +280,8 @@ class Trainer:
             for p in removed:
                 _say(f"removed {p.name}, a checkpoint a killed run did not finish")
 
-        self.choice = _gpu_choice(t, self.shape, self.seq, self.env.world_size)
-        self.device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-        self.flops_per_token = throughput.flops_per_token(self.shape, self.seq)
-        self.peak = throughput.peak_flops(self.device_name, t.peak_tflops)
-        if self.env.rank == 0 and self.choice is not None:
-            c = self.choice
-            _say(f"{self.device_name}: spec {c.spec}, recompute {c.recompute}, micro-batch {t.micro_batch_size} "
-                 f"(suggested {c.micro_batch_size}: {c.reason}, ~{c.estimated_gib:.0f} GiB)")
-        extra = {}
-        if self.choice is not None:
-            extra.update(gpu.recompute_config(self.choice.recompute))
-            if self.choice.spec == "te-fp8":
-                extra.update(fp8="hybrid", fp8_recipe="delayed")
+        spec, extra = self._gpu_setup()
         self.padded_vocab, self.base_dir = _model_vocab(self.folder, self.shape, self.layout)
-        spec = self.choice.spec if self.choice is not None else ("local" if t.attention == "local" else "local-sdpa")
         self.gpt = build_gpt_model(self.shape, self.seq, self.layout, padded_vocab_size=self.padded_vocab,
                                    layer_spec=gpu.layer_spec_for(spec),
                                    params_dtype=torch.bfloat16 if self.bf16 else torch.float32, bf16=self.bf16,
@@ -312,6 +299,29 @@ class Trainer:
         config.grad_scale_func = self.optimizer.scale_loss
         config.no_sync_func = self.model.no_sync
         return self
+
+    def _gpu_setup(self) -> tuple[str, dict]:
+        """Layer spec and TransformerConfig extras (recompute, FP8) for this GPU; FLOPs per token and peak for MFU."""
+        import torch
+
+        from experiment.train import gpu, throughput
+
+        t = self.t
+        self.choice = _gpu_choice(t, self.shape, self.seq, self.env.world_size)
+        self.device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        self.flops_per_token = throughput.flops_per_token(self.shape, self.seq)
+        self.peak = throughput.peak_flops(self.device_name, t.peak_tflops)
+        if self.env.rank == 0 and self.choice is not None:
+            c = self.choice
+            _say(f"{self.device_name}: spec {c.spec}, recompute {c.recompute}, micro-batch {t.micro_batch_size} "
+                 f"(suggested {c.micro_batch_size}: {c.reason}, ~{c.estimated_gib:.0f} GiB)")
+        extra = {}
+        if self.choice is not None:
+            extra.update(gpu.recompute_config(self.choice.recompute))
+            if self.choice.spec == "te-fp8":
+                extra.update(fp8="hybrid", fp8_recipe="delayed")
+        spec = self.choice.spec if self.choice is not None else ("local" if t.attention == "local" else "local-sdpa")
+        return spec, extra
 
     # ---------------------------------------------------------------- resume
     def resume(self) -> "Trainer":
