@@ -37,7 +37,7 @@ CLONE = "/root/midtrain-kit"  # where the clone lies inside (a user's checkout i
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PIP_CONFIG_FILES = (Path("/etc/pip.conf"), Path("/etc/xdg/pip"))
 # lines that start each phase inside the container, for the wall-time table
-MARKERS = ("installing missing Debian packages", "pip install --require-hashes", "1/10 ")
+MARKERS = (r"installing missing Debian packages", r"pip install --require-hashes", r"─ 1/\d+ ")  # regexes
 PHASES = ("README set-up (venv + pip install nox)", "apt-get install (the demo's own check)",
           "pip install of the locks + the kit")
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(line)
                 sys.stdout.write(line)
                 for marker in MARKERS:
-                    if marker not in seen and marker in line:
+                    if marker not in seen and re.search(marker, line):
                         seen[marker] = time.perf_counter() - t
             rc = proc.wait()
         times["set-up + nox -s demo (in the container)"] = time.perf_counter() - t

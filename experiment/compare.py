@@ -92,7 +92,13 @@ def _unhex(v: Any) -> float:
     return float.fromhex(v) if isinstance(v, str) else float(v)
 
 
-def _from_lock(lock: dict, label: str, losses: list[tuple[int, float]] | None = None) -> RunRecord:
+def _plain(lock) -> dict:
+    """The lock as plain JSON data (``lockfile.read`` gives a typed ``RunLock``)."""
+    return lock.model_dump(mode="json") if hasattr(lock, "model_dump") else dict(lock)
+
+
+def _from_lock(lock, label: str, losses: list[tuple[int, float]] | None = None) -> RunRecord:
+    lock = _plain(lock)
     cfg = lock["config"]
     base = lock.get("base_checkpoint")
     steps = losses if losses is not None else [(int(r[0]), _unhex(r[1])) for r in lock["outputs"]["losses"]["steps"]

@@ -138,6 +138,7 @@ def _lock(folder: TrainingFolder) -> str:
     if not path.is_file():
         return "<p>No run.lock.json: the run has not finished, or ran without the lock module.</p>"
     lock = lockfile.read(path)
+    lock = lock.model_dump(mode="json") if hasattr(lock, "model_dump") else lock
     env, kit = lock["environment"], lock["kit"]
     base = lock.get("base_checkpoint")
     rows = [

@@ -77,6 +77,7 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
               ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
         Stage("reproduce the run from its lockfile",
               ("reproduce", str(folder / "run.lock.json")) + (("--container",) if container else ())),
+        Stage("run report: one self-contained report.html", ("report", str(folder))),
     ]
 
 
@@ -96,6 +97,8 @@ def artifacts(root: Path) -> list[tuple[str, Path]]:
         ("TensorBoard logs", folder / "logs"),
         ("lockfile", folder / "run.lock.json"),
         ("exported HF model", work / "hf-out"),
+        ("model card", work / "hf-out" / "README.md"),
+        ("run report (HTML)", folder / "report.html"),
     ]
 
 
@@ -135,6 +138,9 @@ def run_demo(root: Path, corpus_mb: float = 3.0, container: bool = False, consol
         if path.exists():
             table.add_row(label, str(path.relative_to(root)))
     console.print(table)
+    report = root / DEMO_FOLDER / "report.html"
+    if report.is_file():
+        console.print(f"run report: {report}", soft_wrap=True, markup=False)
     return 0
 
 
