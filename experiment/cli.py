@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "experiment.lock.cli",      # experiment reproduce, experiment lock ...
     "experiment.compare",       # experiment compare A B
     "experiment.report",        # experiment report FOLDER
+    "experiment.evaluate.cli",  # experiment eval FOLDER
     "experiment.demo",          # experiment demo
 )
 

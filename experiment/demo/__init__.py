@@ -77,6 +77,9 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
               ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
         Stage("reproduce the run from its lockfile",
               ("reproduce", str(folder / "run.lock.json")) + (("--container",) if container else ())),
+        Stage("evaluate: lm-eval on the base and the last checkpoint (held-out perplexity, multiple choice)",
+              ("eval", str(folder), "--checkpoints", "last", "--max-docs", "8", "--limit", "60"),
+              done=folder / "logs" / "eval" / "eval.json"),
         Stage("run report: one self-contained report.html", ("report", str(folder))),
     ]
 
@@ -97,6 +100,7 @@ def artifacts(root: Path) -> list[tuple[str, Path]]:
         ("TensorBoard logs", folder / "logs"),
         ("lockfile", folder / "run.lock.json"),
         ("exported HF model", work / "hf-out"),
+        ("lm-eval table (JSON) and gain PNG", folder / "logs" / "eval"),
         ("model card", work / "hf-out" / "README.md"),
         ("run report (HTML)", folder / "report.html"),
     ]
@@ -162,5 +166,5 @@ def register(app) -> None:
         corpus_mb: float = typer.Option(3.0, "--corpus-mb", help="megabytes of sample text to build"),
         container: bool = typer.Option(False, "--container", help="run the training inside the CPU image"),
     ) -> None:
-        """The embedded default: corpus -> tokenize -> mixture -> import SmolLM2 -> train -> export -> reproduce."""
+        """The embedded default: corpus -> tokenize -> mixture -> import SmolLM2 -> train -> export -> reproduce -> eval."""
         raise typer.Exit(run_demo(Path.cwd(), corpus_mb, container))

@@ -43,14 +43,22 @@ class LocalSlurm:
         return self.root / "slurm.conf"
 
     @property
+    def munge_dir(self) -> Path:
+        """munged runs as the ``munge`` user, which cannot enter a root-only folder (pytest's tmp is 0700):
+        its socket, pid, log and seed live in a /tmp folder of its own, named after the state folder."""
+        import hashlib
+
+        return Path("/tmp") / f"midtrain-kit-munge-{hashlib.sha1(os.fsencode(self.root)).hexdigest()[:12]}"
+
+    @property
     def munge_socket(self) -> Path:
-        return self.root / "munge" / "munge.socket"
+        return self.munge_dir / "munge.socket"
 
     def pid_file(self, daemon: str) -> Path:
-        return self.root / f"{daemon}.pid"
+        return (self.munge_dir if daemon == "munged" else self.root) / f"{daemon}.pid"
 
     def log_file(self, daemon: str) -> Path:
-        return self.root / "log" / f"{daemon}.log"
+        return (self.munge_dir if daemon == "munged" else self.root / "log") / f"{daemon}.log"
 
     def environ(self, base: dict | None = None) -> dict[str, str]:
         """The environment the Slurm commands (sbatch, squeue, ...) need to reach this Slurm."""
@@ -108,8 +116,10 @@ class LocalSlurm:
             self.wait_idle(timeout)
             return self
         self.stop()
-        for sub in ("state", "spool", "log", "munge"):
+        for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.munge_dir.mkdir(exist_ok=True)
+        self.munge_dir.chmod(0o755)  # munged wants its socket folder searchable by all
         host = socket.gethostname().split(".")[0]
         cpus = os.cpu_count() or 1
         memory_mb = max(1, _memory_mb() - 1024)
@@ -129,17 +139,11 @@ class LocalSlurm:
         if not key.is_file():
             raise LocalSlurmError(f"{key} is missing; fix: reinstall munge (its package creates the key)")
         user = pwd.getpwnam("munge")
-        d = self.munge_socket.parent
+        d = self.munge_dir
         os.chown(d, user.pw_uid, user.pw_gid)
-        os.chown(self.root / "log", user.pw_uid, user.pw_gid)
         argv = [_sbin("munged"), f"--socket={self.munge_socket}", f"--pid-file={self.pid_file('munged')}",
                 f"--log-file={self.log_file('munged')}", f"--seed-file={d / 'munged.seed'}"]
-        os.chown(self.root, user.pw_uid, user.pw_gid)  # munged writes its pid file here
-        try:
-            res = subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", " ".join(argv)],
-                                 capture_output=True, text=True)
-        finally:
-            os.chown(self.root, 0, 0)
+        res = subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", " ".join(argv)], capture_output=True, text=True)
         if res.returncode:
             raise LocalSlurmError(f"munged did not start: {res.stderr.strip()}; see {self.log_file('munged')}")
 

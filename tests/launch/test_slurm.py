@@ -156,3 +156,36 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
         time.sleep(1)
     assert "failed" in status.stdout and "exit code 2:0" in status.stdout, status.stdout
     assert "refusing to start" in status.stdout and "no_such_field" in status.stdout  # the job's log tail
+
+
+def test_a_segment_killed_with_sigkill_resumes_from_its_last_checkpoint(slurm, project):
+    """kill -9 of every process of the step mid-run (torchrun and its rank; the batch script lives on): the
+    segment ends failed, the chain resubmits (it had saved a checkpoint), the next segment resumes from the
+    last complete checkpoint, and the lock records the iterations lost. (A whole job cancelled with
+    `scancel JOB` also stops its chain: that is how a user stops one.)"""
+    folder = project / "training" / "tiny"
+    _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30', iters=120, save_interval=40)
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    losses = folder / "logs" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (folder / "checkpoints" / "iter_0000040").is_dir() and losses.is_file() \
+                and len(losses.read_text().splitlines()) >= 50:
+            break
+        time.sleep(0.2)
+    step = subprocess.run(["pgrep", "-f", f"experiment.train.runner {folder}"], capture_output=True, text=True)
+    pids = [int(p) for p in step.stdout.split()]
+    assert pids, "no process of the step found"
+    for pid in pids:  # the processes this test's job started, by their ids
+        os.kill(pid, 9)
+    events = _wait_chain_end(folder, 400)
+    ends = [e for e in events if e["event"] == "end"]
+    assert ends[0]["state"] == "failed" and ends[0]["reached_iteration"] > ends[0]["complete_iteration"], ends
+    assert ends[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    second = [e for e in events if e["event"] == "begin"][1]
+    assert second["start_iteration"] == ends[0]["complete_iteration"]
+    assert second["lost_iterations"] == ends[0]["reached_iteration"] - ends[0]["complete_iteration"] > 0
+    segs = lockfile.read(folder / "run.lock.json").launch.launcher["segments"]
+    assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 120
+    steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
+    assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again

@@ -1,0 +1,106 @@
+"""``experiment eval`` on a real run (the tracking fixture's run B: torchrun, megatron.core, 4 steps, held-out
+split, MLflow + W&B switched on with ``--set``): real lm-evaluation-harness on the exported checkpoints, the
+kit's local tasks (held-out perplexity per domain, multiple choice per language), the table, the PNG, and the
+numbers mirrored to MLflow. Plus the bad input: lm-eval missing gives the install line."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from tests.tracking.conftest import run_cli
+
+
+def _hf_tokenizer(sp_model: Path, dest: Path) -> Path:
+    """The run's SentencePiece model as a Hugging Face tokenizer folder (from-scratch runs export none)."""
+    from transformers import LlamaTokenizer
+
+    src = dest.with_name("sp")
+    src.mkdir()
+    shutil.copy(sp_model, src / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(src)).save_pretrained(str(dest))
+    return dest
+
+
+@pytest.mark.slow
+def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(three_runs["b"].parent.parent, root, symlinks=True)  # the fixture's files stay as they are
+    folder = root / "training" / "tiny"
+    tok = _hf_tokenizer(sp_model_path, tmp_path / "tokenizer")
+    r = run_cli("eval", str(folder), "--tokenizer", str(tok), "--limit", "16", "--max-docs", "8", "--json")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = json.loads(r.stdout)
+    rows = {row["label"]: row for row in out["rows"]}
+    assert list(rows) == ["iter_0000002", "iter_0000004"]  # --checkpoints all; from scratch: no base
+    runner = {}  # the runner's own held-out loss per (iteration, domain)
+    for line in (folder / "logs" / "eval.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        runner[rec["iteration"], rec["domain"]] = float.fromhex(rec["loss"])
+    for label, row in rows.items():
+        assert set(row["ppl"]) == {"code", "docs"} and set(row["mc"]) == {"en", "ja"}
+        for domain, ppl in row["ppl"].items():
+            assert math.isfinite(ppl) and ppl > 1
+            # the same held-out documents, tokens and model: ln(perplexity) is the runner's held-out loss
+            # (the runner packs documents into 32-token samples and scores EOD too: a small tolerance)
+            assert abs(math.log(ppl) - runner[row["iteration"], domain]) < 0.05, (label, domain, ppl)
+        for acc in row["mc"].values():
+            assert 0.0 <= acc <= 1.0
+    ref = rows["iter_0000002"]
+    assert ref["gain"] == 0.0 and (ref["replay_loss"] in (0.0, None))
+    last = rows["iter_0000004"]
+    targets = set(out["targets"])
+    assert targets and targets < {"code", "docs"}
+    want = sum(math.log(ref["ppl"][d]) - math.log(last["ppl"][d]) for d in targets) / len(targets)
+    assert last["gain"] == pytest.approx(want)
+    png = folder / "logs" / "eval" / "gain.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert json.loads((folder / "logs" / "eval" / "eval.json").read_text())["rows"] == out["rows"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'logs' / 'mlflow.db'}")
+    run_id = json.loads((folder / "logs" / "tracking.json").read_text())["mlflow_run_id"]
+    for domain in ("code", "docs"):
+        history = {m.step: m.value for m in client.get_metric_history(run_id, f"eval/ppl/{domain}")}
+        assert history == pytest.approx({row["iteration"]: row["ppl"][domain] for row in rows.values()})
+    assert {m.step for m in client.get_metric_history(run_id, "eval/mc_acc/ja")} == {2, 4}
+
+
+def test_lm_eval_missing_names_the_install_line(tmp_path):
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "from experiment.cli import main\n"
+            f"sys.argv = ['experiment', 'eval', {str(tmp_path)!r}]\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "lm-evaluation-harness is not installed" in r.stderr and "pip install 'midtrain-kit[eval]'" in r.stderr
+
+
+Entry = namedtuple("Entry", "prefix language weight")
+
+
+class _Plan:
+    def __init__(self, rows):
+        self.entries = [Entry(p, lang, w) for p, lang, w in rows]
+        self._keys = {f"{lang}/{p}": [p] for p, lang, _ in rows}
+
+    def sources(self):
+        return self._keys
+
+
+def test_targets_rule():
+    from experiment.evaluate.heldout import targets
+
+    demo = _Plan([("manual-ja", "ja", 0.7), ("manual-en", "en", 0.1), ("code-en", "en", 0.1), ("dict-en", "en", 0.1)])
+    assert targets(demo) == {"ja/manual-ja"}  # the language above 1/L: all its domains
+    assert targets(demo, ["en/code-en"]) == {"en/code-en"}  # --target wins
+    one = _Plan([("a", "en", 0.6), ("b", "en", 0.2), ("c", "en", 0.2)])
+    assert targets(one) == {"en/a"}  # one language: the rule over domains
