@@ -30,7 +30,9 @@ def install_kit(session: nox.Session, flavor: str) -> None:
     if problems:
         session.error("the locks disagree with pyproject.toml:\n  " + "\n  ".join(problems)
                       + f"\n  fix: {envlock.FIX}")
-    session.install("--require-hashes", "-r", envlock.FLAVORS[flavor]["lock"])
+    # --no-deps: the lock is the whole resolution; pip's own resolver would re-read extras such as
+    # `typepy[datetime]>=0.3.1` (lm-eval's tree) as unpinned requirements and refuse them under hashes
+    session.install("--require-hashes", "--no-deps", "-r", envlock.FLAVORS[flavor]["lock"])
     session.install("--no-deps", "--require-hashes", "-r", envlock.NODEPS_LOCK)
     session.install("--no-deps", "-e", ".")
 

@@ -295,7 +295,7 @@ def main() -> None:
             results[kind] = res
         console.print(f"{kind}: {res.get('seconds', res.get('error'))} s, {res.get('cpu', 0):.2f} CPU-s")
         sys.stdout.flush()
-    ref_row = "sentencepiece" if "sentencepiece" in results else "gigatoken"  # identity vs gigatoken if sp skipped
+    ref_row = next((k for k in ("sentencepiece", "gigatoken", "gigatoken-files") if k in results), "gigatoken")  # identity vs the first present
     reference = results.get(ref_row, {}).get("digest")
     identical = {k: r.get("digest") == reference for k, r in results.items() if "digest" in r}
     raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken", "gigatoken-files") if identical.get(k)]

@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))  # the real-text corpus builder of the tests
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def _free_port() -> str:
@@ -136,11 +135,10 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
 
 
 def flops_per_token(shape, seq: int) -> float:
-    """Megatron-LM's count: 6 x (matmul params incl. the output layer) + 12 x layers x hidden x seq."""
-    h, L = shape.hidden_size, shape.num_layers
-    kv = shape.num_query_groups * shape.kv_channels
-    per_layer = h * (h + 2 * kv) + h * h + 3 * h * shape.ffn_hidden_size
-    return 6 * (L * per_layer + h * shape.vocab_size) + 12 * L * h * seq
+    """Megatron-LM's count (causal attention), the same the runner reports: experiment.train.throughput."""
+    from experiment.train.throughput import flops_per_token as count
+
+    return count(shape, seq)
 
 
 def main() -> None:
@@ -186,7 +184,9 @@ def main() -> None:
                         f"{args.precision}, {device}, {len(kit)} iterations each")
     for col in ("loop", "median ms/iter", "mean ms/iter", "tokens/s", "ratio to bare"):
         table.add_column(col, justify="right")
-    peak = next((v for k, v in PEAK_BF16.items() if k in device), None) if on_gpu else None
+    from experiment.train.throughput import peak_flops
+
+    peak = peak_flops(device) if on_gpu else None
     if peak:
         table.add_column("MFU", justify="right")
     for name, times, med in (("bare megatron.core", bare, med_bare), ("kit runner", kit, med_kit)):

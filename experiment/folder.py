@@ -141,6 +141,13 @@ class TrainingSection(_Section):
     attention: Literal["sdpa", "local"] = Field(
         default="sdpa", description="core attention without Transformer Engine: torch SDPA kernels or "
         "megatron's local unfused DotProductAttention (same weights, same math)")
+    fp8: bool = Field(default=False, description="FP8 (hybrid E4M3/E5M2, delayed scaling) through Transformer "
+                      "Engine; refused where transformer_engine does not import")
+    recompute: Literal["auto", "none", "selective", "full"] = Field(
+        default="auto", description="activation recompute; auto: chosen per preset and GPU memory "
+        "(experiment.train.gpu.choose)")
+    peak_tflops: float | None = Field(default=None, gt=0, description="the GPU's dense bf16 peak for MFU, "
+                                      "where the kit's table does not know the GPU")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainingSection":

@@ -44,6 +44,7 @@ def test_job_scripts_render(folder, launcher):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     loaded, _ = check(folder)
     nproc = loaded.config.launch.nproc_per_node
-    assert f"torchrun --nnodes={loaded.config.launch.nnodes} --nproc-per-node={nproc}" in text
+    # torchrun, as the job's Python runs it (`python -m torch.distributed.run`, the same entry point)
+    assert f"-m torch.distributed.run --nnodes={loaded.config.launch.nnodes} --nproc-per-node={nproc}" in text
     assert f"-m experiment.train.runner {folder}" in text
     assert ("#SBATCH" in text) == (launcher == "slurm") and ("#PBS" in text) == (launcher == "pbs")

@@ -152,7 +152,7 @@ class Checker:
 
 # Groups are sized from the encode rate so far, to take about this long: the bar moves once per group
 # (gigatoken reports nothing from inside a call), and smaller groups would pay more per-call overhead.
-GROUP_SECONDS = 0.6
+GROUP_SECONDS = 0.9
 FIRST_GROUP_BYTES = 8 << 20
 MIN_GROUP_BYTES = 4 << 20  # on a slow (busy) machine smaller groups would add per-call overhead for little
 

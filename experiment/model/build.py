@@ -24,6 +24,7 @@ def transformer_config(
     deterministic: bool = False,
     on_cpu: bool | None = None,
     perform_initialization: bool = True,
+    **extra,
 ):
     """megatron.core TransformerConfig for a Llama-family decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases).
 
@@ -62,10 +63,11 @@ def transformer_config(
         bias_dropout_fusion=not on_cpu,
         masked_softmax_fusion=not on_cpu,
         apply_rope_fusion=False,
-        persist_layer_norm=not on_cpu,
+        persist_layer_norm=False,  # needs Apex; megatron.core asserts it off for torch norms
         gradient_accumulation_fusion=False,
         deterministic_mode=deterministic,
         init_method_std=0.02,
+        **extra,  # the GPU path's recompute and FP8 fields (experiment.train.gpu)
     )
 
 

@@ -104,6 +104,12 @@ class MetricsLogger:
             tb.add_scalar(f"data/samples/{domain}", count, iteration)
         tb.flush_trackers()
 
+    def scalars(self, iteration: int, values: dict[str, float | None]) -> None:
+        """Extra TensorBoard scalars (throughput/mfu, throughput/eta_s); timings, so never in losses.jsonl."""
+        for name, value in values.items():
+            if value is not None:
+                self.tb.add_scalar(name, value, iteration)
+
     def evaluation(self, iteration: int, losses: dict[str, float]) -> None:
         for domain, loss in sorted(losses.items()):
             ppl = math.exp(min(loss, 50.0))
@@ -137,6 +143,9 @@ class NullLogger:
         pass
 
     def evaluation(self, *a, **k) -> None:
+        pass
+
+    def scalars(self, *a, **k) -> None:
         pass
 
     def close(self, **k) -> None:

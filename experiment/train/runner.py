@@ -188,227 +188,412 @@ def _seed_host_rngs(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _gpu_choice(t, shape, seq: int, world: int):
+    """The spec/recompute choice on a GPU (None on CPU, where the local spec runs as before)."""
+    import torch
+
+    from experiment.train import gpu
+
+    if t.fp8 and not (torch.cuda.is_available() and gpu.te_available()):
+        from experiment.folder import FolderError, Problem
+
+        raise FolderError([Problem(file="experiment.toml", field="training.fp8",
+                                   message="FP8 needs a GPU with Transformer Engine, and this host has none",
+                                   fix="set fp8 = false, or run in the GPU image (transformer_engine installed)")])
+    if not torch.cuda.is_available():
+        return None
+    mem = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    dp = max(1, world // (t.tensor_parallel * t.pipeline_parallel))
+    return gpu.choose(shape, seq, mem, te_available=gpu.te_available(), fp8=t.fp8, attention=t.attention,
+                      recompute=t.recompute, micro_batch_size=t.micro_batch_size,
+                      global_batch_size=t.global_batch_size, tp=t.tensor_parallel, pp=t.pipeline_parallel, dp=dp)
+
+
+def _peak_memory_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+
+
 def _write_status(log_dir: Path, payload: dict) -> None:
     write_atomic(log_dir / STATUS_NAME, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ run
 
-def run(folder, options: RunOptions = RunOptions()) -> RunResult:
-    """Train the folder on this rank (call on every rank of a torchrun job)."""
-    import torch
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.transformer.module import Float16Module
+@dataclass
+class StepOutput:
+    """One finished training step, as the after-step hooks see it."""
 
-    from experiment.train import checkpointing as ckpt
-    from experiment.train import data as train_data
-    from experiment.model import parallel as distributed
-    from experiment.train import metrics
-    from experiment.train.attention import layer_spec
-    from experiment.model.build import ParallelLayout, build_gpt_model
-    from experiment.train.optim import build_optimizer, build_scheduler
-    from experiment.train.signals import StopRequest, protect_checkpoint_writers
-    from experiment.train.walltime import WALLTIME_STATE, Segment
-    from experiment.mixture import record as mixture_record
+    iteration: int
+    loss: float
+    lr: float
+    grad_norm: float | None
+    seconds: float  # compute only (forward, backward, optimizer, loss all-reduce): what tokens/s reports
 
-    cfg = folder.config
-    t = cfg.training
-    det_env = determinism.apply(t.deterministic)  # before any CUDA/NCCL work
-    layout = ParallelLayout(t.tensor_parallel, t.pipeline_parallel)
-    env = distributed.initialize(layout, seed=t.seed)
-    _seed_host_rngs(t.seed)
-    shape, seq = cfg.model.shape, cfg.model.seq_length
-    bf16 = t.precision == "bf16"
-    iters = train_iterations(t, seq)
-    log_dir = folder.path / "logs"
-    save_dir = folder.resolve(cfg.checkpoint.save)
-    if env.rank == 0:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "determinism.json").write_text(json.dumps(det_env, indent=1, sort_keys=True) + "\n")
-        removed = ckpt.remove_stale_partials(save_dir) if save_dir.is_dir() else []
-        for p in removed:
-            _say(f"removed {p.name}, a checkpoint a killed run did not finish")
 
-    # model
-    padded_vocab, base_dir = _model_vocab(folder, shape, layout)
-    gpt = build_gpt_model(shape, seq, layout, padded_vocab_size=padded_vocab, layer_spec=layer_spec(t.attention),
-                          params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16,
-                          deterministic=t.deterministic)
-    if torch.cuda.is_available():
-        gpt.cuda(torch.cuda.current_device())
-    config = gpt.config
-    module = Float16Module(config, gpt) if bf16 else gpt
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=True)
-    model = DistributedDataParallel(config, ddp_config, module)
-    optimizer = build_optimizer(model, t, bf16=bf16)
-    scheduler = build_scheduler(optimizer, t, iters)
-    config.finalize_model_grads_func = finalize_model_grads
-    config.grad_scale_func = optimizer.scale_loss
-    config.no_sync_func = model.no_sync
+class Trainer:
+    """One rank's training run, torchtitan-style: ``build`` turns the folder into model, optimizer and data,
+    ``resume`` restores state, ``fit`` is the loop over ``train_step``, ``evaluate``, ``save`` and ``close``.
 
-    # state: resume > base > scratch
-    state, warnings = (ckpt.load_training(save_dir, gpt, optimizer, scheduler) if save_dir.is_dir() else (None, []))
-    for w in warnings:
-        _say(f"WARNING: {w}; using an older checkpoint")
-    if state is not None:
-        _say(f"resumed from {ckpt.iteration_dir(save_dir, state.iteration)} "
-             f"(iteration {state.iteration}, {state.consumed_samples} samples consumed)")
-    elif base_dir is not None:
-        it, base_folder = ckpt.load_base(base_dir, gpt)
-        # a fresh copy of the loaded weights into the optimizer's fp32 main params
-        optimizer.reload_model_params()
-        digest = ckpt.content_hash(base_folder) if env.rank == 0 else ""
-        _say(f"base checkpoint loaded: {base_folder} (iteration {it}) {digest}")
-        if env.rank == 0:
-            (log_dir / "base_checkpoint.json").write_text(json.dumps(
-                {"path": str(base_folder), "iteration": it, "hash": digest}, indent=1) + "\n")
-        state = TrainState()
-    else:
-        _say("training from scratch (checkpoint.from_scratch = true)")
-        state = TrainState()
-    meta_json = _checkpoint_meta(folder, shape, padded_vocab, base_dir, bf16, layout)
-    if _rank0() and base_dir is not None:
-        _copy_tokenizer(base_dir, save_dir)
+    Hooks: ``after_step`` callables get ``(trainer, StepOutput)`` after every step's bookkeeping,
+    ``after_save`` callables get ``(trainer, checkpoint_dir)``; a hook sets ``trainer.stop_reason`` to end the
+    run after the current step (with a save when ``options.save``).
+    """
 
-    # data
-    blend = train_data.blend_from_folder(folder)
-    # a resume must read the blended index it started with: every rank checks, then rank 0 records the mixture
-    # this run reads from now on (atomically, so a rank still checking reads the old or the same new record)
-    changes = (mixture_record.check_resume(log_dir, blend.plan, cfg.data.allow_mixture_change)
-               if state.consumed_samples else [])
-    for change in changes:
-        _say(f"WARNING: mixture changed on resume (data.allow_mixture_change = true): {change}")
-    if env.rank == 0:
-        mixture_record.write_record(log_dir, blend.plan)
-    cache = log_dir / "dataset_index"  # megatron's index cache: derived data, kept with the run's outputs
-    valid_fraction = cfg.data.valid_fraction
-    train_ds = train_data.build_train(blend, num_samples=iters * t.global_batch_size, seq_length=seq,
-                                      seed=t.seed, valid_fraction=valid_fraction, cache=cache)
-    valid_sets = (train_data.build_valid_per_domain(
-        blend, num_samples=t.eval_iters * t.global_batch_size, seq_length=seq, seed=t.seed,
-        valid_fraction=valid_fraction, cache=cache) if options.evaluate and t.eval_iters else {})
-    if options.evaluate and t.eval_iters:
-        missing = sorted(set(blend.domains) - set(valid_sets))
-        if missing:
-            _say(f"WARNING: no held-out documents for {missing}: raise data.valid_fraction to evaluate them")
-    plan = train_data.BatchPlan(t.global_batch_size, t.micro_batch_size,
-                                ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-    count_domains = _domain_counter(train_ds, blend)
+    def __init__(self, folder, options: RunOptions = RunOptions()):
+        self.folder, self.options = folder, options
+        self.cfg, self.t = folder.config, folder.config.training
+        self.after_step: list = []
+        self.after_save: list = []
+        self.stop_reason: str | None = None
 
-    logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=folder)
-              if env.rank == 0 else metrics.NullLogger())
-    fwd_bwd = get_forward_backward_func()
-    tokens_per_iter = t.global_batch_size * seq
-    domain_samples: dict[str, int] = {}
-    if state.consumed_samples:
-        domain_samples = count_domains(0, state.consumed_samples)
+    # ---------------------------------------------------------------- build
+    def build(self) -> "Trainer":
+        """Process group, model, DDP, optimizer and scheduler (no state yet)."""
+        import torch
+        from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
+                                               finalize_model_grads)
+        from megatron.core.transformer.module import Float16Module
 
-    def evaluate(iteration: int) -> dict[str, float]:
+        from experiment.model import parallel as distributed
+        from experiment.model.build import ParallelLayout, build_gpt_model
+        from experiment.train import checkpointing as ckpt
+        from experiment.train import gpu
+        from experiment.train.optim import build_optimizer, build_scheduler
+
+        t = self.t
+        det_env = determinism.apply(t.deterministic)  # before any CUDA/NCCL work
+        self.layout = ParallelLayout(t.tensor_parallel, t.pipeline_parallel)
+        self.env = distributed.initialize(self.layout, seed=t.seed)
+        _seed_host_rngs(t.seed)
+        self.shape, self.seq = self.cfg.model.shape, self.cfg.model.seq_length
+        self.bf16 = t.precision == "bf16"
+        self.iters = train_iterations(t, self.seq)
+        self.tokens_per_iter = t.global_batch_size * self.seq
+        self.log_dir = self.folder.path / "logs"
+        self.save_dir = self.folder.resolve(self.cfg.checkpoint.save)
+        if self.env.rank == 0:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / "determinism.json").write_text(json.dumps(det_env, indent=1, sort_keys=True) + "\n")
+            removed = ckpt.remove_stale_partials(self.save_dir) if self.save_dir.is_dir() else []
+            for p in removed:
+                _say(f"removed {p.name}, a checkpoint a killed run did not finish")
+
+        spec, extra = self._gpu_setup()
+        self.padded_vocab, self.base_dir = _model_vocab(self.folder, self.shape, self.layout)
+        self.gpt = build_gpt_model(self.shape, self.seq, self.layout, padded_vocab_size=self.padded_vocab,
+                                   layer_spec=gpu.layer_spec_for(spec),
+                                   params_dtype=torch.bfloat16 if self.bf16 else torch.float32, bf16=self.bf16,
+                                   deterministic=t.deterministic, **extra)
+        if torch.cuda.is_available():
+            self.gpt.cuda(torch.cuda.current_device())
+        config = self.gpt.config
+        module = Float16Module(config, self.gpt) if self.bf16 else self.gpt
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                   use_distributed_optimizer=True)
+        self.model = DistributedDataParallel(config, ddp_config, module)
+        self.optimizer = build_optimizer(self.model, t, bf16=self.bf16)
+        self.scheduler = build_scheduler(self.optimizer, t, self.iters)
+        config.finalize_model_grads_func = finalize_model_grads
+        config.grad_scale_func = self.optimizer.scale_loss
+        config.no_sync_func = self.model.no_sync
+        return self
+
+    def _gpu_setup(self) -> tuple[str, dict]:
+        """Layer spec and TransformerConfig extras (recompute, FP8) for this GPU; FLOPs per token and peak for MFU."""
+        import torch
+
+        from experiment.train import gpu, throughput
+
+        t = self.t
+        self.choice = _gpu_choice(t, self.shape, self.seq, self.env.world_size)
+        self.device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        self.flops_per_token = throughput.flops_per_token(self.shape, self.seq)
+        self.peak = throughput.peak_flops(self.device_name, t.peak_tflops)
+        if self.env.rank == 0 and self.choice is not None:
+            c = self.choice
+            _say(f"{self.device_name}: spec {c.spec}, recompute {c.recompute}, micro-batch {t.micro_batch_size} "
+                 f"(suggested {c.micro_batch_size}: {c.reason}, ~{c.estimated_gib:.0f} GiB)")
+        extra = {}
+        if self.choice is not None:
+            extra.update(gpu.recompute_config(self.choice.recompute))
+            if self.choice.spec == "te-fp8":
+                extra.update(fp8="hybrid", fp8_recipe="delayed")
+        spec = self.choice.spec if self.choice is not None else ("local" if t.attention == "local" else "local-sdpa")
+        return spec, extra
+
+    # ---------------------------------------------------------------- resume
+    def resume(self) -> "Trainer":
+        """State: the run's own latest checkpoint > the base checkpoint > scratch; then the data."""
+        from experiment.train import checkpointing as ckpt
+
+        save_dir, log_dir = self.save_dir, self.log_dir
+        state, warnings = (ckpt.load_training(save_dir, self.gpt, self.optimizer, self.scheduler)
+                           if save_dir.is_dir() else (None, []))
+        for w in warnings:
+            _say(f"WARNING: {w}; using an older checkpoint")
+        if state is not None:
+            _say(f"resumed from {ckpt.iteration_dir(save_dir, state.iteration)} "
+                 f"(iteration {state.iteration}, {state.consumed_samples} samples consumed)")
+        elif self.base_dir is not None:
+            it, base_folder = ckpt.load_base(self.base_dir, self.gpt)
+            # a fresh copy of the loaded weights into the optimizer's fp32 main params
+            self.optimizer.reload_model_params()
+            digest = ckpt.content_hash(base_folder) if self.env.rank == 0 else ""
+            _say(f"base checkpoint loaded: {base_folder} (iteration {it}) {digest}")
+            if self.env.rank == 0:
+                (log_dir / "base_checkpoint.json").write_text(json.dumps(
+                    {"path": str(base_folder), "iteration": it, "hash": digest}, indent=1) + "\n")
+            state = TrainState()
+        else:
+            _say("training from scratch (checkpoint.from_scratch = true)")
+            state = TrainState()
+        self.state = state
+        self.meta_json = _checkpoint_meta(self.folder, self.shape, self.padded_vocab, self.base_dir, self.bf16,
+                                          self.layout)
+        if _rank0() and self.base_dir is not None:
+            _copy_tokenizer(self.base_dir, save_dir)
+        self._build_data()
+        return self
+
+    def _build_data(self) -> None:
+        """Datasets, batch plan, domain counter, metrics logger (after the state: a resume reads its mixture)."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from experiment.mixture import record as mixture_record
+        from experiment.train import data as train_data
+        from experiment.train import metrics
+
+        cfg, t, log_dir, state = self.cfg, self.t, self.log_dir, self.state
+        blend = train_data.blend_from_folder(self.folder)
+        # a resume must read the blended index it started with: every rank checks, then rank 0 records the
+        # mixture this run reads from now on (atomically, so a rank still checking reads the old or the new record)
+        changes = (mixture_record.check_resume(log_dir, blend.plan, cfg.data.allow_mixture_change)
+                   if state.consumed_samples else [])
+        for change in changes:
+            _say(f"WARNING: mixture changed on resume (data.allow_mixture_change = true): {change}")
+        if self.env.rank == 0:
+            mixture_record.write_record(log_dir, blend.plan)
+        cache = log_dir / "dataset_index"  # megatron's index cache: derived data, kept with the run's outputs
+        evaluate = self.options.evaluate and t.eval_iters
+        self.train_ds = train_data.build_train(blend, num_samples=self.iters * t.global_batch_size,
+                                               seq_length=self.seq, seed=t.seed,
+                                               valid_fraction=cfg.data.valid_fraction, cache=cache)
+        self.valid_sets = (train_data.build_valid_per_domain(
+            blend, num_samples=t.eval_iters * t.global_batch_size, seq_length=self.seq, seed=t.seed,
+            valid_fraction=cfg.data.valid_fraction, cache=cache) if evaluate else {})
+        if evaluate:
+            missing = sorted(set(blend.domains) - set(self.valid_sets))
+            if missing:
+                _say(f"WARNING: no held-out documents for {missing}: raise data.valid_fraction to evaluate them")
+        self.plan = train_data.BatchPlan(t.global_batch_size, t.micro_batch_size,
+                                         ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
+        self.count_domains = _domain_counter(self.train_ds, blend)
+        self.logger = (metrics.MetricsLogger(log_dir, state.iteration, folder=self.folder)
+                       if self.env.rank == 0 else metrics.NullLogger())
+        self.fwd_bwd = get_forward_backward_func()
+        self.domain_samples = self.count_domains(0, state.consumed_samples) if state.consumed_samples else {}
+        self._compute_seconds: list[float] = []
+
+    # ---------------------------------------------------------------- steps
+    def _microbatches(self, dataset, start: int):
+        from experiment.train import data as train_data
+
+        return train_data.microbatches(dataset, self.plan, start)
+
+    def train_step(self) -> StepOutput:
+        """One optimizer step over the global batch at ``state.consumed_samples``, logged."""
+        from experiment.train import throughput
+
+        t, state = self.t, self.state
+        t0 = time.perf_counter()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        outputs = self.fwd_bwd(forward_step_func=_forward_step,
+                               data_iterator=self._microbatches(self.train_ds, state.consumed_samples),
+                               model=[self.model], num_microbatches=self.plan.num_microbatches, seq_length=self.seq,
+                               micro_batch_size=t.micro_batch_size, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=t.global_batch_size)
+        self._t_book = time.perf_counter()
+        loss = _mean_loss(outputs)
+        for d, c in self.count_domains(state.consumed_samples, t.global_batch_size).items():
+            self.domain_samples[d] = self.domain_samples.get(d, 0) + c
+        state.consumed_samples += t.global_batch_size
+        state.iteration += 1
+        dt = time.perf_counter() - t0
+        lr = self.optimizer.param_groups[0]["lr"]
+        tps = self.tokens_per_iter / dt
+        self.logger.step(state.iteration, loss=loss, lr=lr, grad_norm=grad_norm,
+                         consumed_samples=state.consumed_samples, tokens=state.consumed_samples * self.seq,
+                         tokens_per_s=tps, tokens_per_s_per_gpu=tps / self.env.world_size,
+                         domain_samples=self.domain_samples)
+        self._compute_seconds.append(dt)
+        speed = self.throughput()
+        self.logger.scalars(state.iteration, {"throughput/mfu": speed["mfu"], "throughput/eta_s": speed["eta_s"],
+                                              "throughput/tflops_per_gpu": speed["tflops_per_gpu"]})
+        if state.iteration % t.log_interval == 0 or state.iteration == self.iters:
+            mfu = "" if speed["mfu"] is None else f" MFU {speed['mfu']:.1%}"
+            _say(f"iter {state.iteration}/{self.iters} loss {loss:.4f} lr {lr:.3e} "
+                 f"grad {grad_norm if grad_norm is None else round(grad_norm, 4)} {tps:,.0f} tok/s "
+                 f"({tps / self.env.world_size:,.0f}/GPU{mfu}) ETA {throughput.format_eta(speed['eta_s'])}")
+        return StepOutput(state.iteration, loss, lr, grad_norm, dt)
+
+    def throughput(self) -> dict:
+        """tokens/s/GPU, TFLOP/s/GPU, MFU and ETA from this process's recent steps (warm-up left out)."""
+        from experiment.train import throughput
+
+        secs = self._compute_seconds
+        recent = (secs[1:] if len(secs) > 1 else secs)[-20:]
+        if not recent:
+            return {"tokens_per_s_per_gpu": None, "tflops_per_gpu": None, "mfu": None, "eta_s": None}
+        step = sum(recent) / len(recent)
+        per_gpu = self.tokens_per_iter / step / self.env.world_size
+        return {"tokens_per_s_per_gpu": per_gpu, "tflops_per_gpu": per_gpu * self.flops_per_token / 1e12, "step_s": step,
+                "mfu": throughput.mfu(per_gpu, self.flops_per_token, self.peak),
+                "eta_s": throughput.eta_seconds(secs, self.state.iteration, self.iters)}
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """Mean held-out loss per domain (forward only), logged."""
+        import torch
+
+        t, model = self.t, self.model
         model.eval()
         losses = {}
         with torch.no_grad():
-            for domain, ds in valid_sets.items():
+            for domain, ds in self.valid_sets.items():
                 vals = []
                 for g in range(t.eval_iters):
-                    out = fwd_bwd(forward_step_func=_forward_step,
-                                  data_iterator=train_data.microbatches(ds, plan, g * t.global_batch_size),
-                                  model=[model], num_microbatches=plan.num_microbatches, seq_length=seq,
-                                  micro_batch_size=t.micro_batch_size, forward_only=True)
+                    out = self.fwd_bwd(forward_step_func=_forward_step,
+                                       data_iterator=self._microbatches(ds, g * t.global_batch_size),
+                                       model=[model], num_microbatches=self.plan.num_microbatches,
+                                       seq_length=self.seq, micro_batch_size=t.micro_batch_size, forward_only=True)
                     vals.append(_mean_loss(out))
                 losses[domain] = sum(vals) / len(vals)
         model.train()
-        logger.evaluation(iteration, losses)
+        self.logger.evaluation(iteration, losses)
         if losses:
             _say(f"eval @ {iteration}: " + ", ".join(f"{d} loss {v:.4f} ppl {math.exp(min(v, 50)):.1f}"
                                                       for d, v in losses.items()))
         return losses
 
-    result = RunResult("finished", state.iteration, state.consumed_samples)
-    last_eval = None
-    _say(f"training {iters} iterations of {t.global_batch_size} x {seq} tokens on {env.world_size} "
-         f"process(es) ({env.backend}, TP={layout.tensor_parallel}, PP={layout.pipeline_parallel}, "
-         f"DP={plan.dp_size}), starting at iteration {state.iteration}")
-    before = evaluate(0) if valid_sets and state.iteration == 0 else None  # the base model, for comparison
-    model.train()
-    protect_checkpoint_writers()
-    segment = Segment(folder, log_dir, save_dir, iters, tokens_per_iter, env.rank == 0)  # time budget, status, retention
-    save_now = partial(ckpt.save, save_dir, gpt, optimizer, scheduler, state, meta_json=meta_json)
-    with StopRequest() as stop:
-        while state.iteration < iters:
-            t0 = time.perf_counter()
-            model.zero_grad_buffer()
-            optimizer.zero_grad()
-            outputs = fwd_bwd(forward_step_func=_forward_step,
-                              data_iterator=train_data.microbatches(train_ds, plan, state.consumed_samples),
-                              model=[model], num_microbatches=plan.num_microbatches, seq_length=seq,
-                              micro_batch_size=t.micro_batch_size, forward_only=False)
-            ok, grad_norm, _ = optimizer.step()
-            scheduler.step(increment=t.global_batch_size)
-            t_book = time.perf_counter()
-            loss = _mean_loss(outputs)
-            for d, c in count_domains(state.consumed_samples, t.global_batch_size).items():
-                domain_samples[d] = domain_samples.get(d, 0) + c
-            state.consumed_samples += t.global_batch_size
-            state.iteration += 1
-            dt = time.perf_counter() - t0  # compute only: what tokens/s reports
-            lr = optimizer.param_groups[0]["lr"]
-            logger.step(state.iteration, loss=loss, lr=lr, grad_norm=grad_norm,
-                        consumed_samples=state.consumed_samples, tokens=state.consumed_samples * seq,
-                        tokens_per_s=tokens_per_iter / dt, tokens_per_s_per_gpu=tokens_per_iter / dt / env.world_size,
-                        domain_samples=domain_samples)
-            if state.iteration % t.log_interval == 0 or state.iteration == iters:
-                _say(f"iter {state.iteration}/{iters} loss {loss:.4f} lr {lr:.3e} "
-                     f"grad {grad_norm if grad_norm is None else round(grad_norm, 4)} "
-                     f"{tokens_per_iter / dt:,.0f} tok/s")
-            result.final_loss = loss
-            stopping = options.max_iterations is not None and state.iteration >= options.max_iterations
-            eval_seconds = 0.0
-            if valid_sets and not stopping and state.iteration % t.eval_interval == 0 and state.iteration < iters:
-                te = time.perf_counter()
-                last_eval = evaluate(state.iteration)
-                eval_seconds = time.perf_counter() - te
-            stop_now = stop.requested()
-            out_of_time = segment.after_step(state.iteration, dt) and state.iteration < iters
-            # the whole iteration with all per-step bookkeeping (metrics, signal check), but without the
-            # periodic evaluation and checkpoint: what bench/train_step.py compares with a bare loop
-            t_end = time.perf_counter()
-            result.step_seconds.append(t_end - t0 - eval_seconds)
-            result.bookkeeping_seconds.append(t_end - t_book - eval_seconds)
-            if stopping:
-                result.state = "stopped"
-                break
-            if stop_now or out_of_time:
-                result.state = "interrupted" if stop_now else WALLTIME_STATE
-                _say(f"{f'signal {stop.signum}' if stop_now else 'time budget'}: saving a checkpoint at "
-                     f"iteration {state.iteration} and stopping")
-                if options.save:
-                    segment.save(save_now, state.iteration)
-                break
-            if options.save and (state.iteration % t.save_interval == 0 or state.iteration == iters):
-                segment.save(save_now, state.iteration)
-                if state.iteration < iters and stop.requested():  # signalled during the save: it is done, stop
-                    result.state = "interrupted"
-                    _say(f"signal {stop.signum} during the save of iteration {state.iteration}: stopping")
+    def save(self) -> Path:
+        """A crash-safe checkpoint of the current state (timed, retention applied: ``walltime.Segment``); then the
+        after-save hooks."""
+        from experiment.train import checkpointing as ckpt
+
+        path = self.segment.save(partial(ckpt.save, self.save_dir, self.gpt, self.optimizer, self.scheduler,
+                                         self.state, meta_json=self.meta_json), self.state.iteration)
+        for hook in self.after_save:
+            hook(self, path)
+        return path
+
+    def _status_extra(self) -> dict:
+        """What the live ``run_status.json`` adds to walltime.Progress's fields: speed per GPU, MFU, ETA."""
+        return {k: None if v is None else round(v, 6) for k, v in self.throughput().items()}
+
+    def write_status(self, state: str, checkpoint: str | None) -> None:
+        """``run_status.json``: where the run is, its speed, MFU and ETA (rank 0)."""
+        result = self.result
+        speed = self.throughput()
+        _write_status(self.log_dir, {
+            "state": state, "iteration": self.state.iteration, "train_iters": self.iters,
+            "consumed_samples": self.state.consumed_samples,
+            "final_loss": None if result.final_loss is None else result.final_loss.hex(),
+            "checkpoint": checkpoint, "device": self.device_name,
+            "layer_spec": None if self.choice is None else self.choice.spec,
+            "recompute": None if self.choice is None else self.choice.recompute,
+            "peak_memory_gib": _peak_memory_gib(),
+            **{k: None if v is None else round(v, 6) for k, v in speed.items()}})
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> RunResult:
+        """The loop: step, hooks, periodic evaluation, signal and time-budget check, periodic save."""
+        from experiment.train.signals import StopRequest, protect_checkpoint_writers
+        from experiment.train.walltime import WALLTIME_STATE, Segment
+
+        t, state, options = self.t, self.state, self.options
+        result = self.result = RunResult("finished", state.iteration, state.consumed_samples)
+        self.last_eval = None
+        _say(f"training {self.iters} iterations of {t.global_batch_size} x {self.seq} tokens on "
+             f"{self.env.world_size} process(es) ({self.env.backend}, TP={self.layout.tensor_parallel}, "
+             f"PP={self.layout.pipeline_parallel}, DP={self.plan.dp_size}), starting at iteration {state.iteration}")
+        # the base model, for comparison
+        self.before = self.evaluate(0) if self.valid_sets and state.iteration == 0 else None
+        self.model.train()
+        protect_checkpoint_writers()
+        self.segment = Segment(self.folder, self.log_dir, self.save_dir, self.iters, self.tokens_per_iter,
+                               self.env.rank == 0)  # time budget, live status, retention
+        with StopRequest() as stop:
+            while state.iteration < self.iters:
+                t0 = time.perf_counter()
+                step = self.train_step()
+                result.final_loss = step.loss
+                for hook in self.after_step:
+                    hook(self, step)
+                stopping = options.max_iterations is not None and state.iteration >= options.max_iterations
+                out_of_time = (self.segment.after_step(state.iteration, step.seconds, self._status_extra())
+                               and state.iteration < self.iters)
+                eval_seconds = 0.0
+                if (self.valid_sets and not stopping and state.iteration % t.eval_interval == 0
+                        and state.iteration < self.iters):
+                    te = time.perf_counter()
+                    self.last_eval = self.evaluate(state.iteration)
+                    eval_seconds = time.perf_counter() - te
+                stop_now = stop.requested()
+                # the whole iteration with all per-step bookkeeping (metrics, signal check), without the periodic
+                # evaluation and checkpoint: what bench/train_step.py compares with a bare loop
+                t_end = time.perf_counter()
+                result.step_seconds.append(t_end - t0 - eval_seconds)
+                result.bookkeeping_seconds.append(t_end - self._t_book - eval_seconds)
+                if stopping:
+                    result.state = "stopped"
                     break
-    if result.state == "finished" and valid_sets:
-        last_eval = evaluate(state.iteration)
-    result.iteration, result.consumed_samples = state.iteration, state.consumed_samples
-    png = logger.close(plot=options.plot and result.state != "stopped")
-    if env.rank == 0:
-        _write_status(log_dir, {"state": result.state, "iteration": state.iteration, "train_iters": iters,
-                                "consumed_samples": state.consumed_samples,
-                                "final_loss": None if result.final_loss is None else result.final_loss.hex(),
-                                "checkpoint": str(ckpt.iteration_dir(save_dir, state.iteration))
-                                if options.save else None})
-        _summary(folder, result, iters, last_eval, png, tokens_per_iter, before)
-    distributed.shutdown()
-    return result
+                if stop_now or out_of_time or self.stop_reason:
+                    result.state = "interrupted" if stop_now or self.stop_reason else WALLTIME_STATE
+                    why = f"signal {stop.signum}" if stop_now else ("time budget" if out_of_time else self.stop_reason)
+                    _say(f"{why}: saving a checkpoint at iteration {state.iteration} and stopping")
+                    if options.save:
+                        self.save()
+                    break
+                if options.save and (state.iteration % t.save_interval == 0 or state.iteration == self.iters):
+                    self.save()
+                    if state.iteration < self.iters and stop.requested():  # signalled during the save: stop
+                        result.state = "interrupted"
+                        _say(f"signal {stop.signum} during the save of iteration {state.iteration}: stopping")
+                        break
+        if result.state == "finished" and self.valid_sets:
+            self.last_eval = self.evaluate(state.iteration)
+        return result
+
+    def close(self) -> RunResult:
+        """Metrics files, ``run_status.json``, the summary table; the process group goes down."""
+        from experiment.model import parallel as distributed
+        from experiment.train import checkpointing as ckpt
+
+        result, state = self.result, self.state
+        result.iteration, result.consumed_samples = state.iteration, state.consumed_samples
+        png = self.logger.close(plot=self.options.plot and result.state != "stopped")
+        if self.env.rank == 0:
+            self.write_status(result.state, str(ckpt.iteration_dir(self.save_dir, state.iteration))
+                              if self.options.save else None)
+            _summary(self.folder, result, self.iters, self.last_eval, png, self.tokens_per_iter, self.before,
+                     self.throughput())
+        distributed.shutdown()
+        return result
 
 
-def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_iter: int, before=None) -> None:
+def run(folder, options: RunOptions = RunOptions()) -> RunResult:
+    """Train the folder on this rank (call on every rank of a torchrun job)."""
+    trainer = Trainer(folder, options).build().resume()
+    trainer.fit()
+    return trainer.close()
+
+
+def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_iter: int, before=None,
+             speed: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -424,6 +609,11 @@ def _summary(folder, result: RunResult, iters: int, last_eval, png, tokens_per_i
         mean = sum(steady) / len(steady)
         table.add_row("s / iteration (steady)", f"{mean:.3f}")
         table.add_row("tokens / s", f"{tokens_per_iter / mean:,.0f}")
+    if speed and speed.get("tokens_per_s_per_gpu"):
+        table.add_row("tokens / s / GPU (compute)", f"{speed['tokens_per_s_per_gpu']:,.0f}")
+        table.add_row("TFLOP/s / GPU", f"{speed['tflops_per_gpu']:.1f}")
+        if speed.get("mfu") is not None:
+            table.add_row("MFU", f"{speed['mfu']:.1%}")
     for domain, loss in (last_eval or {}).items():
         start = f"{before[domain]:.4f} -> " if before and domain in before else ""
         table.add_row(f"valid loss {domain}", f"{start}{loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
