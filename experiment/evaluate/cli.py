@@ -119,7 +119,8 @@ def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, ba
     rows = []
     for label, step, hf_dir in exports:
         console.print(f"lm-eval {label}: {len(configs)} task(s)")
-        rows.append(results.from_metrics(label, step, harness.evaluate(hf_dir, tok_dir, configs, batch_size, limit)))
+        rows.append(results.from_metrics(label, step, harness.evaluate(hf_dir, tok_dir, configs, batch_size, limit,
+                                                                  max(cfg.model.seq_length, 512))))
     targets = heldout.targets(plan_folder(folder), target) & set(docs) if docs else set(target)
     results.add_gains(rows, targets)
     png = results.plot(rows, out_dir, f"{cfg.name}: target gain vs replay loss")

@@ -50,8 +50,12 @@ def task_configs(heldout: dict[str, Path], cache: Path) -> dict[str, dict]:
 
 
 def evaluate(hf_dir: Path, tokenizer: Path, configs: dict[str, dict], batch_size: int = 4,
-             limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Run lm-eval (model ``hf``, CPU or the first GPU) and return {kit task name: {metric: value}}."""
+             limit: int | None = None, max_length: int | None = None) -> dict[str, dict[str, float]]:
+    """Run lm-eval (model ``hf``, CPU or the first GPU) and return {kit task name: {metric: value}}.
+
+    ``max_length``: the model's context here, so the rolling perplexity windows stay short (the command passes
+    the run's ``seq_length``, at least 512 so that every multiple-choice item fits; a CPU is then not asked
+    for the 8k-token attention of a model's full context)."""
     import logging
 
     import torch
@@ -63,7 +67,8 @@ def evaluate(hf_dir: Path, tokenizer: Path, configs: dict[str, dict], batch_size
     results = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(hf_dir), "tokenizer": str(tokenizer), "dtype": "float32",
-                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+                    "device": "cuda" if torch.cuda.is_available() else "cpu",
+                    **({"max_length": max_length} if max_length else {})},
         tasks=list(configs.values()), task_manager=TaskManager(include_defaults=False),
         batch_size=batch_size, limit=limit, log_samples=False, bootstrap_iters=0,
     )
