@@ -326,7 +326,8 @@ def tokenize_file(
     checked = not cfg.spot_check or loaded.encoder is loaded.reference
     try:
         if encoded is None:
-            if blocks is None:  # not in the run's reader (its output was there when the run started)
+            if blocks is None:  # not in the run's reader (its output was there when the run started, or a
+                apply_threads(cfg.threads, arrow=True)  # whole file in doubt): parsed here, on --threads cores
                 blocks = sources.read_batches(path, cfg.text_key, cfg.block_bytes)
             encoded = _encode_blocks(blocks, loaded, not checked, on_bytes)
         for flat, offsets, sample, n_empty, nbytes in encoded:
@@ -360,17 +361,19 @@ def _process_cpu() -> float:
     return times.user + times.system
 
 
-def apply_threads(threads: int | None) -> None:
+def apply_threads(threads: int | None, arrow: bool = False) -> None:
     """Use ``threads`` cores in this process: gigatoken's rayon pool (read when the pool starts, i.e. before
-    the first parallel encode of the process) and pyarrow's; sentencepiece takes it per call."""
+    the first parallel encode of the process) and, with ``arrow`` (inputs pyarrow parses), pyarrow's;
+    sentencepiece takes it per call. A run of plain JSONL files never imports pyarrow (0.2-0.3 s)."""
     if threads is None:
         return
     if threads < 1:
         raise DataError("--threads", f"must be at least 1, not {threads}", "pass --threads 1 or more")
     os.environ["RAYON_NUM_THREADS"] = str(threads)
-    import pyarrow as pa
+    if arrow:
+        import pyarrow as pa
 
-    pa.set_cpu_count(threads)
+        pa.set_cpu_count(threads)
 
 
 def input_names(cfg: TokenizeConfig) -> tuple[list[Path], list[naming.ShardName]]:
@@ -390,7 +393,7 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     summary (``summary``) is the caller's to print. ``report.seconds`` is the command's wall time when run
     as a command (``experiment.summary.start_command``), else this call's."""
     started, cpu_started = time.monotonic(), _process_cpu()
-    apply_threads(cfg.threads)
+    apply_threads(cfg.threads)  # --threads 0 refused before any work
     inputs, names = input_names(cfg)
     all_inputs = inputs
     if cfg.share is not None:  # a task's inputs: named as in the whole run (split ids), then kept
@@ -412,7 +415,9 @@ def run(cfg: TokenizeConfig, console=None) -> TokenizeReport:
     # the line check of whole-file inputs, the parse of the others.
     checker = whole_files.Checker(whole, cfg.text_key) if whole else None
     whole_set = set(whole)
-    reader = _Reader([p for p in pending if p not in whole_set], cfg)
+    by_block = [p for p in pending if p not in whole_set]
+    apply_threads(cfg.threads, arrow=bool(by_block))
+    reader = _Reader(by_block, cfg)
     try:
         report = _run(cfg, console, started, inputs, names, spec, reader, checker, whole, index)
         if small:
