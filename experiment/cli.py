@@ -43,9 +43,9 @@ _registered: set[str] = set()
 
 @_app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="print the kit's version")) -> None:
-    from experiment import megatron_jit
+    from experiment import megatron_import
 
-    megatron_jit.install()  # this process opts in: no torch.compile decorations without a GPU
+    megatron_import.install()  # this process opts in: no torch.compile decorations without a GPU
     from experiment.summary import start_command
 
     start_command()  # summaries' wall time (from the process's start when run by main())

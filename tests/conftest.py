@@ -11,9 +11,9 @@ import pytest
 
 def pytest_configure(config):
     """The test process opts in to the kit's megatron import hook, as the CLI and the workers do."""
-    from experiment import megatron_jit
+    from experiment import megatron_import
 
-    megatron_jit.install()
+    megatron_import.install()
 
 
 def require_system_packages(*groups: str) -> None:

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "experiment"
 # Lowest first. A module may import from its own layer and from any layer listed before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("experiment", "experiment.atomic", "experiment.errors", "experiment.determinism",
-              "experiment.megatron_jit", "experiment.system_packages", "experiment.engine",
+              "experiment.megatron_import", "experiment.system_packages", "experiment.engine",
               "experiment.runlog", "experiment.summary",
               "experiment.launcher_names", "experiment.duration", "experiment.hashing")),
     ("model", ("experiment.model",)),

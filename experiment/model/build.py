@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiment import megatron_jit
+from experiment import megatron_import
 from experiment.model.layout import ParallelLayout
 from experiment.model.presets import ModelShape
 
@@ -31,7 +31,7 @@ def transformer_config(
     Fusions that need CUDA kernels are switched off on CPU; dropout is off (continual pretraining of
     Llama-family models uses none, and it keeps runs bitwise repeatable).
     """
-    megatron_jit.install()
+    megatron_import.install()
     from megatron.core.transformer import TransformerConfig
 
     if on_cpu is None:
@@ -85,7 +85,7 @@ def build_gpt_model(
     """The GPTModel for this rank's pipeline stage. Needs megatron's parallel state initialised
     (``experiment.model.parallel.initialize``). ``layer_spec``: another TE-free spec with the same
     parameters (the runner's SDPA attention, ``experiment.train.attention``); default: the local spec."""
-    megatron_jit.install()
+    megatron_import.install()
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec

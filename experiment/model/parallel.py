@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from experiment import megatron_jit
+from experiment import megatron_import
 from experiment.model import cpu
 from experiment.model.build import ParallelLayout
 
@@ -24,7 +24,7 @@ class DistEnv:
 def initialize(layout: ParallelLayout = ParallelLayout(), seed: int = 1234) -> DistEnv:
     """Init the process group from torchrun's environment (or a single process without it), then
     megatron's model-parallel groups and RNG trackers. Applies the CPU layer when there is no GPU."""
-    megatron_jit.install()
+    megatron_import.install()
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 

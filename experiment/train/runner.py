@@ -640,11 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun worker: ``python -m experiment.train.runner FOLDER [--max-iterations N]``."""
     import argparse
 
-    from experiment import megatron_jit
+    from experiment import megatron_import
     from experiment.folder import FolderError
     from experiment.mixture.checks import load
 
-    megatron_jit.install()  # before the first megatron import of this worker
+    megatron_import.install()  # before the first megatron import of this worker
 
     parser = argparse.ArgumentParser(prog="python -m experiment.train.runner")
     parser.add_argument("folder", type=Path)

@@ -1,4 +1,4 @@
-"""On a host without a GPU, importing megatron.core through the kit skips its torch.compile decorators."""
+"""Importing megatron.core through the kit: no torch.compile decorators without a GPU, no wandb for megatron's own hooks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 _PROBE = """
-import sys, torch; from experiment import megatron_jit; megatron_jit.install()
+import sys, torch; from experiment import megatron_import; megatron_import.install()
 import megatron.core
 from megatron.core.models.gpt import GPTModel
 import megatron.core.jit as jit
@@ -27,7 +27,25 @@ def test_megatron_imports_without_dynamo_on_cpu():
 def test_without_the_kit_megatron_would_decorate_with_torch_compile():
     """`import experiment` alone installs no hook (no import side effect), and the hook is what makes the
     difference (guards against a megatron release changing jit_fuser)."""
-    probe = _PROBE.replace("from experiment import megatron_jit; megatron_jit.install()", "import experiment")
+    probe = _PROBE.replace("from experiment import megatron_import; megatron_import.install()", "import experiment")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, check=True)
     cuda, noop, dynamo = out.stdout.split()
     assert (noop, dynamo) == ("False", "True"), out.stdout + out.stderr
+
+
+_SKIPPED = """
+import sys; from experiment import megatron_import; megatron_import.install()
+import megatron.core, megatron.core.timers
+from megatron.core.inference.contexts import dynamic_context
+print(megatron.core.timers.wandb is None, dynamic_context.HAVE_WANDB, "wandb" in sys.modules)
+import wandb
+print(hasattr(wandb, "init"))
+"""
+
+
+def test_megatron_imports_without_wandb_and_the_tracker_still_gets_it():
+    """megatron's own W&B hooks see no wandb; the kit's tracker (and anyone else) still imports it."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _SKIPPED], capture_output=True, text=True, check=True)
+    first, later = out.stdout.splitlines()[-2:]
+    assert first.split() == ["True", "False", "False"], out.stdout + out.stderr
+    assert later.split() == ["True"], out.stdout + out.stderr
