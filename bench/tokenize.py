@@ -11,6 +11,8 @@ Rows (each in its own process, so peak memory is its own):
                    from outside: interpreter start-up, imports, tokenizer load, probe, encode, write, summary
   kit-1doc         the same whole command on a one-document input: the fixed cost of a run (goal <= 0.5 s)
   gigatoken-files  gigatoken `encode_files` on the JSONL files themselves (its own reader), timed region only
+  gigatoken-cli    the same as a whole command timed from outside (interpreter, imports, tokenizer load, pool
+                   start, encode_files, ids written as one uint16 .bin): the fair anchor for kit-cli
   sentencepiece    the reference encoder, `encode(list, num_threads=N)` on in-memory texts, nothing written
   tokenizers       HF `encode_batch` on in-memory texts (tokenizer.json of the same model), nothing written
   gigatoken        `encode_batch` on in-memory texts, nothing written
@@ -21,7 +23,8 @@ time, which CPU torch lacks: `pip install --no-deps --target DIR triton six` and
 "ids == ..." compares every document's ids with sentencepiece's (or gigatoken's when sentencepiece is skipped).
 CPU s (user+sys, children included) is the fairer column on a shared machine: wall time moves with the load. The ratio column is tokens/s over the
 fastest raw encoder whose ids are identical. The per-round lines pair each kit row with the gigatoken row run
-right after it; kit-cli / gigatoken-files is the whole-command goal (median >= 0.8).
+right after it; kit-cli / gigatoken-files is the whole-command goal (median >= 0.8); kit-cli / gigatoken-cli compares
+two whole commands.
 """
 
 from __future__ import annotations
@@ -150,6 +153,19 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
         flat, lens = _shards_ids([out / row["shard"] for row in result["rows"]])
         return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens),
                 "note": result["backend"], "wall_reported": result["wall_seconds"]}
+    if kind == "gigatoken-cli":
+        out = work / "kit-out"
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, __file__, "--raw-cli", str(corpus), str(tok_json), str(out / "ids.bin")]
+        t0, c0 = time.perf_counter(), _cpu()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+        if proc.returncode:
+            return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        lens = np.fromfile(out / "ids.bin.lens", dtype=np.int64)
+        flat = np.fromfile(out / "ids.bin", dtype=np.uint16).astype(np.uint32)
+        keep = lens > 0
+        return {"seconds": seconds, "cpu": cpu, "docs": int(keep.sum()), "tokens": int(lens.sum()), "digest": _digest(flat, lens[keep])}
     if kind == "gigatoken-files":
         import awkward as ak
         import gigatoken
@@ -225,6 +241,23 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
     return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
 
 
+def raw_cli(corpus: Path, tok_json: Path, out: Path) -> None:
+    """gigatoken as the smallest whole command: load, encode_files, write the ids (uint16) and lengths."""
+    import awkward as ak
+    import gigatoken
+
+    config = json.loads(tok_json.read_text())
+    config["added_tokens"] = [t for t in config["added_tokens"] if not t.get("special")]
+    g = gigatoken.Tokenizer.from_json(json.dumps(config))
+    layout = ak.to_layout(g.encode_files(gigatoken.JsonlFileSource(sorted(str(p) for p in corpus.glob("*.jsonl")), field="text")))
+    offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+    for path, array in ((out, np.asarray(layout.content.data)[offsets[0] : offsets[-1]].astype(np.uint16)), (Path(f"{out}.lens"), np.diff(offsets))):
+        with open(path, "wb") as fh:
+            array.tofile(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size built by `experiment data sample`")
@@ -235,7 +268,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="alternating rounds of the kit and gigatoken rows (median and best-of)")
     ap.add_argument("--rows", default=None, help="comma-separated subset of rows, e.g. kit,gigatoken")
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--raw-cli", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.raw_cli:
+        raw_cli(*args.raw_cli)
+        return
     if args.child:
         kind, corpus, tok, tok_json, work, threads, megatron = args.child
         result = child(kind, Path(corpus), Path(tok), Path(tok_json), Path(work), int(threads), megatron if megatron != "-" else None)
@@ -274,14 +311,14 @@ def main() -> None:
     _gigatoken_json(resolve_tokenizer(tokenizer), work / "cache")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
     kinds = ["sentencepiece", "kit", "kit-warm", "kit-blocks", "kit-tasks", "kit-cli", "kit-1doc", "tokenizers", "gigatoken",
-             "gigatoken-files"] + (["preprocess_data"] if args.megatron_lm else [])
+             "gigatoken-files", "gigatoken-cli"] + (["preprocess_data"] if args.megatron_lm else [])
     if args.rows:
         kinds = [k for k in kinds if k in args.rows.split(",")]
     results: dict[str, dict] = {}
     rounds: dict[str, list[dict]] = {}  # every run of each row, in order (the paired rows once per round)
     # The kit and the fastest raw encoder are timed alternately, --repeat times each, best kept: on a
     # shared machine the load changes by the minute, and the ratio is only fair side by side.
-    paired = ("kit", "kit-warm", "kit-blocks", "kit-tasks", "kit-cli", "gigatoken-files", "kit-1doc", "gigatoken")
+    paired = ("kit", "kit-warm", "kit-blocks", "kit-tasks", "kit-cli", "gigatoken-files", "gigatoken-cli", "kit-1doc", "gigatoken")
     schedule = [k for k in kinds if k not in paired] + [k for k in paired if k in kinds] * args.repeat
     for kind in schedule:
         shutil.rmtree(work / "kit-out", ignore_errors=True)
@@ -298,7 +335,7 @@ def main() -> None:
     ref_row = next((k for k in ("sentencepiece", "gigatoken", "gigatoken-files") if k in results), "gigatoken")  # identity vs the first present
     reference = results.get(ref_row, {}).get("digest")
     identical = {k: r.get("digest") == reference for k, r in results.items() if "digest" in r}
-    raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken", "gigatoken-files") if identical.get(k)]
+    raw = [k for k in ("sentencepiece", "tokenizers", "gigatoken", "gigatoken-files") if identical.get(k)]  # timed regions
     fastest = max(raw, key=lambda k: results[k]["tokens"] / results[k]["seconds"]) if raw else None
     anchor = results[fastest]["tokens"] / results[fastest]["seconds"] if fastest else None
     cpu_anchor = results[fastest]["tokens"] / results[fastest]["cpu"] if fastest else None
@@ -309,7 +346,8 @@ def main() -> None:
     what = {"kit": "read+encode+write+count", "kit-warm": "same, tokenizer loaded first", "kit-blocks": "same, block reader (no whole files)",
             "kit-tasks": "same, one datatrove task per thread", "sentencepiece": "encode, in memory", "tokenizers": "encode_batch, in memory",
             "gigatoken": "encode_batch, in memory", "preprocess_data": "whole command", "kit-cli": "whole command, as a user runs it",
-            "kit-1doc": "whole command, 1 document", "gigatoken-files": "encode_files on the JSONL, timed region"}
+            "kit-1doc": "whole command, 1 document", "gigatoken-files": "encode_files on the JSONL, timed region",
+            "gigatoken-cli": "whole command: load, encode_files, write ids"}
     for kind in kinds:
         r = results[kind]
         if kind == "kit-1doc" and "error" not in r:
@@ -328,7 +366,7 @@ def main() -> None:
     # Per round, each kit row against the gigatoken run right after it: on a VM whose speed drifts by
     # tens of percent within a minute, the spread of these side-by-side ratios is the honest figure.
     for kit_row, raw_row in (("kit", "gigatoken"), ("kit-warm", "gigatoken"), ("kit-blocks", "gigatoken"), ("kit-tasks", "gigatoken"),
-                             ("kit-cli", "gigatoken-files"), ("kit", "gigatoken-files")):
+                             ("kit-cli", "gigatoken-files"), ("kit-cli", "gigatoken-cli"), ("kit", "gigatoken-files")):
         pairs = [(a["seconds"], b["seconds"], a["cpu"], b["cpu"]) for a, b in zip(rounds.get(kit_row, []), rounds.get(raw_row, []))
                  if "seconds" in a and "seconds" in b]
         if pairs:
