@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiment.errors import KitError
 from experiment.lock import lockfile
 from experiment.lock.reproduce import NUMERIC_ENV, _dict_diff
 
 LOSSES = Path("logs") / "losses.jsonl"
 
 
-class CompareError(Exception):
+class CompareError(KitError):
     """An input that is neither a training folder nor a lockfile, with the fix."""
 
 

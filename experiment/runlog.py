@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from experiment.errors import KitError
+
 LOGS = "logs"
 LOSSES = "losses.jsonl"
 EVALS = "eval.jsonl"
 
 
-class RunLogError(ValueError):
+class RunLogError(KitError, ValueError):
     """A log file of a run is damaged (a line that is not JSON)."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from experiment.errors import KitError
 from experiment.launch import jobscript
 from experiment.launch.local import Launch, command_line, local_argv, run_local
 from experiment.launcher_names import LAUNCHER_NAMES
@@ -36,7 +37,7 @@ CHAIN_LOG = "chain.jsonl"  # under logs/: submissions and segment begin/end reco
 STARTUP_GUESS_S = 10.0  # a segment's start (interpreter, model build, resume) before it is measured
 
 
-class LaunchError(Exception):
+class LaunchError(KitError):
     """The launch cannot go ahead; the message names what, and how to fix it."""
 
 

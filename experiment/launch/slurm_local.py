@@ -23,12 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiment.errors import KitError
+
 DEFAULT_DIR = Path(os.environ.get("MIDTRAIN_SLURM_DIR", "/tmp/midtrain-kit-slurm"))
 PARTITION = "debug"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
-class LocalSlurmError(RuntimeError):
+class LocalSlurmError(KitError, RuntimeError):
     """The local Slurm could not start; the message names the missing piece and the fix."""
 
 
