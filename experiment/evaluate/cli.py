@@ -63,12 +63,17 @@ def eval_cmd(
     batch_size: int = typer.Option(16, min=1, help="lm-eval's batch size (requests per forward pass)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value over experiment.toml (default: the "
                                         "overrides the run recorded in run.lock.json)"),
+    tasks: list[str] = typer.Option([], "--task", help="also run this lm-eval task (repeatable): a standard one "
+                                    "whose dataset is in the local Hugging Face cache, or one from --task-dir"),
+    task_dir: Path | None = typer.Option(None, "--task-dir", help="a folder of your own lm-eval task YAML files "
+                                         "(lm-eval's include_path)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
 ) -> None:
     """lm-evaluation-harness on the run's checkpoints: held-out perplexity per domain, multiple choice per
     language, and the gain on the target domains against the loss on the replay domains (PNG)."""
     # a KitError (lm-eval missing, no checkpoint, no tokenizer, a bad folder) reaches the CLI's one handler
-    _eval(folder, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides)
+    _eval(folder, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides, tasks,
+          task_dir)
 
 
 def recorded_overrides(folder_path: Path) -> list[str]:
@@ -83,7 +88,8 @@ def recorded_overrides(folder_path: Path) -> list[str]:
         return []
 
 
-def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides) -> None:
+def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides,
+          tasks=(), task_dir=None) -> None:
     import warnings
 
     from experiment.evaluate import harness, heldout, results
@@ -92,6 +98,7 @@ def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, ba
     from experiment.mixture.plan import plan_folder
 
     harness.require_lm_eval()
+    harness.check_tasks(list(tasks), task_dir)  # a missing task or dataset is said before minutes of exports
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     folder = load(folder_path, overrides=overrides or recorded_overrides(folder_path))
     cfg = folder.config
@@ -118,9 +125,10 @@ def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, ba
     configs = harness.task_configs(docs, out_dir / "hf-datasets")
     rows = []
     for label, step, hf_dir in exports:
-        console.print(f"lm-eval {label}: {len(configs)} task(s)")
+        console.print(f"lm-eval {label}: {len(configs) + len(tasks)} task(s)")
         rows.append(results.from_metrics(label, step, harness.evaluate(hf_dir, tok_dir, configs, batch_size, limit,
-                                                                  max(cfg.model.seq_length, 512))))
+                                                                  max(cfg.model.seq_length, 512), list(tasks),
+                                                                  task_dir)))
     targets = heldout.targets(plan_folder(folder), target) & set(docs) if docs else set(target)
     results.add_gains(rows, targets)
     png = results.plot(rows, out_dir, f"{cfg.name}: target gain vs replay loss")

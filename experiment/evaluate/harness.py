@@ -1,8 +1,10 @@
-"""One lm-evaluation-harness run on one exported checkpoint, with the kit's local tasks only.
+"""One lm-evaluation-harness run on one exported checkpoint: the kit's local tasks, plus any ``--task``.
 
-The tasks are the YAML templates shipped in ``tasks/`` (read with lm-eval's own loader, so ``!function``
-and the metric names are lm-eval's), each given its task name and local data file here. Nothing is read from
-the Hugging Face Hub: ``HF_DATASETS_OFFLINE`` and ``HF_HUB_OFFLINE`` are set before lm-eval is imported.
+The kit's tasks are the YAML templates shipped in ``tasks/`` (read with lm-eval's own loader, so ``!function``
+and the metric names are lm-eval's), each given its task name and local data file here. ``--task NAME`` adds
+a standard lm-eval task (its registry) or one of the user's own YAML tasks (``--task-dir``, lm-eval's
+``include_path``); each runs only when its dataset is on this machine. Nothing is read from the Hugging Face
+Hub: ``HF_DATASETS_OFFLINE`` and ``HF_HUB_OFFLINE`` are set before lm-eval is imported.
 """
 
 from __future__ import annotations
@@ -49,8 +51,44 @@ def task_configs(heldout: dict[str, Path], cache: Path) -> dict[str, dict]:
     return out
 
 
+OFFLINE_FIX = ("put the dataset in this machine's Hugging Face datasets cache (HF_DATASETS_CACHE, default "
+               "~/.cache/huggingface/datasets): on a machine with network run lm_eval once with the task, or "
+               "datasets.load_dataset(...) as the task's YAML names it, and copy that cache folder here")
+
+
+def task_manager(names: list[str], task_dir: Path | None):
+    """lm-eval's TaskManager: its registry only when a ``--task`` is asked for (indexing it costs seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=bool(names), include_path=str(task_dir) if task_dir else None)
+
+
+def check_tasks(names: list[str], task_dir: Path | None) -> None:
+    """Every ``--task`` is one lm-eval knows and its data loads offline: checked before any export."""
+    if not names:
+        return
+    if task_dir is not None and not Path(task_dir).is_dir():
+        raise EvalError(f"--task-dir {task_dir}: no such folder; fix: give a folder of lm-eval task YAML files",
+                        field="--task-dir")
+    from lm_eval.tasks import get_task_dict
+
+    manager = task_manager(names, task_dir)
+    for name in names:
+        if name not in manager.all_tasks:
+            raise EvalError(f"--task {name}: lm-eval knows no task of that name (neither its registry nor "
+                            f"{task_dir or 'a --task-dir'}); fix: a name from `lm_eval ls tasks`, or a YAML task "
+                            "in --task-dir", field="--task")
+        try:
+            get_task_dict([name], manager)  # builds the task, which loads its dataset
+        except Exception as err:  # datasets' offline errors have no common class (ConnectionError, ValueError..)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise EvalError(f"--task {name}: its dataset is not on this machine ({reason})", field="--task",
+                            fix=OFFLINE_FIX) from None
+
+
 def evaluate(hf_dir: Path, tokenizer: Path, configs: dict[str, dict], batch_size: int = 4,
-             limit: int | None = None, max_length: int | None = None) -> dict[str, dict[str, float]]:
+             limit: int | None = None, max_length: int | None = None, tasks: list[str] = (),
+             task_dir: Path | None = None) -> dict[str, dict[str, float]]:
     """Run lm-eval (model ``hf``, CPU or the first GPU) and return {kit task name: {metric: value}}.
 
     ``max_length``: the model's context here, so the rolling perplexity windows stay short (the command passes
@@ -60,16 +98,14 @@ def evaluate(hf_dir: Path, tokenizer: Path, configs: dict[str, dict], batch_size
 
     import torch
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    by_task = {c["task"]: name for name, c in configs.items()}
+    by_task = {c["task"]: name for name, c in configs.items()} | {t: f"task/{t}" for t in tasks}
     results = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(hf_dir), "tokenizer": str(tokenizer), "dtype": "float32",
                     "device": "cuda" if torch.cuda.is_available() else "cpu",
                     **({"max_length": max_length} if max_length else {})},
-        tasks=list(configs.values()), task_manager=TaskManager(include_defaults=False),
+        tasks=list(configs.values()) + list(tasks), task_manager=task_manager(list(tasks), task_dir),
         batch_size=batch_size, limit=limit, log_samples=False, bootstrap_iters=0,
     )
     out: dict[str, dict[str, float]] = {}

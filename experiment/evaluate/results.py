@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from experiment.atomic import write_atomic
@@ -27,12 +27,22 @@ class Row:
     mc: dict[str, float]  # multiple-choice accuracy per language
     gain: float | None = None  # target gain vs the reference (nats/token)
     replay_loss: float | None = None  # replay loss increase vs the reference (nats/token)
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # --task: lm-eval's metrics per task
 
 
 def from_metrics(label: str, iteration: int, metrics: dict[str, dict[str, float]]) -> Row:
     return Row(label, iteration,
                {k[4:]: m["token_perplexity"] for k, m in metrics.items() if k.startswith("ppl/")},
-               {k[3:]: m["acc"] for k, m in metrics.items() if k.startswith("mc/")})
+               {k[3:]: m["acc"] for k, m in metrics.items() if k.startswith("mc/")},
+               tasks={k[5:]: m for k, m in metrics.items() if k.startswith("task/")})
+
+
+def headline(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """The one metric a table column shows for a ``--task``: acc, else the first lm-eval reported."""
+    for name in ("acc", "exact_match", "word_perplexity", *sorted(metrics)):
+        if name in metrics:
+            return name, metrics[name]
+    return None
 
 
 def add_gains(rows: list[Row], targets: set[str]) -> None:
@@ -53,10 +63,12 @@ def emit(rows: list[Row], targets: set[str], out_dir: Path, as_json: bool, extra
 
     domains = sorted({d for r in rows for d in r.ppl})
     langs = sorted({lang for r in rows for lang in r.mc})
+    tasks = sorted({t for r in rows for t in r.tasks})
     payload = {"targets": sorted(targets), "reference": rows[0].label, "rows": [asdict(r) for r in rows], **extra}
     write_atomic(out_dir / JSON_NAME, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
     cols = [Column("checkpoint")] + [Column(f"ppl {d}{' *' if d in targets else ''}") for d in domains] \
-        + [Column(f"mc acc {lang}") for lang in langs] + [Column("target gain"), Column("replay loss")]
+        + [Column(f"mc acc {lang}") for lang in langs] \
+        + [Column(f"{t} {_metric_name(rows, t)}") for t in tasks] + [Column("target gain"), Column("replay loss")]
     table = Summary(f"lm-eval on {len(rows)} checkpoint(s); * target domain; gain/loss in nats/token vs {rows[0].label}",
                     cols,
                     extra={**payload, "json": str(out_dir / JSON_NAME)})
@@ -64,9 +76,18 @@ def emit(rows: list[Row], targets: set[str], out_dir: Path, as_json: bool, extra
     for r in rows:
         table.add(r.label, *[(f"{r.ppl[d]:.1f}" if r.ppl[d] >= 100 else f"{r.ppl[d]:.3f}") if d in r.ppl else ""
                              for d in domains],
-                  *[f"{r.mc[lang]:.3f}" if lang in r.mc else "" for lang in langs], fmt(r.gain), fmt(r.replay_loss))
+                  *[f"{r.mc[lang]:.3f}" if lang in r.mc else "" for lang in langs],
+                  *[f"{h[1]:.4g}" if (h := headline(r.tasks.get(t, {}))) else "" for t in tasks],
+                  fmt(r.gain), fmt(r.replay_loss))
     emit_summary(table, as_json)
     return payload
+
+
+def _metric_name(rows: list[Row], task: str) -> str:
+    for r in rows:
+        if h := headline(r.tasks.get(task, {})):
+            return h[0]
+    return ""
 
 
 def plot(rows: list[Row], out_dir: Path, title: str) -> Path:
@@ -105,7 +126,8 @@ def track(folder, rows: list[Row], files: list[Path]) -> list[str]:
     if not sinks:
         return []
     for r in rows:
-        values = {f"eval/ppl/{d}": v for d, v in r.ppl.items()} | {f"eval/mc_acc/{k}": v for k, v in r.mc.items()}
+        values = {f"eval/ppl/{d}": v for d, v in r.ppl.items()} | {f"eval/mc_acc/{k}": v for k, v in r.mc.items()} \
+            | {f"eval/{t}/{m}": v for t, ms in r.tasks.items() for m, v in ms.items()}
         if r.gain is not None:
             values["eval/target_gain"] = r.gain
         if r.replay_loss is not None:

@@ -35,7 +35,9 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
     shutil.copytree(three_runs["b"].parent.parent, root, symlinks=True)  # the fixture's files stay as they are
     folder = root / "training" / "tiny"
     tok = _hf_tokenizer(sp_model_path, tmp_path / "tokenizer")
-    r = run_cli("eval", str(folder), "--tokenizer", str(tok), "--limit", "16", "--max-docs", "8", "--json")
+    task_dir = _own_task(tmp_path / "my-tasks")
+    r = run_cli("eval", str(folder), "--tokenizer", str(tok), "--limit", "16", "--max-docs", "8", "--json",
+                "--task-dir", str(task_dir), "--task", "my_continuation")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     out = json.loads(r.stdout)
     rows = {row["label"]: row for row in out["rows"]}
@@ -53,6 +55,8 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
             assert abs(math.log(ppl) - runner[row["iteration"], domain]) < 0.05, (label, domain, ppl)
         for acc in row["mc"].values():
             assert 0.0 <= acc <= 1.0
+        # the user's own lm-eval task ran through lm-eval's include_path, on the same items as the kit's mc/en
+        assert row["tasks"]["my_continuation"]["acc"] == pytest.approx(row["mc"]["en"])
     ref = rows["iter_0000002"]
     assert ref["gain"] == 0.0 and (ref["replay_loss"] in (0.0, None))
     last = rows["iter_0000004"]
@@ -72,6 +76,30 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
         history = {m.step: m.value for m in client.get_metric_history(run_id, f"eval/ppl/{domain}")}
         assert history == pytest.approx({row["iteration"]: row["ppl"][domain] for row in rows.values()})
     assert {m.step for m in client.get_metric_history(run_id, "eval/mc_acc/ja")} == {2, 4}
+
+
+def _own_task(folder: Path) -> Path:
+    """A user's own lm-eval YAML task with local data: the kit's English multiple choice under another name."""
+    from experiment.evaluate.harness import TASKS
+
+    folder.mkdir()
+    template = (TASKS / "continuation_mc.yaml").read_text()
+    (folder / "my_continuation.yaml").write_text(
+        f"task: my_continuation\ndataset_kwargs:\n  data_files:\n    test: {TASKS / 'mc_en.jsonl'}\n"
+        f"  cache_dir: {folder / 'hf-datasets'}\n" + template)
+    return folder
+
+
+@pytest.mark.parametrize("task, says", [
+    ("no_such_task_xyz", "lm-eval knows no task of that name"),
+    ("arc_easy", "its dataset is not on this machine"),  # a standard task: its data is not in the local cache
+])
+def test_a_task_that_cannot_run_here_is_one_clear_message_before_any_export(task, says, tmp_path):
+    r = run_cli("eval", str(tmp_path / "no-folder"), "--task", task)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"--task {task}: {says}" in r.stderr
+    if task == "arc_easy":
+        assert "HF_DATASETS_CACHE" in r.stderr  # the fix: where to put the dataset
 
 
 def test_lm_eval_missing_names_the_install_line(tmp_path):
