@@ -14,6 +14,7 @@ from experiment.errors import KitError
 LOGS = "logs"
 LOSSES = "losses.jsonl"
 EVALS = "eval.jsonl"
+STATUS = "run_status.json"  # the runner's live status, rewritten atomically every few seconds and at the end
 
 
 class RunLogError(KitError, ValueError):
@@ -39,3 +40,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def read_losses(log_dir: str | Path) -> list[dict]:
     """The per-step records of ``log_dir/losses.jsonl``, in order."""
     return read_jsonl(Path(log_dir) / LOSSES)
+
+
+def read_status(log_dir: str | Path) -> dict:
+    """``log_dir/run_status.json`` ({} when the run has not written one); a damaged file names itself."""
+    path = Path(log_dir) / STATUS
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunLogError(f"{path}: not JSON ({err.msg}); the run's status file is damaged") from err

@@ -378,6 +378,7 @@ def config_section(folder: TrainingFolder, resolved_args: Mapping | None) -> dic
 
 def launch_section(folder: TrainingFolder, launch: Mapping | None) -> dict:
     t, lc = folder.config.training, folder.config.launch
+    status = runlog.read_status(folder.path / runlog.LOGS)
     world = lc.nnodes * lc.nproc_per_node
     return {
         "tensor_parallel": t.tensor_parallel,
@@ -388,6 +389,9 @@ def launch_section(folder: TrainingFolder, launch: Mapping | None) -> dict:
         "global_batch_size": t.global_batch_size,
         "seed": t.seed,
         "launcher": dict(launch or {}),
+        # what the runner built (logs/run_status.json): the spec differs between a CPU, a GPU and the TE image
+        "layer_spec": status.get("layer_spec"),
+        "recompute": status.get("recompute"),
     }
 
 

@@ -141,6 +141,8 @@ class LaunchRecord(Record):
     global_batch_size: int
     seed: int
     launcher: dict[str, Any] = Field(default_factory=dict)
+    layer_spec: str | None = None  # the spec the runner built: te, te-fp8, local-sdpa, local (absent: older locks)
+    recompute: str | None = None  # activation recompute the runner used: none, selective, full
 
 
 class CheckpointRecord(Record):

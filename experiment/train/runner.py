@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from experiment import determinism
+from experiment import determinism, runlog
 from experiment.atomic import write_atomic
 from experiment.train.checkpointing import TrainState
 
 log = logging.getLogger("experiment.train")
 
-STATUS_NAME = "run_status.json"
+STATUS_NAME = runlog.STATUS
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,7 @@ class Trainer:
                 _say(f"removed {p.name}, a checkpoint a killed run did not finish")
 
         spec, extra = self._gpu_setup()
+        self.layer_spec = spec  # recorded in run_status.json, and from there in the lock
         self.padded_vocab, self.base_dir = _model_vocab(self.folder, self.shape, self.layout)
         self.gpt = build_gpt_model(self.shape, self.seq, self.layout, padded_vocab_size=self.padded_vocab,
                                    layer_spec=gpu.layer_spec_for(spec),
@@ -503,8 +504,8 @@ class Trainer:
             "consumed_samples": self.state.consumed_samples,
             "final_loss": None if result.final_loss is None else result.final_loss.hex(),
             "checkpoint": checkpoint, "device": self.device_name,
-            "layer_spec": None if self.choice is None else self.choice.spec,
-            "recompute": None if self.choice is None else self.choice.recompute,
+            "layer_spec": self.layer_spec,
+            "recompute": "none" if self.choice is None else self.choice.recompute,
             "peak_memory_gib": _peak_memory_gib(),
             **{k: None if v is None else round(v, 6) for k, v in speed.items()}})
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from experiment import runlog
 from experiment.atomic import write_atomic
 from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
 
-STATUS_NAME = "run_status.json"
+STATUS_NAME = runlog.STATUS
 SAVES_NAME = "saves.jsonl"
 END_TIME_VAR = "MIDTRAIN_JOB_END_TIME"  # epoch seconds; set by tests or a scheduler without squeue
 WALLTIME_STATE = "walltime"

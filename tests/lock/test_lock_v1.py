@@ -34,6 +34,7 @@ def test_v1_trained_lock_is_typed_down_to_the_tensors():
     ckpt = lock.outputs.checkpoints["iter_0000008"]
     assert ckpt.tensors and all(len(h) == 64 for h in ckpt.tensors.values())
     assert lock.launch.world_size == 2 and lock.launch.data_parallel == 2
+    assert lock.launch.layer_spec is None  # not recorded before the runner reported its spec
     assert lock.data.blend.available and lock.data.blend.entries
 
 

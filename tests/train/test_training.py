@@ -60,11 +60,15 @@ def test_dp2_loss_falls_and_outputs_are_written(reference):
     assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     status = json.loads((reference / "logs" / "run_status.json").read_text())
     assert status["state"] == "finished" and status["iteration"] == ITERS
+    assert (status["layer_spec"], status["recompute"]) == ("local-sdpa", "none")  # the spec built on a CPU
     assert json.loads((reference / "logs" / "determinism.json").read_text())["CUBLAS_WORKSPACE_CONFIG"]
     import importlib.util
 
     if importlib.util.find_spec("experiment.lock.lockfile"):  # `experiment run` wrote the lockfile
-        assert (reference / "run.lock.json").is_file()
+        from experiment.lock import lockfile
+
+        launch = lockfile.read(reference / "run.lock.json").launch
+        assert (launch.layer_spec, launch.recompute) == ("local-sdpa", "none")  # recorded from run_status.json
 
 
 def test_two_identical_runs_give_identical_bytes(reference, corpus, tmp_path):
