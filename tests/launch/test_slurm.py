@@ -159,21 +159,22 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
     assert "refusing to start" in status.stdout and "no_such_field" in status.stdout  # the job's log tail
 
 
-def test_a_segment_killed_with_sigkill_resumes_from_its_last_checkpoint(slurm, project):
-    """kill -9 of every process of the step mid-run (torchrun and its rank; the batch script lives on): the
-    segment ends failed, the chain resubmits (it had saved a checkpoint), the next segment resumes from the
-    last complete checkpoint, and the lock records the iterations lost. (A whole job cancelled with
+def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_checkpoint(slurm, project):
+    """kill -9 of every process of the step while it writes a checkpoint (torchrun and its rank; the batch
+    script lives on): the segment ends failed, the chain resubmits (it had saved a checkpoint before), the
+    next segment resumes from the last complete checkpoint (the half-written one is never loaded), the lock
+    records the iterations lost, and no half-written checkpoint is left. (A whole job cancelled with
     `scancel JOB` also stops its chain: that is how a user stops one.)"""
     folder = project / "training" / "tiny"
     _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30', iters=120, save_interval=40)
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
-    losses = folder / "logs" / "losses.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if (folder / "checkpoints" / "iter_0000040").is_dir() and losses.is_file() \
-                and len(losses.read_text().splitlines()) >= 50:
-            break
-        time.sleep(0.2)
+    checkpoints, losses = folder / "checkpoints", folder / "logs" / "losses.jsonl"
+    half_written = checkpoints / "iter_0000080.partial"  # checkpointing.save writes here, then renames
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not half_written.is_dir():
+        time.sleep(0.02)
+    assert half_written.is_dir(), "the save of iteration 80 was never seen in progress"
+    assert (checkpoints / "iter_0000040").is_dir() and not (checkpoints / "iter_0000080").exists()
     step = subprocess.run(["pgrep", "-f", f"experiment.train.runner {folder}"], capture_output=True, text=True)
     pids = [int(p) for p in step.stdout.split()]
     assert pids, "no process of the step found"
@@ -190,3 +191,5 @@ def test_a_segment_killed_with_sigkill_resumes_from_its_last_checkpoint(slurm, p
     assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 120
     steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
     assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again
+    assert ends[0]["complete_iteration"] == 40 and second["start_iteration"] == 40
+    assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000040", "iter_0000080", "iter_0000120"]
