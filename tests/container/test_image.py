@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def _engine_installed():
     require_system_packages("container")
 
 TAG = "localhost/midtrain-kit:cpu-test"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,15 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     env = relock["environment"]
     assert env["containerized"] is True and env["image"]["ref"] == TAG
     assert env["image"]["digest"] == entry["image_id"] and env["torch"] == lock["environment"]["torch"]
+    # host and image run the same versions: every pin of env/cpu.lock.txt, as each run's lock recorded it
+    from experiment.lock.envlock import pins
+
+    def canon(dists: dict) -> dict:
+        return {re.sub(r"[-_.]+", "-", k).lower(): v.split("+")[0] for k, v in dists.items()}
+
+    wanted = canon(pins((ROOT / "env" / "cpu.lock.txt").read_text()))
+    host, image = canon(lock["environment"]["distributions"]), canon(env["distributions"])
+    assert {n: (host.get(n), image.get(n)) for n in wanted if not host.get(n) == image.get(n) == wanted[n]} == {}
     # what this machine kind gives (README, container section): per-step losses, grad norms and lr, every
     # tensor and every tensor file (.distcp, common.pt) bit-identical to the host run; the one bookkeeping
     # file that may differ is kit_manifest.json, which records the byte size of torch DCP's pickled
