@@ -10,7 +10,7 @@ cache, against ``sha256sum``'s ~0.4 GB/s (bench/hash.py). How:
 - many files are hashed side by side, one file per thread, largest first, when there are more files
   than cores (blake3's threads only help inside one file);
 - small files are read in one call (mapping costs more than it saves below 1 MiB).
-The cache of digests by (path, size, mtime, inode) lives with the lockfile (``experiment.lock.hashing``).
+The cache of digests by (path, size, mtime, ctime, inode) lives with the lockfile (``experiment.lock.hashing``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ nothing for the kit, and ``install()`` skips them:
   when ``megatron.core.jit`` is loaded on a host with no usable CUDA device we call megatron's own
   ``disable_jit_fuser()``: each later decoration is the identity. With a GPU nothing changes.
 - **megatron's own W&B hooks.** ``megatron.core.timers`` and the dynamic inference context ``import
-  wandb`` when it is installed (it is: the kit's tracker logs W&B itself, ``experiment.tracking``), which
+  wandb`` when it is installed (it is: the kit logs W&B itself, ``experiment.train.trackers``), which
   costs 0.2-0.4 s. megatron only writes to W&B through a writer that the kit never passes it, so for
   importers inside ``megatron`` wandb is reported absent (their ``HAVE_WANDB`` is False); anyone else
   imports it normally.

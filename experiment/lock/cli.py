@@ -1,4 +1,4 @@
-"""``experiment reproduce LOCK`` and ``experiment lock write|show FOLDER``: the lockfile commands."""
+"""``experiment reproduce LOCK`` and ``experiment lock write FOLDER``: the lockfile commands."""
 
 from __future__ import annotations
 

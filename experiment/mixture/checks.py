@@ -1,6 +1,6 @@
 """Everything about the data mixture that must hold before a run starts, each failure naming file and entry.
 
-Run by ``experiment check`` (listed in ``experiment.folder.SEMANTIC_CHECKS``) and before ``experiment mix``:
+Run by ``experiment check`` (passed to ``experiment.folder.check`` as its semantic check) and before ``experiment mix``:
 
 * every data signature parses; no shard is listed twice; a count in a shard's name agrees with its signature;
 * every kept shard's ``.bin``/``.idx`` exists (else: an artifact not made yet) and has the signature's size;

@@ -73,6 +73,15 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     status = _cli("status", str(folder))
     assert status.returncode == 0 and "finished" in status.stdout and "iteration 4/4" in status.stdout
 
+    # the lock re-run on the same Slurm: `reproduce --launcher slurm` submits it (`run --wait`), then compares
+    rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun-slurm"),
+               "--launcher", "slurm", *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
+    out = rep.stdout + rep.stderr
+    assert rep.returncode == 0 and "4 step(s) of losses" in out and "identical" in out, out[-4000:]
+    relock = lockfile.read(project / "rerun-slurm" / "training" / "tiny" / "run.lock.json")
+    assert relock.dump()["outputs"] == lock.dump()["outputs"]
+    assert [s["job_id"] for s in relock.launch.launcher["segments"]] != [job]  # a new job ran it
+
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
     """Walltime 2 minutes, exit margin 105 s (more than Slurm's up to 60 s early --signal): after its 4-10 s
