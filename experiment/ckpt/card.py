@@ -20,16 +20,15 @@ CARD_NAME = "README.md"
 GENERATION_NAME = "generation_config.json"
 
 
+# transformers' ``save_pretrained`` default ``max_shard_size`` (5.x), so an export shards as it would.
+# A constant, not read from transformers at run time: that read imports transformers.modeling_utils (~2.5 s,
+# more than the export of a 1B model takes); tests/ckpt/test_ckpt_card.py checks it against the pinned one.
+SAVE_PRETRAINED_MAX_SHARD = "50GB"
+
+
 def transformers_max_shard_bytes() -> int:
-    """The default ``max_shard_size`` of transformers' ``save_pretrained`` in bytes (50GB in transformers 5),
-    read from transformers itself so an export shards like ``save_pretrained`` whatever version is pinned."""
-    import inspect
-
-    from transformers import PreTrainedModel
-    from transformers.utils.hub import convert_file_size_to_int
-
-    default = inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
-    return convert_file_size_to_int(default)
+    """``SAVE_PRETRAINED_MAX_SHARD`` in bytes (transformers counts GB as 10**9)."""
+    return int(SAVE_PRETRAINED_MAX_SHARD.removesuffix("GB")) * 10**9
 
 
 def generation_config(hf_config: dict) -> str:

@@ -20,7 +20,10 @@ from tests.ckpt.tiny import make_hf
 
 def test_default_shard_size_is_transformers(tmp_path):
     default = inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
-    assert default == "50GB" and card.transformers_max_shard_bytes() == 50 * 10**9
+    from transformers.utils.hub import convert_file_size_to_int
+
+    assert default == card.SAVE_PRETRAINED_MAX_SHARD  # the pinned transformers' own default
+    assert card.transformers_max_shard_bytes() == convert_file_size_to_int(default) == 50 * 10**9
     assert inspect.signature(convert.export_checkpoint).parameters["max_shard_bytes"].default is None
 
 
