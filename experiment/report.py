@@ -1,7 +1,8 @@
 """``experiment report FOLDER``: one self-contained ``report.html`` of a run, to mail or attach to a ticket.
 
-Mixture chart and table, training and held-out loss curves, throughput, the lockfile's summary and the
-verdict of the last ``experiment reproduce`` where there is one. Every image is a PNG inlined as base64
+Mixture chart and table, training and held-out loss curves, throughput, the lm-eval table and gain plot of
+``experiment eval`` where it ran, the lockfile's summary and the verdict of the last ``experiment reproduce``
+where there is one. Every image is a PNG inlined as base64
 and the page has no script and no external reference, so it opens anywhere, offline, as one file.
 """
 
@@ -130,6 +131,32 @@ def _throughput(folder: TrainingFolder) -> str:
     return _img(_png(fig), "throughput") + _table(["scalar", "mean (after step 1)", "max"], rows, {1, 2})
 
 
+def _lm_eval(folder: TrainingFolder) -> str | None:
+    """``experiment eval``'s table and target-gain plot (None when it has not run on this folder)."""
+    from experiment.evaluate.results import JSON_NAME, PNG_NAME
+
+    out = folder.path / "logs" / "eval"
+    if not (out / JSON_NAME).is_file():
+        return None
+    payload = json.loads((out / JSON_NAME).read_text())
+    rows, targets = payload["rows"], set(payload.get("targets", []))
+    domains = sorted({d for r in rows for d in r["ppl"]})
+    langs = sorted({lang for r in rows for lang in r["mc"]})
+    tasks = sorted({t for r in rows for t in r.get("tasks", {})})
+    fmt = lambda v: "" if v is None else f"{v:+.4f}"  # noqa: E731
+    table = [[r["label"], *[f"{r['ppl'][d]:.3f}" if d in r["ppl"] else "" for d in domains],
+              *[f"{r['mc'][lang]:.3f}" if lang in r["mc"] else "" for lang in langs],
+              *[f"{next(iter(r['tasks'][t].values())):.4g}" if r.get("tasks", {}).get(t) else "" for t in tasks],
+              fmt(r.get("gain")), fmt(r.get("replay_loss"))] for r in rows]
+    head = ["checkpoint", *[f"ppl {d}{' *' if d in targets else ''}" for d in domains],
+            *[f"mc acc {lang}" for lang in langs], *tasks, "target gain", "replay loss"]
+    png = out / PNG_NAME
+    note = (f"<p>Held-out perplexity per domain (* target), multiple-choice accuracy per language; gain and loss "
+            f"in nats/token against {html.escape(payload.get('reference', rows[0]['label']))}.</p>")
+    return note + _table(head, table, set(range(1, len(head)))) + \
+        (_img(png.read_bytes(), "target gain vs replay loss") if png.is_file() else "")
+
+
 def _lock(folder: TrainingFolder) -> str:
     from experiment.lock import lockfile
     from experiment.lock.hashing import hash_file
@@ -178,6 +205,9 @@ def build(folder: TrainingFolder) -> str:
     sections = [("Run", _table(["what", "value"], head)), ("Mixture", _mixture(folder)),
                 ("Loss and held-out evaluation", _curves(folder)), ("Throughput", _throughput(folder)),
                 ("Lockfile", _lock(folder)), ("Reproduction", _reproduce(folder))]
+    evaluated = _lm_eval(folder)
+    if evaluated is not None:
+        sections.insert(3, ("lm-eval on the checkpoints", evaluated))
     body = "".join(f"<h2>{html.escape(t)}</h2>{s}" for t, s in sections)
     title = f"midtrain-kit run report: {cfg.name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

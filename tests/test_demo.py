@@ -41,6 +41,12 @@ def test_demo_end_to_end_and_reproduced():
     assert loss[("ja/manual", last)] < loss[("ja/manual", 0)]
     for domain in {e["domain"] for e in evals if e["domain"].startswith("en/")}:
         assert loss[(domain, last)] < loss[(domain, 0)] + 0.1, domain
+    # lm-eval on the base and the last checkpoint (the eval stage): the Japanese target's held-out perplexity falls
+    ev = json.loads((DEMO / "logs" / "eval" / "eval.json").read_text())
+    base, trained = ev["rows"][0], ev["rows"][-1]
+    assert base["label"] == "base" and trained["iteration"] == last and ev["targets"] == ["ja/manual"]
+    assert trained["ppl"]["ja/manual"] < base["ppl"]["ja/manual"] and trained["gain"] > 0
+    assert "<h2>lm-eval on the checkpoints</h2>" in (DEMO / "report.html").read_text()  # the report stage shows it
     assert (ROOT / "work" / "demo" / "hf-out" / "config.json").is_file()
     assert (DEMO / "logs" / "loss.png").is_file() and (DEMO / "mixture" / "mixture.png").is_file()
 

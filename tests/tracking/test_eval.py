@@ -77,6 +77,13 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
         assert history == pytest.approx({row["iteration"]: row["ppl"][domain] for row in rows.values()})
     assert {m.step for m in client.get_metric_history(run_id, "eval/mc_acc/ja")} == {2, 4}
 
+    # the run report shows the same table and the gain plot
+    rep = run_cli("report", str(folder))
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    page = (folder / "report.html").read_text()
+    assert "<h2>lm-eval on the checkpoints</h2>" in page and 'alt="target gain vs replay loss"' in page
+    assert f"{rows['iter_0000004']['ppl']['code']:.3f}" in page and "my_continuation" in page
+
 
 def _own_task(folder: Path) -> Path:
     """A user's own lm-eval YAML task with local data: the kit's English multiple choice under another name."""
