@@ -26,27 +26,14 @@ import sys
 from pathlib import Path
 
 from experiment.launch.launchers import read_chain, record
+from experiment.launcher_names import current_job, job_nodes, job_restarts
 from experiment.train.walltime import STATUS_NAME, WALLTIME_STATE
 
 CLEAN_STOPS = (WALLTIME_STATE, "interrupted")
 
 
 def _job() -> tuple[str, str]:
-    if os.environ.get("SLURM_JOB_ID"):
-        return "slurm", os.environ["SLURM_JOB_ID"]
-    if os.environ.get("PBS_JOBID"):
-        return "pbs", os.environ["PBS_JOBID"]
-    return "none", "local"
-
-
-def _nodes() -> int:
-    for var in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    nodefile = os.environ.get("PBS_NODEFILE")
-    if nodefile and Path(nodefile).is_file():
-        return len(set(Path(nodefile).read_text().split()))
-    return 1
+    return current_job() or ("none", "local")
 
 
 def _complete_iteration(folder) -> int:
@@ -113,8 +100,8 @@ def begin(folder) -> int:
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
-    record(folder.path, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": _nodes(),
-                         "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+    record(folder.path, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
+                         "restart": job_restarts(),
                          "start_iteration": start, "image_digest": _image_digest(), "lost_iterations": lost,
                          "segment": len(done) + 1})
     note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""

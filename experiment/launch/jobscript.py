@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.launch.local import Launch, torchrun_argv
+from experiment.launcher_names import SCHEDULERS
 
 TEMPLATES = Path(__file__).parent / "templates"
 RDZV_PORT = 29500
@@ -44,7 +45,7 @@ def _python(settings: "ClusterSettings") -> tuple[str, ...]:
 
 def torchrun_line(launch: Launch, kind: str, torchrun: tuple[str, ...] = ("torchrun",)) -> str:
     """The exact torchrun command each node runs (shell variables expand on the node)."""
-    rdzv_id = "$SLURM_JOB_ID" if kind == "slurm" else "$PBS_JOBID"
+    rdzv_id = "$" + SCHEDULERS[kind].job_id
     argv = torchrun_argv(launch, rdzv_endpoint="__ENDPOINT__", rdzv_id="__ID__", torchrun=torchrun)
     line = shlex.join(argv)
     return line.replace("__ENDPOINT__", '"$MASTER_ADDR:$MASTER_PORT"').replace("__ID__", f'"{rdzv_id}"')
@@ -53,8 +54,8 @@ def torchrun_line(launch: Launch, kind: str, torchrun: tuple[str, ...] = ("torch
 def render(launch: Launch, settings: ClusterSettings) -> str:
     import jinja2
 
-    if settings.kind not in ("slurm", "pbs"):
-        raise ValueError(f"unknown launcher {settings.kind!r}; use slurm or pbs")
+    if settings.kind not in SCHEDULERS or not (TEMPLATES / f"{settings.kind}.sh.j2").is_file():
+        raise ValueError(f"unknown launcher {settings.kind!r}; use {' or '.join(SCHEDULERS)}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     from experiment.train.walltime import parse_duration

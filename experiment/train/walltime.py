@@ -24,6 +24,7 @@ from pathlib import Path
 
 from experiment import runlog
 from experiment.atomic import write_atomic
+from experiment.launcher_names import current_job
 from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
 
 STATUS_NAME = runlog.STATUS
@@ -132,7 +133,7 @@ class Progress:
         self.start_iteration: int | None = None
         self.started = time.time()
         self.last_write = 0.0
-        self.job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+        self.job = (current_job() or (None, None))[1]
 
     def step(self, iteration: int, step_seconds: float, extra: dict | None = None) -> None:
         if not self.enabled:
@@ -200,7 +201,7 @@ class Segment:
 def _note_first_step(log_dir: Path, iteration: int) -> None:
     """In a scheduled job, when the segment's first step ended (``logs/chain.jsonl``): what
     ``bench/slurm_segments.py`` measures the gap between segments with."""
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    job = (current_job() or (None, None))[1]
     if not job:
         return
     with open(Path(log_dir) / "chain.jsonl", "a") as fh:

@@ -51,3 +51,17 @@ def test_retention_keeps_the_newest_and_every_kth():
     assert to_delete([2, 4, 6, 8, 10], keep_last=2, keep_every=None) == [2, 4, 6]
     assert to_delete([2, 4, 6, 8, 10], keep_last=1, keep_every=4) == [2, 6]
     assert to_delete([2, 4], keep_last=None, keep_every=None) == []
+
+
+def test_one_scheduler_table_gives_job_id_nodes_and_restarts(tmp_path):
+    """Job script, chain and live status read a job through experiment.launcher_names.SCHEDULERS only."""
+    from experiment.launcher_names import CLUSTER_LAUNCHERS, SCHEDULERS, current_job, job_nodes, job_restarts
+
+    assert CLUSTER_LAUNCHERS == tuple(SCHEDULERS) == ("slurm", "pbs")
+    assert current_job({}) is None and job_nodes({}) == 1 and job_restarts({}) == 0
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "3", "SLURM_RESTART_COUNT": "2"}
+    assert (current_job(slurm), job_nodes(slurm), job_restarts(slurm)) == (("slurm", "42"), 3, 2)
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\nn2\n")  # one line per slot, as PBS writes it
+    pbs = {"PBS_JOBID": "7.server", "PBS_NODEFILE": str(nodefile)}
+    assert (current_job(pbs), job_nodes(pbs), job_restarts(pbs)) == (("pbs", "7.server"), 2, 0)
