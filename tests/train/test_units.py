@@ -97,3 +97,36 @@ def test_schedule_warmup_then_decay(style):
     assert lrs[-1] == pytest.approx(1e-3 if style == "constant" else 1e-4)
     if style == "WSD":
         assert lrs[80] == pytest.approx(1e-3)  # stable until the last 10%
+
+
+def test_checkpoint_writer_manager_ignores_sigterm_and_exits_with_its_rank(tmp_path):
+    """The Manager behind megatron's checkpoint-writer queue survives the scheduler's SIGTERM (a save in flight
+    must finish) but not its rank: a rank killed with SIGKILL leaves no orphaned server process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def state(pid: int) -> str:  # "" once gone; a zombie (Z) is dead too
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return ""
+
+    code = ("import time\nfrom experiment.train import signals\nsignals.protect_checkpoint_writers()\n"
+            "print(signals._writer_manager._process.pid, flush=True)\ntime.sleep(600)\n")
+    root = Path(__file__).resolve().parents[2]
+    rank = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    server = int(rank.stdout.readline())
+    os.kill(server, signal.SIGTERM)
+    time.sleep(0.5)
+    assert state(server) not in ("", "Z"), "the scheduler's SIGTERM stopped the writer queue's server"
+    rank.kill()
+    rank.wait()
+    deadline = time.monotonic() + 10
+    while state(server) not in ("", "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state(server) in ("", "Z"), f"server {server} outlived its rank killed with SIGKILL"
