@@ -69,7 +69,9 @@ def demo(session: nox.Session) -> None:
     training -> HF export + logits check -> lockfile -> reproduce. `nox -s demo -- --container` trains
     inside the CPU image."""
     ensure_system_packages(session, system_packages.demo_groups("--container" in session.posargs))
-    install_kit(session, "cpu")
+    # the cpu lock's versions (the test lock is solved under it) plus the extras the demo's stages use:
+    # lm-eval for the eval stage (the cpu lock alone left `experiment eval` without it on a fresh machine)
+    install_kit(session, "cpu-test")
     session.run("experiment", "demo", *session.posargs)
 
 
