@@ -147,7 +147,7 @@ class ClusterLauncher(Launcher):
         if request.container:
             from experiment.launch import container as ctr
 
-            image_ref = request.image or cfg.image.ref
+            image_ref = cluster_image(request)
             env = {ctr.IMAGE_REF_VAR: image_ref, **({ctr.IMAGE_DIGEST_VAR: cfg.image.digest} if cfg.image.digest else {})}
             plan = ctr.ContainerRun("apptainer", image_ref, ctr.folder_mounts(request.folder), (),
                                     {**env, **dict(request.launch.env)}, request.folder.path)
@@ -164,7 +164,7 @@ class ClusterLauncher(Launcher):
             problems.append(f"{self.submit_tool} is not on this machine; run on a login node, or use --dry-run "
                             "to write the job script only")
         if not request.dry_run:
-            problems += self.active_jobs_problems(request.folder)
+            problems += image_problems(request) + self.active_jobs_problems(request.folder)
         return problems
 
     def active_jobs_problems(self, folder) -> list[str]:
@@ -223,6 +223,27 @@ def get(name: str) -> Launcher:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def cluster_image(request: Request) -> str:
+    """The image a job runs under Apptainer: a URI (``docker://``, ``oras://``, ...) as given, otherwise a
+    ``.sif`` file, made absolute so the job finds it whatever its working directory."""
+    ref = request.image or request.folder.config.image.ref
+    return ref if "://" in ref else os.path.abspath(ref)
+
+
+def image_problems(request: Request) -> list[str]:
+    """A job under ``--container`` whose image file is not there would fail on its node after queueing, and
+    every later segment of the chain with it: refuse at submission instead."""
+    if not request.container:
+        return []
+    ref = cluster_image(request)
+    if "://" in ref or os.path.isfile(ref):
+        return []
+    given = "--image" if request.image else "image.ref in experiment.toml"
+    return [f"{given}: {ref} is not a file here, and a job under --container runs it with `apptainer exec`; "
+            "build the .sif (docs/cluster.md) and pass its path on the shared filesystem with --image, "
+            "or give a URI such as docker://REGISTRY/midtrain-kit:gpu"]
+
 
 def walltime_problems(folder) -> list[str]:
     """A walltime that cannot fit the start, one step and one save before the exit margin, with the numbers

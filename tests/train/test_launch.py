@@ -64,6 +64,25 @@ def test_slurm_script_in_the_image(tmp_path, corpus):
     assert subprocess.run(["bash", "-n", str(folder / "launch" / "slurm.sh")]).returncode == 0
 
 
+def test_a_missing_sif_is_refused_at_submission_and_a_relative_one_made_absolute(tmp_path, corpus, monkeypatch):
+    """A job whose image file is not there would fail on its node after queueing: submission refuses it,
+    naming the option and the fix, and writes no job script. A relative .sif path is made absolute."""
+    folder = _cluster_folder(tmp_path, corpus, "pbs")
+    res = CliRunner().invoke(app, ["run", str(folder), "--container", "--image", str(tmp_path / "no" / "kit.sif")])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"--image: {tmp_path / 'no' / 'kit.sif'} is not a file here" in out and "docs/cluster.md" in out
+    assert "Traceback" not in res.output and not (folder / "launch" / "pbs.sh").exists()
+    (tmp_path / "kit.sif").write_bytes(b"not really an image")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", str(folder), "--dry-run", "--container", "--image", "kit.sif"])
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 'kit.sif'} torchrun --nnodes=2" in (folder / "launch" / "pbs.sh").read_text()
+    # a URI is apptainer's to pull: passed as given
+    res = CliRunner().invoke(app, ["run", str(folder), "--dry-run", "--container", "--image", "docker://r/kit:gpu"])
+    assert res.exit_code == 0 and "docker://r/kit:gpu torchrun" in (folder / "launch" / "pbs.sh").read_text()
+
+
 def test_local_dry_run_prints_the_exact_command(tmp_path, corpus):
     folder = make_folder(tmp_path / "run", corpus, nproc=2)
     res = CliRunner().invoke(app, ["run", str(folder), "--dry-run"])
