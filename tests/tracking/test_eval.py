@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.tracking.conftest import run_cli
+from tests.tracking import wandb_offline
 
 
 def _hf_tokenizer(sp_model: Path, dest: Path) -> Path:
@@ -76,6 +77,15 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
         history = {m.step: m.value for m in client.get_metric_history(run_id, f"eval/ppl/{domain}")}
         assert history == pytest.approx({row["iteration"]: row["ppl"][domain] for row in rows.values()})
     assert {m.step for m in client.get_metric_history(run_id, "eval/mc_acc/ja")} == {2, 4}
+    # and the same numbers in the W&B offline run files (the training's, then eval's resumed one)
+    logged: dict[int, dict[str, float]] = {}
+    for run_file in sorted((folder / "logs" / "wandb").glob("offline-run-*/run-*.wandb")):
+        for step, values in wandb_offline.history(run_file).items():
+            logged.setdefault(step, {}).update(values)
+    for row in rows.values():
+        for domain in ("code", "docs"):
+            assert logged[row["iteration"]][f"eval/ppl/{domain}"] == pytest.approx(row["ppl"][domain])
+        assert logged[row["iteration"]]["eval/mc_acc/ja"] == pytest.approx(row["mc"]["ja"])
 
     # the run report shows the same table and the gain plot
     rep = run_cli("report", str(folder))
