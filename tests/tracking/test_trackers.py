@@ -4,6 +4,8 @@ is named once and the run goes on."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,33 @@ def test_credentials_in_the_uri_are_refused(three_runs):
     with pytest.raises(FolderError, match="carries credentials.*MLFLOW_TRACKING_TOKEN"):
         load(three_runs["a"], require_artifacts=False,
              overrides=("tracking.mlflow_tracking_uri='https://me:pw@mlflow.example/'",))
+
+
+def test_two_ranks_log_once_through_rank_zero(_project_template, tmp_path):
+    """Data parallel over 2 torchrun ranks: one MLflow run and one W&B run, each step logged once (the other
+    rank logs nothing), equal to TensorBoard."""
+    import mlflow
+
+    from tests.tracking.conftest import run_cli
+
+    shutil.copytree(_project_template, tmp_path / "p", symlinks=True)
+    folder = tmp_path / "p" / "training" / "tiny"
+    sets = ("launch.nproc_per_node=2", "tracking.mlflow=true", "tracking.wandb=true")
+    r = run_cli("run", str(folder), *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    lock = json.loads((folder / "run.lock.json").read_text())
+    assert lock["launch"]["world_size"] == 2 and lock["launch"]["data_parallel"] == 2
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'logs' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny-lock"])
+    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'logs' / 'mlflow.db'}")
+    losses = [m.step for m in client.get_metric_history(runs.loc[0, "run_id"], "train/loss")]
+    assert sorted(losses) == [1, 2, 3, 4]  # once per step, not once per rank
+    tb = tensorboard_scalars(folder)
+    wandb_runs = sorted((folder / "logs" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and len({w.name.rsplit("-", 1)[1] for w in wandb_runs}) == 1  # training + lock
+    logged: dict[str, dict[int, float]] = {}
+    for step, items in history(next(wandb_runs[0].glob("run-*.wandb"))).items():
+        for key, value in items.items():
+            logged.setdefault(key, {})[step] = value
+    _same(tb, logged)
