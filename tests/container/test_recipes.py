@@ -77,6 +77,26 @@ def test_dockerfile_and_apptainerfile_agree(repo_root):
     assert any("--require-hashes" in c for c in d["commands"])
 
 
+_PACKAGE_MANAGER = re.compile(r"\b(apt-get|apt|dpkg|aptitude)\s+(install|-i)\b")
+
+
+def test_the_images_need_no_declared_system_package(repo_root):
+    """experiment/system_packages.py declares what the host needs (demo text, engines, Slurm, a browser); the
+    image needs none of it: neither recipe installs a system package, and the CPU base adds only the three
+    packages docs/containers.md names. A recipe that starts installing one must say so in both places."""
+    from experiment.system_packages import PACKAGES
+
+    for recipe in (_docker(repo_root / "Dockerfile"), _apptainer(repo_root / "Apptainerfile")):
+        installs = [c for c in recipe["commands"] if _PACKAGE_MANAGER.search(c)]
+        assert installs == [], f"a recipe installs system packages: {installs}; declare them"
+        assert not [p.name for p in PACKAGES if re.search(rf"\b{re.escape(p.name)}\b", " ".join(recipe["commands"]))]
+    include = re.search(r"--include=(\S+)", (repo_root / "env" / "make_base.sh").read_text()).group(1).split(",")
+    assert include == ["python3", "python3-venv", "ca-certificates"]
+    docs = (repo_root / "docs" / "containers.md").read_text()
+    assert all(re.search(rf"\b{re.escape(name)}\b", docs) for name in include), "docs/containers.md names the base"
+    assert _PACKAGE_MANAGER.search("RUN apt-get install -y curl")  # the check sees an install
+
+
 @pytest.mark.parametrize("change, key", [
     (("@sha256:ace9a8", "@sha256:bce9a8"), "base"),
     (("-r /opt/midtrain-kit/env/gpu.lock.txt; fi", "-r /opt/midtrain-kit/env/cpu.lock.txt; fi"), "commands"),
