@@ -455,8 +455,10 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
         cmd += ["--container"] + (["--image", options.image] if options.image else [])
     else:
         cmd += ["--host"]
+    # always named: a folder whose experiment.toml says slurm/pbs would otherwise submit and return at once
+    cmd += ["--launcher", options.launcher]
     if options.launcher != "local":
-        cmd += ["--launcher", options.launcher, "--wait"]  # returns when the chain of jobs has ended
+        cmd += ["--wait"]  # returns when the chain of jobs has ended
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
     cmd += [a for o in options.overrides for a in ("--set", o)]

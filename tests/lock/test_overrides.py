@@ -35,6 +35,8 @@ def test_overrides_round_trip_through_the_lockfile(project):
     assert not [f for f in findings if f.blocking], findings
     cmd = reproduce.rerun_command(path, reproduce.ReproduceOptions(lockfile=written, overrides=again))
     assert cmd[-8:] == [a for s in sets for a in ("--set", s)]
+    # the launcher is always named (default local): a folder set to slurm would otherwise submit and return
+    assert cmd[cmd.index("--launcher") + 1] == "local" and "--wait" not in cmd
     # the re-run's own lock records the same list, so the lock of a reproduction equals the original's
     assert lockfile.config_section(reloaded, None) == lock.config.dump() | {"resolved": {}}
 
