@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.tracking.conftest import SECRETS
-from tests.tracking.wandb_offline import history
+from tests.tracking.wandb_offline import scalars
 
 pytestmark = pytest.mark.slow
 
@@ -61,12 +61,7 @@ def test_wandb_offline_files_equal_tensorboard(three_runs):
     runs = sorted((folder / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2  # the training run, then the lockfile attached to the same run id
     assert len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
-    steps = history(next(runs[0].glob("run-*.wandb")))
-    logged: dict[str, dict[int, float]] = {}
-    for step, items in steps.items():
-        for key, value in items.items():
-            logged.setdefault(key, {})[step] = value
-    _same(tensorboard_scalars(folder), logged)
+    _same(tensorboard_scalars(folder), scalars(next(runs[0].glob("run-*.wandb"))))
     assert (runs[0] / "files" / "experiment.toml").is_file() and (runs[1] / "files" / "run.lock.json").is_file()
 
 
@@ -121,17 +116,13 @@ def test_two_ranks_log_once_through_rank_zero(_project_template, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     lock = json.loads((folder / "run.lock.json").read_text())
     assert lock["launch"]["world_size"] == 2 and lock["launch"]["data_parallel"] == 2
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'logs' / 'mlflow.db'}")
+    uri = f"sqlite:///{folder / 'logs' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["tiny-lock"])
     assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'logs' / 'mlflow.db'}")
+    client = mlflow.tracking.MlflowClient(uri)
     losses = [m.step for m in client.get_metric_history(runs.loc[0, "run_id"], "train/loss")]
     assert sorted(losses) == [1, 2, 3, 4]  # once per step, not once per rank
-    tb = tensorboard_scalars(folder)
     wandb_runs = sorted((folder / "logs" / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2 and len({w.name.rsplit("-", 1)[1] for w in wandb_runs}) == 1  # training + lock
-    logged: dict[str, dict[int, float]] = {}
-    for step, items in history(next(wandb_runs[0].glob("run-*.wandb"))).items():
-        for key, value in items.items():
-            logged.setdefault(key, {})[step] = value
-    _same(tb, logged)
+    _same(tensorboard_scalars(folder), scalars(next(wandb_runs[0].glob("run-*.wandb"))))

@@ -47,3 +47,12 @@ def history(path: Path) -> dict[int, dict[str, float]]:
         step = int(rec.history.step.num) if rec.history.HasField("step") else int(items.get("_step", -1))
         out.setdefault(step, {}).update({k: v for k, v in items.items() if not k.startswith("_")})
     return out
+
+
+def scalars(path: Path) -> dict[str, dict[int, float]]:
+    """{key: {step: value}}: ``history`` turned the way TensorBoard's scalars are read."""
+    out: dict[str, dict[int, float]] = {}
+    for step, items in history(path).items():
+        for key, value in items.items():
+            out.setdefault(key, {})[step] = value
+    return out
