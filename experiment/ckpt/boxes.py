@@ -164,7 +164,7 @@ def _record(path: Path, start: int, length: int, sizes: tuple[int, ...], itemsiz
         data = [n for n in names if "/data/" in n]
         if len(pkl) != 1 or len(data) != 1:
             raise _NotPlain
-        storage_key, offset, size, stride = _tensor_layout(zf.read(pkl[0]))
+        storage_key, offset, size, stride = _tensor_layout(_member(zf, fh, start, pkl[0]))
         numel = math.prod(sizes)
         contiguous = tuple(math.prod(sizes[i + 1:]) for i in range(len(sizes)))
         info = zf.getinfo(data[0])
@@ -173,11 +173,28 @@ def _record(path: Path, start: int, length: int, sizes: tuple[int, ...], itemsiz
                 or info.file_size != numel * itemsize):
             raise _NotPlain
         order = [n for n in names if n.endswith("/byteorder")]
-        if order and zf.read(order[0]) != b"little":
+        if order and _member(zf, fh, start, order[0]) != b"little":
             raise _NotPlain
-        fh.seek(start + info.header_offset)
-        header = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
-        return start + info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]
+        return _data_offset(fh, start, info)
+
+
+def _data_offset(fh, start: int, info: zipfile.ZipInfo) -> int:
+    """File offset of a stored zip member's bytes (after its local header, name and extra field)."""
+    fh.seek(start + info.header_offset)
+    header = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
+    return start + info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]
+
+
+def _member(zf: zipfile.ZipFile, fh, start: int, name: str) -> bytes:
+    """A small member's bytes. A record written with torch's CRC switch off (``experiment ckpt import``)
+    stores CRC 0, which zipfile would reject and torch.load ignores: such a stored member is read as is."""
+    info = zf.getinfo(name)
+    if info.CRC or not info.file_size:
+        return zf.read(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise _NotPlain
+    fh.seek(_data_offset(fh, start, info))
+    return fh.read(info.file_size)
 
 
 class _Slice(io.RawIOBase):

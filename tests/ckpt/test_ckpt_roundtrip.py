@@ -72,3 +72,25 @@ def test_bf16_weights_stay_bf16(tmp_path, llama_tokenizer_dir, dist1):
     orig, got = _tensors(hf), _tensors(back)
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], v) for k, v in orig.items())
     assert json.loads((back / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_import_skips_the_zip_record_crcs_and_restores_torchs_setting(tmp_path, llama_tokenizer_dir, dist1):
+    """The import's torch.save records carry no CRC32 (the CRC cost ~70% of the write's CPU; the lockfile's
+    blake3 digests cover the files), only for the import: torch's global switch is back on afterwards, and
+    the roundtrip test above loads these files."""
+    import struct
+
+    hf = make_hf("llama3.1", tmp_path / "hf", llama_tokenizer_dir)
+    assert torch.serialization.get_crc32_options()
+    _import(hf, tmp_path / "ckpt")
+    assert torch.serialization.get_crc32_options()
+    crcs = []  # of each tensor's data record (the small byte items, e.g. extra states, are pickled earlier)
+    for f in (tmp_path / "ckpt" / "iter_0000001").glob("*.distcp"):
+        data = f.read_bytes()
+        at = data.find(b"PK\x01\x02")  # central directory entry: CRC-32 at byte 16, name length at 28, name at 46
+        while at != -1:
+            name = data[at + 46:at + 46 + struct.unpack_from("<H", data, at + 28)[0]]
+            if name.endswith(b"/data/0"):
+                crcs.append(struct.unpack_from("<I", data, at + 16)[0])
+            at = data.find(b"PK\x01\x02", at + 4)
+    assert len(crcs) > 10 and set(crcs) == {0}, crcs[:10]
