@@ -370,18 +370,14 @@ def _no_record_crc32():
     against 0.07 s without, as fast as a raw write; the CRC is ~70% of the write's CPU. torch.load does not
     check it (its zip reader skips CRCs). What the CRC would catch, the lockfile already records and
     ``experiment reproduce --verify-only`` checks: the blake3 digest of every file of the base checkpoint."""
-    import torch.serialization as ser
+    import torch.serialization as ser  # the switch exists since torch 2.6; the kit pins 2.13, the GPU image has 2.11
 
-    getter, setter = getattr(ser, "get_crc32_options", None), getattr(ser, "set_crc32_options", None)
-    if getter is None or setter is None:  # torch < 2.6: no switch, the CRC stays
-        yield
-        return
-    before = getter()
-    setter(False)
+    before = ser.get_crc32_options()
+    ser.set_crc32_options(False)
     try:
         yield
     finally:
-        setter(before)
+        ser.set_crc32_options(before)
 
 
 def _rule_for(model, name: str, shape: ModelShape) -> tuple[mapping.Rule, int | None]:
