@@ -85,15 +85,15 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
     """Walltime 2 minutes, exit margin 105 s (more than Slurm's up to 60 s early --signal): after its 4-10 s
-    start a segment has ~10 s to train (measured idle: 0.5 s steps at seq 128 and batch 8 let one segment
-    finish all 24 iterations, so the steps here are 4x that: ~2 s idle, ~5 per segment; 1-2 on a loaded
-    machine) before it saves on its time budget, so 24 iterations take ~6 segments idle and up to ~22 loaded. A segment gets
-    `scancel -s TERM` while a save is being written. The chain continues by itself, and `experiment
+    start a segment has ~10 s to train before it saves on its time budget. Measured idle: 0.5 s steps at seq
+    128 and batch 8 let one segment finish all 24 iterations, so the steps here cost 4x that (seq 256, batch
+    16): ~1.4 s idle, 7 per segment, 4 segments in all; 1-2 per segment and up to ~22 segments loaded. A
+    segment gets `scancel -s TERM` while a save is being written. The chain continues by itself, and `experiment
     reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
     _configure(folder, 'walltime = "2"\nexit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 30',
                iters=24, save_interval=3)
-    toml = folder / "experiment.toml"  # ~2 s steps: a segment's ~10 s of training hold a few of them
+    toml = folder / "experiment.toml"  # ~1.4 s steps idle: a segment's ~10 s of training hold a few of them
     toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 256")
                     .replace("global_batch_size = 4", "global_batch_size = 16"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
