@@ -4,17 +4,19 @@
 
 1. Writes a random Hugging Face folder with real Llama shapes (default: Llama-3.2-1B, bf16, 2.5 GB),
    one safetensors shard per layer.
-2. In separate processes (so each peak RSS is its own): `cp`-like copy of the shards (copyfile + fsync),
-   `experiment ckpt import` (TP=1: the whole model in one process, the worst case for memory), and
-   `experiment ckpt export` of that checkpoint.
-3. Prints, next to the copy: the start-up every `experiment ckpt` command pays (torch + megatron.core
-   imports, process group), the conversion itself (MB/s, ratio to the copy), the whole command's ratio,
-   and peak RSS above the start-up, against the largest layer (the memory goal's unit).
-The three steps run --repeat times in turn, each after a `sync` and a 2 s pause, best of each kept: this
-host's disk writeback makes single timings swing by 2x. Every step's input is first put in the same page-cache
-state (--cache cold: its pages dropped, so copy, import and export all read from disk; --cache warm: read whole
-first). Without that the bench was unfair to export: the import drops the pages of what it writes (its
-writeback), so export read from disk while the copy read the HF files from memory.
+2. In separate processes (so each peak RSS is its own), each round: a `cp`-like copy of the shards
+   (copyfile + fsync: the anchor), the same bytes written with O_DIRECT (``experiment.ckpt.direct_writer``,
+   the disk's own floor, shown so that the ratios can be read against the disk too), `experiment ckpt
+   import` (TP=1: the whole model in one process, the worst case for memory) and `experiment ckpt export`
+   of that checkpoint, each once in a child that splits start-up from conversion and once as the real
+   command, timed from outside.
+3. Prints medians of the --repeat rounds (and their range): the start-up every `experiment ckpt` command
+   pays (torch + megatron.core imports, process group), the conversion itself (MB/s, ratio to the copy
+   of the same round), the whole command and its ratio to the copy, and peak RSS above the start-up
+   against the largest layer (the memory goal's unit).
+Each step runs after a `sync` and a 2 s pause: this host's disk and its first touch of guest memory make
+single timings swing by 2x, hence medians of alternating rounds. Every step's input is first put in the same
+page-cache state (--cache cold: its pages dropped, so all read from disk; --cache warm: read whole first).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -112,37 +115,65 @@ def _keys_of(path: Path) -> list[str]:
 # ---------------------------------------------------------------- children (one measurement each)
 
 def child(mode: str, src: str, dst: str) -> dict:
-    """One measurement. ``startup``: importing torch and megatron.core and starting the process group
-    (what every `experiment ckpt` command pays before touching data); ``seconds``: the conversion after it."""
+    """One measurement. ``startup``: importing torch and megatron.core and starting the process group the
+    way the CLI does (``experiment.ckpt.cli._libraries``: the collector paused over the imports), what every
+    `experiment ckpt` command pays before touching data; ``seconds``: the conversion after it."""
     import warnings
 
     warnings.filterwarnings("ignore")
     begin = time.perf_counter()
-    from experiment.ckpt import convert
-    from experiment.model import parallel as distributed
-    from experiment.model.build import ParallelLayout
+    if mode.startswith("copy"):
+        from experiment.ckpt.direct_writer import DirectWriter
+    else:
+        from experiment.ckpt.cli import _libraries
+        from experiment.model import parallel as distributed
+        from experiment.model.build import ParallelLayout
 
-    if mode != "copy":
+        convert = _libraries()
         distributed.initialize()
-        from megatron.core import dist_checkpointing  # noqa: F401  (the conversion's own imports, now)
-        from megatron.core.models.gpt import GPTModel  # noqa: F401
     baseline = _rss_mb()
     start = time.perf_counter()
-    if mode == "copy":
+    if mode == "copy":  # what `cp` does: through the page cache, then fsync
         Path(dst).mkdir(parents=True)
         for f in sorted(Path(src).iterdir()):
             shutil.copyfile(f, Path(dst) / f.name)
             fd = os.open(Path(dst) / f.name, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
+    elif mode == "copy-direct":  # the disk's own floor: the same bytes with the writer the conversions use
+        import mmap
+
+        Path(dst).mkdir(parents=True)
+        for f in sorted(Path(src).iterdir()):
+            with open(f, "rb") as fh, DirectWriter(Path(dst) / f.name) as out:
+                if os.fstat(fh.fileno()).st_size:
+                    with mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+                        out.write(mapped)
     elif mode == "import":
         convert.import_checkpoint(convert.plan_import(src, dst, ParallelLayout()), dst, ParallelLayout(),
                                   show_progress=False)
     elif mode == "export":
         convert.export_checkpoint(src, dst, show_progress=False)
     seconds = time.perf_counter() - start
-    startup = 0.0 if mode == "copy" else start - begin
+    startup = 0.0 if mode.startswith("copy") else start - begin
     return {"seconds": seconds, "startup": startup, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": baseline}
+
+
+def run_command(mode: str, src: Path, dst: Path, cache: str) -> dict:
+    """The whole `experiment ckpt import|export SRC DST` command, timed from outside: interpreter, CLI,
+    imports, conversion and exit, what a user waits for."""
+    shutil.rmtree(dst, ignore_errors=True)
+    os.sync()
+    set_cache(src, cache)
+    time.sleep(2)
+    exe = Path(sys.executable).with_name("experiment")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "experiment.cli"]
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, "ckpt", mode, str(src), str(dst), "--json"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"experiment ckpt {mode} failed:\n{proc.stderr[-4000:]}")
+    return {"wall": wall, "convert_seconds": json.loads(proc.stdout.strip().splitlines()[-1])["convert_seconds"]}
 
 
 def set_cache(folder: Path, state: str) -> None:
@@ -182,7 +213,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-convert"))
-    ap.add_argument("--repeat", type=int, default=2, help="rounds of copy, import, export; best of each")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds of copy, direct copy, import, export; medians")
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold",
                     help="page-cache state of each step's input, the same for all three steps (default: cold)")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
@@ -194,34 +225,53 @@ def main() -> None:
     hf = args.out / "hf"
     info = make_model(hf, args.preset, args.layers, args.dtype)
     size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
-    steps = [("plain copy (I/O floor)", "copy", hf, args.out / "copy"),
+    steps = [("plain copy (cp + fsync)", "copy", hf, args.out / "copy"),
+             ("copy, O_DIRECT (disk floor)", "copy-direct", hf, args.out / "copy-direct"),
              ("experiment ckpt import (TP=1)", "import", hf, args.out / "ckpt"),
              ("experiment ckpt export", "export", args.out / "ckpt", args.out / "back")]
-    best: dict[str, dict] = {}
-    for _ in range(args.repeat):
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in steps}
+    for k in range(args.repeat):
         for name, mode, src, dst in steps:
             r = run_child(mode, src, dst, args.cache)
-            print(f"{name}: {r['seconds']:.2f} s (+{r['startup']:.2f} s start-up), peak {r['peak_rss_mb']:.0f} MB", flush=True)
-            old = best.get(name)
-            best[name] = r if old is None or r["seconds"] < old["seconds"] else old
-            best[name]["peak_rss_mb"] = max(r["peak_rss_mb"], old["peak_rss_mb"]) if old else r["peak_rss_mb"]
-    rows = [(name, best[name]) for name, *_ in steps]
-    floor = rows[0][1]
+            if mode in ("import", "export"):  # the same command whole, timed from outside, in the same round
+                r |= run_command(mode, src, dst, args.cache)
+            runs[name].append(r)
+            whole = f", whole command {r['wall']:.2f} s" if "wall" in r else ""
+            print(f"round {k + 1} {name}: {r['seconds']:.2f} s (+{r['startup']:.2f} s start-up){whole}, "
+                  f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    median = statistics.median
+    copies = [r["seconds"] for r in runs[steps[0][0]]]
     layer_mb, tensor_mb = info["layer_bytes"] / 1e6, info["largest_tensor_bytes"] / 1e6
     table = Table(title=f"{args.preset} ({info['layers']} layers, {args.dtype}): {size / 1e9:.2f} GB of safetensors; "
-                        f"one layer {layer_mb:.0f} MB, largest tensor {tensor_mb:.0f} MB; inputs {args.cache} in the page cache")
-    for col in ("step", "start-up s", "convert s", "MB/s", "vs copy", "whole command vs copy", "peak RSS MB",
+                        f"one layer {layer_mb:.0f} MB, largest tensor {tensor_mb:.0f} MB; inputs {args.cache} in the "
+                        f"page cache; medians of {args.repeat} rounds (range); ratios per round against that "
+                        "round's plain copy")
+    for col in ("step", "start-up s", "convert s", "MB/s", "vs copy", "whole command s", "whole vs copy",
                 "RSS above start-up MB", "above / largest layer"):
-        table.add_column(col, justify="right" if col != "step" else "left")
+        table.add_column(col, justify="right" if col != "step" else "left", overflow="fold")
     largest_layer = max(layer_mb, info["embed_group_bytes"] / 1e6)
-    for name, r in rows:
-        mbs = size / 1e6 / r["seconds"]
-        above = r["peak_rss_mb"] - r["baseline_rss_mb"]
-        table.add_row(name, f"{r['startup']:.1f}", f"{r['seconds']:.1f}", f"{mbs:.0f}",
-                      f"{floor['seconds'] / r['seconds']:.2f}x", f"{floor['seconds'] / (r['seconds'] + r['startup']):.2f}x",
-                      f"{r['peak_rss_mb']:.0f}", f"{above:.0f}", f"{above / largest_layer:.2f}")
-    Console(width=150).print(table)
-    print(json.dumps({"bytes": size, "info": info, "rows": {n: r for n, r in rows}}))
+
+    def spread(values, fmt="{:.2f}"):
+        return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+    rows = {}
+    for name, *_ in steps:
+        rs = runs[name]
+        secs = [r["seconds"] for r in rs]
+        ratio = [c / r["seconds"] for c, r in zip(copies, rs)]
+        above = max(r["peak_rss_mb"] - r["baseline_rss_mb"] for r in rs)
+        walls = [r["wall"] for r in rs if "wall" in r]
+        whole_ratio = [c / r["wall"] for c, r in zip(copies, rs) if "wall" in r]
+        rows[name] = {"seconds": median(secs), "startup": median(r["startup"] for r in rs),
+                      "vs_copy": median(ratio), "whole_seconds": median(walls) if walls else None,
+                      "whole_vs_copy": median(whole_ratio) if whole_ratio else None, "rss_above_mb": above,
+                      "rounds": rs}
+        table.add_row(name, spread([r["startup"] for r in rs], "{:.1f}"), spread(secs),
+                      f"{size / 1e6 / median(secs):.0f}", spread(ratio) + "x",
+                      spread(walls) if walls else "-", spread(whole_ratio) + "x" if whole_ratio else "-",
+                      f"{above:.0f}", f"{above / largest_layer:.2f}")
+    Console(width=160).print(table)
+    print(json.dumps({"bytes": size, "info": info, "rows": rows}))
 
 
 if __name__ == "__main__":

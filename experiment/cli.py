@@ -115,6 +115,11 @@ def main() -> None:
     app = register_commands(sys.argv[1:])
     try:
         app()
+    except SystemExit as done:  # typer ends every command with one
+        from experiment.short_lived import leave
+
+        leave(0 if done.code is None else done.code if isinstance(done.code, int) else 1)
+        raise
     except KitError as err:
         print_error(err, console)
         raise SystemExit(1) from None

@@ -8,11 +8,13 @@ nothing for the kit, and ``install()`` skips them:
   (2.5-3 s on the 2-core CI host). The kit turns the fusions off on CPU (``experiment.model.build``), so
   when ``megatron.core.jit`` is loaded on a host with no usable CUDA device we call megatron's own
   ``disable_jit_fuser()``: each later decoration is the identity. With a GPU nothing changes.
-- **megatron's own W&B hooks.** ``megatron.core.timers`` and the dynamic inference context ``import
-  wandb`` when it is installed (it is: the kit logs W&B itself, ``experiment.train.trackers``), which
-  costs 0.2-0.4 s. megatron only writes to W&B through a writer that the kit never passes it, so for
-  importers inside ``megatron`` wandb is reported absent (their ``HAVE_WANDB`` is False); anyone else
-  imports it normally.
+- **megatron's own W&B and TensorBoard hooks.** ``megatron.core.timers`` and the dynamic inference
+  context ``import wandb`` when it is installed (it is: the kit logs W&B itself,
+  ``experiment.train.trackers``), which costs 0.2-0.4 s; ``megatron.core.timers`` also imports
+  ``torch.utils.tensorboard`` (0.28 s: tensorboard's protobufs). megatron only writes to either through
+  a writer that the kit never passes it, so for importers inside ``megatron`` both are reported absent
+  (each import sits in megatron's own ``try/except ImportError``); anyone else, the kit's own metrics
+  writer included, imports them normally.
 Importing ``experiment`` changes nothing: a process opts in by calling ``install()`` (the CLI's root
 callback, each torchrun worker, ``experiment.model`` before building). The finder then costs one name
 comparison per import of the process.
@@ -25,7 +27,7 @@ import importlib.machinery
 import sys
 
 _JIT = "megatron.core.jit"
-_NOT_FOR_MEGATRON = "wandb"
+_NOT_FOR_MEGATRON = ("wandb", "torch.utils.tensorboard")
 
 
 def _no_gpu() -> bool:
@@ -53,7 +55,7 @@ class _MegatronFinder(importlib.abc.MetaPathFinder):
         self.pending = {_JIT}
 
     def find_spec(self, name, path, target=None):
-        if name == _NOT_FOR_MEGATRON and _importer().startswith("megatron."):
+        if name in _NOT_FOR_MEGATRON and _importer().startswith("megatron."):
             raise ModuleNotFoundError(f"No module named {name!r} (not for megatron: experiment.megatron_import)", name=name)
         if name not in self.pending:
             return None

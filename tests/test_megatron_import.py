@@ -37,15 +37,18 @@ _SKIPPED = """
 import sys; from experiment import megatron_import; megatron_import.install()
 import megatron.core, megatron.core.timers
 from megatron.core.inference.contexts import dynamic_context
-print(megatron.core.timers.wandb is None, dynamic_context.HAVE_WANDB, "wandb" in sys.modules)
+print(megatron.core.timers.wandb is None, dynamic_context.HAVE_WANDB, "wandb" in sys.modules,
+      megatron.core.timers.SummaryWriter is None, "torch.utils.tensorboard" in sys.modules)
 import wandb
-print(hasattr(wandb, "init"))
+from torch.utils.tensorboard import SummaryWriter
+print(hasattr(wandb, "init"), SummaryWriter.__name__)
 """
 
 
 def test_megatron_imports_without_wandb_and_the_tracker_still_gets_it():
-    """megatron's own W&B hooks see no wandb; the kit's tracker (and anyone else) still imports it."""
+    """megatron's own W&B and TensorBoard hooks see neither; the kit's tracker and metrics writer (and
+    anyone else) still import them."""
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", _SKIPPED], capture_output=True, text=True, check=True)
     first, later = out.stdout.splitlines()[-2:]
-    assert first.split() == ["True", "False", "False"], out.stdout + out.stderr
-    assert later.split() == ["True"], out.stdout + out.stderr
+    assert first.split() == ["True", "False", "False", "True", "False"], out.stdout + out.stderr
+    assert later.split() == ["True", "SummaryWriter"], out.stdout + out.stderr

@@ -37,6 +37,21 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # "Apex is not installed" etc.
 
 
+def _libraries(megatron: bool = True):
+    """``experiment.ckpt.convert`` with torch (and megatron.core, for a process that converts) imported,
+    the garbage collector paused over the imports, and no teardown once the command succeeded
+    (``experiment.short_lived``: 0.5 s and 0.3 s of a ~3 s start and exit)."""
+    from experiment.short_lived import exit_when_done, paused_gc
+
+    exit_when_done()
+    with paused_gc():
+        from experiment.ckpt import convert
+
+        if megatron:
+            convert.import_libraries()
+    return convert
+
+
 def _init_single() -> bool:
     """A one-process group for export/check; True when this command started it (and must end it)."""
     import torch.distributed as dist
@@ -76,13 +91,14 @@ def import_cmd(
     """Hugging Face (or GGUF) -> Megatron-Core distributed checkpoint (iter_0000001/ + kit_checkpoint.json).
 
     TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
-    from experiment.ckpt import convert, gguf
+    _quiet()
+    under_torchrun = "WORLD_SIZE" in os.environ  # set by torchrun; the CLI is the one place that reads it
+    convert = _libraries(megatron=tp * pp == 1 or under_torchrun)  # a launcher only starts torchrun
+    from experiment.ckpt import gguf
     from experiment.ckpt.meta import CheckpointError
     from experiment.model.build import ParallelLayout
 
-    _quiet()
     layout = ParallelLayout(tp, pp)
-    under_torchrun = "WORLD_SIZE" in os.environ  # set by torchrun; the CLI is the one place that reads it
     try:
         convert.refuse_existing_output(out_dir, "OUT_DIR")
         if source.suffix == ".gguf":
@@ -142,11 +158,11 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout instead of the table"),
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
-    from experiment.ckpt import convert
+    _quiet()
+    convert = _libraries()
     from experiment.ckpt.meta import CheckpointError
     from experiment.model import parallel as distributed
 
-    _quiet()
     owned = _init_single()
     try:
         stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,

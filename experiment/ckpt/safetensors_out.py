@@ -16,6 +16,7 @@ import math
 import struct
 from pathlib import Path
 
+from experiment.ckpt.direct_writer import DirectWriter
 from experiment.ckpt.meta import CheckpointError
 
 _CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64",
@@ -47,7 +48,7 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-(8 + len(raw)) % 8)  # data starts 8-aligned, as safetensors writes it
         self.path, self._next = path, 0
-        self._fh = open(path, "wb")
+        self._fh = DirectWriter(path)  # bypasses the page cache; durable once closed
         self._fh.write(struct.pack("<Q", len(raw)) + raw)
 
     def write(self, name: str, tensor) -> None:
@@ -64,16 +65,11 @@ class SafetensorsWriter:
             self._fh.write(memoryview(data))
         self._next += 1
 
-    @property
-    def stream(self):
-        """The open file (the export starts its writeback as it goes)."""
-        return self._fh
-
     def __enter__(self) -> SafetensorsWriter:
         return self
 
-    def __exit__(self, kind, *_exc) -> bool:
-        self._fh.close()
+    def __exit__(self, kind, *exc) -> bool:
+        self._fh.__exit__(kind, *exc)
         if kind is None and self._next != len(self._expected):
             missing = [e[0] for e in self._expected[self._next:]]
             raise CheckpointError(f"internal: {self.path.name} closed without {missing[:3]}")
