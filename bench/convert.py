@@ -162,10 +162,7 @@ def child(mode: str, src: str, dst: str) -> dict:
 def run_command(mode: str, src: Path, dst: Path, cache: str) -> dict:
     """The whole `experiment ckpt import|export SRC DST` command, timed from outside: interpreter, CLI,
     imports, conversion and exit, what a user waits for."""
-    shutil.rmtree(dst, ignore_errors=True)
-    os.sync()
-    set_cache(src, cache)
-    time.sleep(2)
+    _prepare_step(src, dst, cache)
     exe = Path(sys.executable).with_name("experiment")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "experiment.cli"]
     start = time.perf_counter()
@@ -192,11 +189,17 @@ def set_cache(folder: Path, state: str) -> None:
             os.close(fd)
 
 
-def run_child(mode: str, src: Path, dst: Path, cache: str) -> dict:
+def _prepare_step(src: Path, dst: Path, cache: str) -> None:
+    """The same start for every step: no output, no writeback pending from the step before (the deletion
+    included), the input in the page-cache state asked for, 2 s of quiet."""
     shutil.rmtree(dst, ignore_errors=True)
-    os.sync()  # every step starts with no writeback pending from the one before (the deletion included)
+    os.sync()
     set_cache(src, cache)
     time.sleep(2)
+
+
+def run_child(mode: str, src: Path, dst: Path, cache: str) -> dict:
+    _prepare_step(src, dst, cache)
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst)],
                           capture_output=True, text=True)
     if proc.returncode:

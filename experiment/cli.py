@@ -118,7 +118,7 @@ def main() -> None:
     except SystemExit as done:  # typer ends every command with one
         from experiment.short_lived import leave
 
-        leave(0 if done.code is None else done.code if isinstance(done.code, int) else 1)
+        leave(done.code)
         raise
     except KitError as err:
         print_error(err, console)

@@ -47,10 +47,10 @@ def exit_when_done() -> None:
     _exit_when_done = True
 
 
-def leave(code: int) -> None:
-    """Called by ``main`` when the command ended with ``code``: a successful command that asked for it
-    leaves now, its output flushed; anything else returns and exits normally."""
-    if code == 0 and _exit_when_done:
+def leave(code: int | str | None) -> None:
+    """Called by ``main`` with the command's ``SystemExit`` code: a successful command (0 or None) that
+    asked for it leaves now, its output flushed; anything else returns and exits normally."""
+    if code in (0, None) and _exit_when_done:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

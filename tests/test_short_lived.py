@@ -27,10 +27,11 @@ def _run(ask: bool, code: int) -> subprocess.CompletedProcess:
 
 
 def test_a_command_that_asked_leaves_at_once_with_its_output():
-    proc = _run(ask=True, code=0)
-    assert proc.returncode == 0
-    assert proc.stdout.split() == ["result"]  # flushed; neither "returned" nor the atexit handler
-    assert "progress" in proc.stderr
+    for code in (0, None):  # typer's success is SystemExit(0); sys.exit() gives None
+        proc = _run(ask=True, code=code)
+        assert proc.returncode == 0
+        assert proc.stdout.split() == ["result"], code  # flushed; neither "returned" nor the atexit handler
+        assert "progress" in proc.stderr
 
 
 def test_a_failed_command_or_one_that_did_not_ask_ends_normally():
