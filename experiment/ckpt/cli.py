@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from experiment.ckpt import prefetch
+
 console = Console(stderr=True)
 ckpt_app = typer.Typer(help="Checkpoints: Hugging Face <-> Megatron-Core, any TP/PP layout, with a logits check.",
                        no_args_is_help=True)
@@ -93,6 +95,8 @@ def import_cmd(
     TP x PP > 1 runs under torchrun with one CPU/GPU process per rank (started for you)."""
     _quiet()
     under_torchrun = "WORLD_SIZE" in os.environ  # set by torchrun; the CLI is the one place that reads it
+    if not under_torchrun:  # the disk reads the weights while torch imports (the launcher's ranks too)
+        prefetch.start(prefetch.import_inputs(source))
     convert = _libraries(megatron=tp * pp == 1 or under_torchrun)  # a launcher only starts torchrun
     from experiment.ckpt import gguf
     from experiment.ckpt.meta import CheckpointError
@@ -159,6 +163,7 @@ def export_cmd(
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     _quiet()
+    prefetch.start(prefetch.export_inputs(ckpt_dir, iteration))  # the disk reads while torch imports
     convert = _libraries()
     from experiment.ckpt.meta import CheckpointError
     from experiment.model import parallel as distributed
