@@ -1,6 +1,6 @@
-"""Bench: whole `experiment ckpt import|export` commands with and without the read-ahead during start-up.
+"""Bench: whole `experiment ckpt import` commands with and without the read-ahead during start-up.
 
-    python bench/prefetch.py [--base REV] [--cache cold] [--read-mbps 400] [--rounds 4] [--modes import,export]
+    python bench/prefetch.py [--base REV] [--cache cold] [--read-mbps 400] [--rounds 4] [--modes import]
 
 A/B by commit: REV (default: the parent of the commit that added experiment/ckpt/prefetch.py, i.e. the
 same code without the read-ahead) is checked out in a git worktree, and each round runs the same command
@@ -11,6 +11,8 @@ from it and from this checkout, alternately, on the same input in the same page-
 blkio or v2 io.max, root only) on the disk holding the input: the speed of a shared cluster filesystem
 per client or of a SATA SSD, where a cold input costs more than the start-up. 0 (default): the disk as it
 is (this VM's virtio disk reads ~2-4 GB/s from the host's cache).
+--modes import,export adds `ckpt export` (no read-ahead since it measured slower on the fast disk: with the
+default --base both sides run the same export code, a control of the rounds' noise).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def default_base() -> str:
     added = _git("log", "--diff-filter=A", "--format=%H", "--", "experiment/ckpt/prefetch.py").splitlines()
     if not added:
         raise SystemExit("experiment/ckpt/prefetch.py is not committed yet; fix: pass --base REV")
-    return added[-1] + "^"
+    return _git("rev-parse", "--short", added[-1] + "^")
 
 
 def _disk(path: Path) -> str:
@@ -107,7 +109,7 @@ def main() -> None:
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
     ap.add_argument("--read-mbps", type=int, default=0, help="cap reads at N MB/s (cgroup, root); 0: no cap")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--modes", default="import,export")
+    ap.add_argument("--modes", default="import", help="import[,export]")
     args = ap.parse_args()
 
     base_rev = args.base or default_base()

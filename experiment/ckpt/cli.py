@@ -163,7 +163,6 @@ def export_cmd(
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     _quiet()
-    prefetch.start(prefetch.export_inputs(ckpt_dir, iteration))  # the disk reads while torch imports
     convert = _libraries()
     from experiment.ckpt.meta import CheckpointError
     from experiment.model import parallel as distributed

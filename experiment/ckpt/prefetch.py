@@ -1,18 +1,24 @@
-"""Start reading a conversion's input files while the command is still importing torch.
+"""Start reading ``ckpt import``'s input files while the command is still importing torch.
 
-Why: ``experiment ckpt import|export`` spends ~2 s importing torch and megatron.core before it reads its
+Why: ``experiment ckpt import`` spends ~2 s importing torch and megatron.core before it reads its
 first byte. With the input cold (a model just copied from a cluster's shared filesystem, a node's first
 job), the disk sat idle for those 2 s while the second core waited. A daemon thread now reads the input
 files once, in the order the conversion reads them (sorted, as the sources list them), into one reused
 buffer: the pages land in the page cache and the conversion finds them there. A chunk whose pages are
 all cached already (``mincore``) is skipped, so a warm input costs no copy. Plain reads rather than
 ``POSIX_FADV_WILLNEED``: Linux caps each advice at the readahead window (8 MB here, 128 KB on many
-disks), so advising a whole file read only its first megabytes (measured: 2.47 GB advised, a later
-read 1.45 s against 1.70 s cold); reads work the same on every filesystem. The read releases the GIL.
+disks), so advising a whole file reads only its first megabytes (measured with ``cached_pages``: the
+2.47 GB bench model's 17 files advised whole, 3 s later 143 MB, 5.8%, were cached); reads work the
+same on every filesystem. The read releases the GIL.
 
 Bounded: reading stops after a quarter of the memory the kernel reports available, so a model larger
 than the page cache does not evict its own first files before the conversion reads them. Nothing here
 can fail a command: a file that cannot be read is skipped, and the command reports it itself.
+
+Not used by ``ckpt export``: measured there (bench/prefetch.py, 2026-12-06, 2.47 GB, cold), the same
+read-ahead of its one ``.distcp`` file helped with reads capped at 400 MB/s (9.75 -> 7.40 s) but cost
++0.9 to +1.4 s on this VM's fast disk (5.32 -> 6.22 s; 5.65 -> 7.05 s), every round; the export reads
+the file's two ends first (embedding, output layer) through maps, and the cause was not found.
 """
 
 from __future__ import annotations
@@ -47,18 +53,6 @@ def import_inputs(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     return sorted(source.glob("*.safetensors")) if source.is_dir() else []
-
-
-def export_inputs(ckpt_dir: Path, iteration: int | None) -> list[Path]:
-    """The ``.distcp`` files of the iteration ``ckpt export`` will read (none when it cannot be found:
-    the command itself then says why)."""
-    from experiment.ckpt.meta import CheckpointError, iteration_path
-
-    try:
-        folder = iteration_path(ckpt_dir, iteration)
-    except CheckpointError:
-        return []
-    return sorted(folder.glob("*.distcp"))
 
 
 def read_ahead(files: list[Path], budget: int) -> int:

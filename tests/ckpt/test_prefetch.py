@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 from experiment.ckpt import prefetch
-from experiment.ckpt.meta import LATEST_NAME
 
 MB = 1 << 20
 
@@ -99,7 +98,7 @@ def test_budget_defaults_to_a_share_of_available_memory():
     assert 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_inputs_are_the_files_each_command_reads(tmp_path):
+def test_inputs_are_the_files_the_import_reads(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
     for name in ("model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors", "config.json"):
@@ -110,15 +109,3 @@ def test_inputs_are_the_files_each_command_reads(tmp_path):
     assert prefetch.import_inputs(gguf) == [gguf]
     assert prefetch.import_inputs(tmp_path / "absent") == []
 
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "iter_0000003").mkdir(parents=True)
-    (ckpt / "iter_0000007").mkdir()
-    for it in ("iter_0000003", "iter_0000007"):
-        for name in ("__0_0.distcp", "__0_1.distcp", "metadata.json"):
-            (ckpt / it / name).write_text("x")
-    (ckpt / LATEST_NAME).write_text("7")
-    assert [p.relative_to(ckpt).as_posix() for p in prefetch.export_inputs(ckpt, None)] == [
-        "iter_0000007/__0_0.distcp", "iter_0000007/__0_1.distcp"]
-    assert prefetch.export_inputs(ckpt, 3)[0].parent.name == "iter_0000003"
-    assert prefetch.export_inputs(ckpt, 5) == []  # no such iteration: the command says so itself
-    assert prefetch.export_inputs(tmp_path / "absent", None) == []
