@@ -49,9 +49,8 @@ def available_bytes() -> int:
 
 
 def import_inputs(source: Path) -> list[Path]:
-    """The weight files ``ckpt import SOURCE`` will read: a ``.gguf`` file, or a folder's safetensors."""
-    if source.is_file():
-        return [source]
+    """The weight files ``ckpt import SOURCE`` will read: a folder's safetensors. None for a ``.gguf``: its
+    dequantized folder, once made, is reused without reading the file, and making it is CPU-bound."""
     return sorted(source.glob("*.safetensors")) if source.is_dir() else []
 
 

@@ -106,6 +106,6 @@ def test_inputs_are_the_files_the_import_reads(tmp_path):
     assert [p.name for p in prefetch.import_inputs(hf)] == ["model-00001-of-00002.safetensors",
                                                            "model-00002-of-00002.safetensors"]
     gguf = _file(tmp_path / "m.gguf", 10)
-    assert prefetch.import_inputs(gguf) == [gguf]
+    assert prefetch.import_inputs(gguf) == []  # its dequantized folder is what the import reads
     assert prefetch.import_inputs(tmp_path / "absent") == []
 
