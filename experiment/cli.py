@@ -107,7 +107,7 @@ def __getattr__(name: str):
 def main() -> None:
     """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
     field and fix, and exit code 1; never a traceback."""
-    from experiment.errors import KitError, print_error
+    from experiment.errors import KitError, disk_full, print_error
 
     from experiment.summary import start_command
 
@@ -123,11 +123,13 @@ def main() -> None:
     except KitError as err:
         print_error(err, console)
         raise SystemExit(1) from None
-    except OSError as err:  # a foreign error about a path the user gave, wrapped at the boundary
-        if not err.filename:
+    except Exception as err:  # a foreign error the user can fix, wrapped at the boundary: a full disk, a bad path
+        known = disk_full(err, [Path.cwd(), *(Path(a) for a in sys.argv[1:] if not a.startswith("-"))])
+        if known is None and isinstance(err, OSError) and err.filename:
+            known = KitError(err.strerror or str(err), file=err.filename, fix="check the path and its permissions")
+        if known is None:
             raise
-        print_error(KitError(err.strerror or str(err), file=err.filename,
-                             fix="check the path and its permissions"), console)
+        print_error(known, console)
         raise SystemExit(1) from None
 
 

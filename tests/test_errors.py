@@ -93,3 +93,33 @@ def test_bad_input_prints_one_clean_message(case, bad):
     assert "Traceback" not in said and "[rank" not in said, said
     assert names in said and "fix" in said.lower(), said
     assert not list(bad.glob("out-*")), "a refused command wrote output"
+
+
+def _real_full_disk_error() -> OSError:
+    """The kernel's own ENOSPC: /dev/full refuses every write."""
+    with pytest.raises(OSError) as info, open("/dev/full", "w") as f:
+        f.write("x")
+        f.flush()
+    return info.value
+
+
+def test_a_full_disk_is_found_behind_the_wrappers_libraries_put_around_it(tmp_path):
+    from experiment.errors import disk_full
+
+    full = _real_full_disk_error()
+    assert full.errno == 28
+    try:  # megatron's checkpoint writer: RuntimeError("Worker failure: ...") from the OSError
+        raise RuntimeError(f"Worker failure: {full}") from full
+    except RuntimeError as wrapped:
+        chained = wrapped
+    pickled = RuntimeError(f"Worker failure: {full}")  # after gather_object: the message, no chain
+    for err in (full, chained, pickled):
+        found = disk_full(err, [tmp_path])
+        assert found is not None and found.file == str(tmp_path), err
+        assert f"df -h {tmp_path}" in found.fix and "run the same command again" in found.fix
+    named = disk_full(OSError(28, "No space left on device", str(tmp_path / "x.bin")), [Path("/")])
+    assert named.file == str(tmp_path / "x.bin")  # a named file wins over the stand-in places
+    # torch's zip writer says only "unexpected pos": a full disk only where the place really is (nearly) full
+    assert disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                     [tmp_path]) is None
+    assert disk_full(ValueError("bad value"), [tmp_path]) is None

@@ -158,15 +158,20 @@ def import_checkpoint(source: HFSource, out_dir: str | Path, layout: ParallelLay
         )
     state, owners, written = _sharded_state(model)
     producer = _Producer(source, model, shape, tp, tp_rank, owners)
-    with _progress(show_progress and rank == 0, "import", written) as advance:
-        producer.advance = advance
-        dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
-                                sharded_strategy=_streaming_save_strategy(producer))
-    source.close()
-    del state, model, producer
-    dist.barrier()
-    if rank == 0:
-        _finish_import(source, tmp, out_dir, layout, padded, hashing.result())
+    try:
+        with _progress(show_progress and rank == 0, "import", written) as advance:
+            producer.advance = advance
+            dist_checkpointing.save({"model": state}, str(tmp / iteration_dirname(IMPORT_ITERATION)),
+                                    sharded_strategy=_streaming_save_strategy(producer))
+        source.close()
+        del state, model, producer
+        dist.barrier()
+        if rank == 0:
+            _finish_import(source, tmp, out_dir, layout, padded, hashing.result())
+    except BaseException:  # a failed import (a full disk, above all) gives its space back and leaves nothing
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     dist.barrier()
     # every rank reads the tensors its layers need; report the source model once, not per rank
     return ConvertStats(len(source.where), source.weight_bytes, time.perf_counter() - start, out_dir)

@@ -642,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from experiment import megatron_import
+    from experiment.errors import disk_full
     from experiment.folder import FolderError
     from experiment.mixture.checks import load
 
@@ -655,12 +656,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     _quiet_known_warnings()
+    places = [args.folder / "logs"]  # where a full disk is looked for when the error names no file
     try:
         folder = load(args.folder, overrides=args.overrides)
+        places.append(folder.resolve(folder.config.checkpoint.save))
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)
         return 2
+    except BaseException as err:  # a full disk mid-run: one message and the way back, not a traceback per rank
+        full = disk_full(err, places, then="run the same command again: training resumes from "
+                         "the last complete checkpoint (a checkpoint cut short is never used)")
+        if full is not None:
+            print("[experiment.train] stopped: " + "\n  ".join(full.lines()), file=sys.stderr, flush=True)
+            return 1
+        if type(err).__name__ == "CheckpointException" and not getattr(err, "failures", True):
+            # torch tells only the coordinating rank why a checkpoint write failed; the others get an empty list
+            print(f"[experiment.train] stopped: rank {os.environ.get('RANK', '?')}: the checkpoint write failed "
+                  "on another rank (its message says why)", file=sys.stderr, flush=True)
+            return 1
+        raise
     return 0 if result.state in ("finished", "interrupted", "stopped", "walltime") else 1
 
 

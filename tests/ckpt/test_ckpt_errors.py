@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -111,3 +113,21 @@ def test_killed_import_is_rerun_cleanly(hf, tmp_path, dist1):
     convert.import_checkpoint(convert.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
     assert not stale.exists() and (out / "kit_checkpoint.json").is_file()
     assert not (out / "iter_0000001" / "__0_0.distcp").read_bytes().startswith(b"half")
+
+
+def test_a_full_disk_gets_one_message_and_leaves_nothing_behind(hf, tmp_path):
+    """`experiment ckpt import` onto a real tmpfs with room for half the checkpoint: one message naming the
+    place and the fix (not "check the path and its permissions"), exit 1, and no half-written output."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 2}", "tmpfs", str(disk)], check=True)
+    try:
+        res = subprocess.run([sys.executable, "-m", "experiment.cli", "ckpt", "import", str(hf), str(disk / "out")],
+                             capture_output=True, text=True, timeout=300)
+        said = " ".join((res.stdout + res.stderr).split())
+        assert res.returncode == 1, said
+        assert "the disk is full" in said and f"df -h {disk}" in said and "Traceback" not in said, said
+        assert not list(disk.iterdir()), "a half-written checkpoint was left behind"
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -103,6 +104,34 @@ def test_sigkill_then_restart_ends_byte_identical(reference, corpus, tmp_path):
     assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
     for name in ("losses.jsonl", "eval.jsonl"):
         assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+
+
+def test_disk_full_mid_save_stops_with_one_message_then_resumes_byte_identical(reference, corpus, tmp_path):
+    """The disk fills while iteration 8's checkpoint is written (a real tmpfs with room for one checkpoint and a
+    half): every rank stops with one message naming the place and the fix, no traceback; iteration 4 stays the
+    newest checkpoint, and once space is freed (the tmpfs grown) the same command resumes and ends on the
+    reference's bytes."""
+    folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
+    one = sum(p.stat().st_size for p in (reference / "checkpoints" / "iter_0000004").rglob("*") if p.is_file())
+    ckpt = folder / "checkpoints"
+    ckpt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={one * 3 // 2}", "tmpfs", str(ckpt)], check=True)
+    try:
+        full = torchrun(folder)
+        out = full.stdout + full.stderr
+        assert full.returncode != 0, out[-3000:]
+        assert "the disk is full" in out and f"df -h {ckpt}" in out and "resumes from" in out, out[-3000:]
+        assert "[rank" not in out, out[-3000:]  # no worker traceback (torchrun's own report of the exit remains)
+        assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "4\n"
+        assert not (ckpt / "iter_0000008").exists()
+        subprocess.run(["mount", "-o", f"remount,size={one * 4}", str(ckpt)], check=True)  # space freed
+        out = _ok(torchrun(folder))
+        assert "resumed from" in out and "did not finish" in out, out[-3000:]
+        assert tree_bytes(ckpt) == tree_bytes(reference / "checkpoints")
+        for name in ("losses.jsonl", "eval.jsonl"):
+            assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+    finally:
+        subprocess.run(["umount", "--lazy", str(ckpt)], check=False)
 
 
 def _kill_tree(pid: int) -> None:
