@@ -59,11 +59,11 @@ BOOKKEEPING: list[float] = []
 
 
 def kit_round(folder_path: Path, iters: int) -> list[float]:
-    from experiment.mixture.checks import load
+    from experiment.mixture.checks import load_checked
     from experiment.train.runner import RunOptions, run
 
     os.environ["MASTER_PORT"] = _free_port()
-    result = run(load(folder_path), RunOptions(max_iterations=iters, save=False, evaluate=False, plot=False))
+    result = run(load_checked(folder_path), RunOptions(max_iterations=iters, save=False, evaluate=False, plot=False))
     BOOKKEEPING.extend(result.bookkeeping_seconds[1:])
     return result.step_seconds
 
@@ -78,14 +78,14 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
-    from experiment.mixture.checks import load
+    from experiment.mixture.checks import load_checked
     from experiment.train import data as train_data
     from experiment.model import parallel as distributed
     from experiment.train.attention import layer_spec
     from experiment.model.build import ParallelLayout, build_gpt_model, padded_vocab_size
     from experiment.train.optim import build_optimizer, build_scheduler
 
-    folder = load(folder_path)
+    folder = load_checked(folder_path)
     cfg, t = folder.config, folder.config.training
     shape, seq, bf16 = cfg.model.shape, cfg.model.seq_length, t.precision == "bf16"
     os.environ["MASTER_PORT"] = _free_port()

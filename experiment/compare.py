@@ -122,7 +122,7 @@ def _folder_losses(folder: Path) -> list[tuple[int, float]]:
 
 def load_run(path: str | Path) -> RunRecord:
     """A training folder (its lockfile when the run wrote one) or a ``run.lock.json``."""
-    from experiment.folder import CONFIG_NAME, FolderError, load
+    from experiment.folder import CONFIG_NAME, FolderError, load_schema
 
     path = Path(path)
     if path.is_file():
@@ -138,7 +138,7 @@ def load_run(path: str | Path) -> RunRecord:
         losses = _folder_losses(path)
         return _from_lock(lockfile.read(lock_path), str(path), losses or None)
     try:
-        folder = load(path, require_artifacts=False)
+        folder = load_schema(path, require_artifacts=False)
     except FolderError as err:
         raise CompareError(str(err)) from err
     blend = lockfile.blend_section(folder)

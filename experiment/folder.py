@@ -443,9 +443,11 @@ def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if not p.missing_artifact]
 
 
-def load(path: str | Path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = (),
-         semantic: Sequence[SemanticCheck] = ()) -> TrainingFolder:
-    """The validated folder, or ``FolderError`` listing every problem.
+def load_schema(path: str | Path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = (),
+                semantic: Sequence[SemanticCheck] = ()) -> TrainingFolder:
+    """The folder checked against the schema and its files (plus the ``semantic`` checks a caller passes),
+    or ``FolderError`` listing every problem. The full check a run needs (the mixture too) is
+    ``experiment.mixture.checks.load_checked``.
 
     ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
     are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.

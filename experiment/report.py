@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from experiment.atomic import write_atomic
-from experiment.folder import TrainingFolder, load
+from experiment.folder import TrainingFolder, load_schema
 
 REPORT_NAME = "report.html"
 REPRODUCE_NAME = "reproduce.json"  # logs/reproduce.json, written by `experiment reproduce`
@@ -233,7 +233,7 @@ def register(app) -> None:
 
         console = Console(stderr=True)
         try:
-            loaded = load(folder, require_artifacts=False)
+            loaded = load_schema(folder, require_artifacts=False)
         except FolderError as err:
             console.print(f"error: {err}", soft_wrap=True, markup=False)
             raise typer.Exit(2)

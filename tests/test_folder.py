@@ -10,7 +10,7 @@ import pytest
 from experiment.data import naming
 from experiment.data.signature import DataSignature, ShardEntry, TokenizerInfo
 from experiment.folder import FolderError
-from experiment.mixture.checks import check, load
+from experiment.mixture.checks import check, load_checked
 
 VALID = """
 name = "t"
@@ -95,7 +95,7 @@ def test_base_checkpoint_must_exist(tmp_path):
 
 def test_load_raises_with_all_problems(tmp_path):
     with pytest.raises(FolderError) as err:
-        load(tmp_path / "absent")
+        load_checked(tmp_path / "absent")
     assert "is not a folder" in str(err.value)
 
 
@@ -111,5 +111,5 @@ def test_absent_artifact_warns_but_blocks_a_run(tmp_path):
     base = [p for p in problems if p.field == "checkpoint.base"]
     assert base and base[0].missing_artifact
     with pytest.raises(FolderError, match="base_ckpt"):
-        load(folder)
-    assert load(folder, require_artifacts=False).config.checkpoint.base == "base_ckpt"
+        load_checked(folder)
+    assert load_checked(folder, require_artifacts=False).config.checkpoint.base == "base_ckpt"

@@ -141,11 +141,11 @@ def bare_main(folder: Path, iters: int, out: Path) -> None:
     spec = importlib.util.spec_from_file_location("train_step", REPO / "bench" / "train_step.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from experiment.folder import load
+    from experiment.folder import load_schema
     from experiment.train.throughput import flops_per_token, peak_flops
 
     times = mod.bare_round(folder, iters)
-    cfg = load(folder).config
+    cfg = load_schema(folder).config
     step = statistics.mean(times[1:][-20:])
     seq = cfg.model.seq_length
     tps = cfg.training.global_batch_size * seq / step
@@ -254,10 +254,10 @@ def main() -> int:
         folders[key] = make_folder(train / f"gpu-bench-repeat-{key}", sig, preset=args.repeat_preset, mbs=4, gbs=8,
                                    iters=6, deterministic=True, save_interval=3, seq=args.seq, precision=args.precision,
                                    name="gpu-bench-repeat")  # the name is recorded in kit_checkpoint.json
-    from experiment.folder import load
+    from experiment.folder import load_schema
 
     for key, f in folders.items():
-        load(f)  # the kit's own validation of every folder
+        load_schema(f)  # the kit's own validation of every folder
     try:
         import torch
     except ImportError as err:  # a dry run under a Python without torch (CI's 3.12 check of the wheels)

@@ -42,13 +42,13 @@ def generation_config(hf_config: dict) -> str:
 
 def training_folder_of(ckpt_dir: Path):
     """The training folder whose ``checkpoint.save`` is ``ckpt_dir`` (None for an imported checkpoint)."""
-    from experiment.folder import CONFIG_NAME, FolderError, load
+    from experiment.folder import CONFIG_NAME, FolderError, load_schema
 
     parent = ckpt_dir.resolve().parent
     if not (parent / CONFIG_NAME).is_file():
         return None
     try:
-        folder = load(parent, require_artifacts=False)
+        folder = load_schema(parent, require_artifacts=False)
     except FolderError:
         return None
     return folder if folder.resolve(folder.config.checkpoint.save) == ckpt_dir.resolve() else None

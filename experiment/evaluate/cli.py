@@ -94,13 +94,13 @@ def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, ba
 
     from experiment.evaluate import harness, heldout, results
     from experiment.evaluate.harness import EvalError
-    from experiment.mixture.checks import load
+    from experiment.mixture.checks import load_checked
     from experiment.mixture.plan import plan_folder
 
     harness.require_lm_eval()
     harness.check_tasks(list(tasks), task_dir)  # a missing task or dataset is said before minutes of exports
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    folder = load(folder_path, overrides=overrides or recorded_overrides(folder_path))
+    folder = load_checked(folder_path, overrides=overrides or recorded_overrides(folder_path))
     cfg = folder.config
     out_dir = folder.path / OUT
     save_dir = folder.resolve(cfg.checkpoint.save)

@@ -197,7 +197,7 @@ def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiment.folder import FolderError, load
+    from experiment.folder import FolderError, load_schema
 
     parser = argparse.ArgumentParser(prog="python -m experiment.launch.chain")
     parser.add_argument("action", choices=("begin", "end"))
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        folder = load(args.folder)
+        folder = load_schema(args.folder)
     except FolderError as err:
         print(f"[chain] refusing to start: {err}", file=sys.stderr)
         return 2

@@ -27,11 +27,11 @@ def register(app: typer.Typer) -> None:
     def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
               no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
-        from experiment.mixture.checks import load
+        from experiment.mixture.checks import load_checked
         from experiment.lock.lockfile import write_run_lock
         from experiment.lock.reproduce import determinism_now
 
-        loaded = load(folder)
+        loaded = load_checked(folder)
         path = write_run_lock(loaded, determinism_env=determinism_now(loaded), hash_cache=_cache_path(no_cache))
         console.print(f"[green]wrote[/green] {path}")
 

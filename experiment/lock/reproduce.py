@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from experiment.folder import FolderError, TrainingFolder
-from experiment.mixture.checks import load
+from experiment.mixture.checks import load_checked
 from experiment.lock import environment, lockfile
 from experiment.lock.hashing import HashCache, hash_files
 from experiment.lock.records import (BaseCheckpointRecord, BlendRecord, EnvironmentRecord, KitRecord, OutputsRecord, RunLock,
@@ -105,7 +105,7 @@ def load_folder(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Trai
     """The folder as far as verification needs it: a missing or renamed shard is a finding to name,
     not a reason to stop, so artifacts are not required here (the re-run requires them). ``overrides``:
     the ``--set`` list the lock recorded, applied again."""
-    return load(path, require_artifacts=False, overrides=tuple(overrides))
+    return load_checked(path, require_artifacts=False, overrides=tuple(overrides))
 
 
 def locked_overrides(lock: RunLock) -> tuple[str, ...]:
@@ -567,7 +567,7 @@ def main(options: ReproduceOptions, console) -> int:
     if res.returncode != 0:
         console.print(f"[red]re-run failed[/red] (exit {res.returncode})")
         return 3
-    have = OutputsRecord.model_validate(lockfile.outputs_section(load(mirror, overrides=options.overrides), cache))
+    have = OutputsRecord.model_validate(lockfile.outputs_section(load_checked(mirror, overrides=options.overrides), cache))
     div = compare_outputs(lock.outputs, have, options.steps)
     relock = mirror / lockfile.LOCK_NAME
     sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None

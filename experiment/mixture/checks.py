@@ -120,10 +120,10 @@ def check(path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[TrainingFo
     return folder_module.check(path, overrides, semantic=(check_folder,))
 
 
-def load(path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
-    """The validated folder (schema, files and mixture), or ``FolderError`` listing every problem."""
-    return folder_module.load(path, require_artifacts=require_artifacts, overrides=overrides,
-                              semantic=(check_folder,))
+def load_checked(path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
+    """The folder as a run needs it: schema, files and mixture all checked, or ``FolderError`` listing every problem."""
+    return folder_module.load_schema(path, require_artifacts=require_artifacts, overrides=overrides,
+                                     semantic=(check_folder,))
 
 
 def check_folder(folder: TrainingFolder) -> list[Problem]:

@@ -25,10 +25,10 @@ def _load(folder: Path, require_artifacts: bool = True, overrides: tuple[str, ..
     """The validated folder. Rendering a job script with --dry-run does not need the base checkpoint and
     shards on this host (they live on the cluster's filesystem); running does."""
     from experiment.folder import FolderError
-    from experiment.mixture.checks import load
+    from experiment.mixture.checks import load_checked
 
     try:
-        return load(folder, require_artifacts=require_artifacts, overrides=overrides)
+        return load_checked(folder, require_artifacts=require_artifacts, overrides=overrides)
     except FolderError as err:
         console.print(f"[red]refusing to run {folder}[/red]: {len(err.problems)} problem(s)")
         for p in err.problems:  # one unwrapped line each, so paths and field names stay greppable

@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiment import megatron_import
     from experiment.errors import disk_full
     from experiment.folder import FolderError
-    from experiment.mixture.checks import load
+    from experiment.mixture.checks import load_checked
 
     megatron_import.install()  # before the first megatron import of this worker
 
@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_known_warnings()
     places = [args.folder / "logs"]  # where a full disk is looked for when the error names no file
     try:
-        folder = load(args.folder, overrides=args.overrides)
+        folder = load_checked(args.folder, overrides=args.overrides)
         places.append(folder.resolve(folder.config.checkpoint.save))
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture

@@ -11,7 +11,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from experiment.ckpt import card, convert
 from experiment.ckpt.meta import read
-from experiment.folder import load
+from experiment.folder import load_schema
 from experiment.lock import lockfile
 from experiment.lock.hashing import hash_file
 from experiment.model.build import ParallelLayout
@@ -50,7 +50,7 @@ def test_card_of_a_training_folder_names_data_tokens_and_lock(project, tmp_path,
                               show_progress=False)
     meta = read(ckpt)
     tiny = project / "training" / "tiny"
-    lock = lockfile.write_run_lock(load(tiny, require_artifacts=False))
+    lock = lockfile.write_run_lock(load_schema(tiny, require_artifacts=False))
     text = card.model_card(meta, tiny / "checkpoints", 4)
     parsed = ModelCard(text)
     assert parsed.data.datasets == ["tiny"] and parsed.data.base_model == "hf"

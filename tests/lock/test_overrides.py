@@ -8,7 +8,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-from experiment.folder import FolderError, load
+from experiment.folder import FolderError, load_schema
 from experiment.lock import lockfile, reproduce
 from experiment.lock.hashing import HashCache
 
@@ -16,7 +16,7 @@ from experiment.lock.hashing import HashCache
 def test_overrides_round_trip_through_the_lockfile(project):
     path = project / "training" / "tiny"
     sets = ("training.lr=1e-4", "training.min_lr=1e-5", "data.token_budget=2B", "model.overrides.num_layers=2")
-    folder = load(path, require_artifacts=False, overrides=sets)
+    folder = load_schema(path, require_artifacts=False, overrides=sets)
     assert folder.config.training.lr == 1e-4 and folder.config.data.token_budget == "2B"
     assert folder.config.model.shape.num_layers == 2
     written = lockfile.write_run_lock(folder, determinism_env=reproduce.determinism_now(folder))
@@ -42,7 +42,7 @@ def test_overrides_round_trip_through_the_lockfile(project):
 
 
 def test_a_lock_without_overrides_reads_as_none(project):
-    folder = load(project / "training" / "tiny", require_artifacts=False)
+    folder = load_schema(project / "training" / "tiny", require_artifacts=False)
     lock = lockfile.read(lockfile.write_run_lock(folder))
     assert lock.config.overrides == []
     old = lockfile.read(Path(__file__).parent / "fixtures" / "tiny.run.lock.v1.json")  # written before --set
@@ -51,7 +51,7 @@ def test_a_lock_without_overrides_reads_as_none(project):
 
 def _errors(project, *sets) -> str:
     try:
-        load(project / "training" / "tiny", require_artifacts=False, overrides=sets)
+        load_schema(project / "training" / "tiny", require_artifacts=False, overrides=sets)
     except FolderError as err:
         return str(err)
     raise AssertionError(f"{sets} was accepted")

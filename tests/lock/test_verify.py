@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from experiment.mixture.checks import load
+from experiment.mixture.checks import load_checked
 from experiment.lock import lockfile, reproduce
 from experiment.lock.hashing import HashCache
 from experiment.lock.records import RunLock
@@ -161,7 +161,7 @@ def test_mirror_keeps_the_toml_and_resolves_every_path(project, tmp_path):
     folder = _folder(project)
     mirror = reproduce.mirror_folder(folder, tmp_path / "work")
     assert (mirror / "experiment.toml").read_bytes() == (folder.path / "experiment.toml").read_bytes()
-    again = load(mirror)
+    again = load_checked(mirror)
     assert again.signature_paths[0].resolve() == folder.signature_paths[0].resolve()
     assert lockfile.blend_section(again) == lockfile.blend_section(folder)
 
@@ -175,5 +175,5 @@ def test_data_root_moves_the_shards(project, tmp_path):
     assert any(f.found == "missing" for f in gone)
     assert _verify(project, lock, data_root=moved) == []
     mirror = reproduce.mirror_folder(_folder(project), tmp_path / "work", data_root=moved)
-    again = load(mirror)
+    again = load_checked(mirror)
     assert lockfile.data_section(again, HashCache(None))["shards"] == lock.dump()["data"]["shards"]

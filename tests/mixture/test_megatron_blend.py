@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from experiment.mixture.checks import load
+from experiment.mixture.checks import load_checked
 from experiment.mixture.plan import plan_folder
 from tests.mixture.helpers import folder, name, signature, write_shard
 
@@ -68,7 +68,7 @@ def process_group(tmp_path):
 
 @pytest.mark.slow
 def test_megatron_draws_the_planned_token_fractions(tmp_path, process_group):
-    plan = plan_folder(load(_write(tmp_path)))
+    plan = plan_folder(load_checked(_write(tmp_path)))
     prefixes, weights = plan.megatron_blend()
     train = _build(prefixes, weights, tmp_path / "cache")
     assert len(train) >= SAMPLES

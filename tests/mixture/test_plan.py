@@ -197,8 +197,8 @@ def test_proportion_weights_do_not_depend_on_the_hash_seed(repo_root):
     import subprocess
     import sys
 
-    probe = ("from experiment.mixture.checks import load; from experiment.mixture.plan import plan_folder;"
-             "print(repr(plan_folder(load('training/llama3-8b-dolmino-50b', require_artifacts=False))"
+    probe = ("from experiment.mixture.checks import load_checked; from experiment.mixture.plan import plan_folder;"
+             "print(repr(plan_folder(load_checked('training/llama3-8b-dolmino-50b', require_artifacts=False))"
              ".megatron_blend()[1]))")
     outs = {subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(repo_root)}).stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from experiment import compare
-from experiment.folder import load
+from experiment.folder import load_schema
 from experiment.lock import lockfile
 from tests.tracking.conftest import run_cli
 
@@ -44,7 +44,7 @@ def test_changed_lr_names_the_key_and_the_first_differing_step(three_runs, tmp_p
 
 
 def test_different_models_are_said_so(three_runs, tmp_path):
-    other = load(three_runs["a"], require_artifacts=False, overrides=("model.overrides.num_layers=4",))
+    other = load_schema(three_runs["a"], require_artifacts=False, overrides=("model.overrides.num_layers=4",))
     lock = lockfile.write_run_lock(other, output=tmp_path / "other.lock.json")
     res = run_cli("compare", str(three_runs["a"] / "run.lock.json"), str(lock), "--plot", str(tmp_path / "m.png"))
     out = res.stdout + res.stderr

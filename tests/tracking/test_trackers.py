@@ -77,8 +77,8 @@ def test_no_credential_reaches_a_log_a_config_or_the_lock(three_runs):
 
 
 def _start(folder: Path, sets: tuple[str, ...], block: str = "") -> subprocess.CompletedProcess:
-    code = (f"{block}\nfrom pathlib import Path\nfrom experiment.folder import load\nfrom experiment.train import trackers\n"
-            f"f = load(Path({str(folder)!r}), require_artifacts=False, overrides={sets!r})\n"
+    code = (f"{block}\nfrom pathlib import Path\nfrom experiment.folder import load_schema\nfrom experiment.train import trackers\n"
+            f"f = load_schema(Path({str(folder)!r}), require_artifacts=False, overrides={sets!r})\n"
             "s = trackers.start(f, Path(f.path) / 'logs-probe', resume=False)\nprint('SINKS', [x.name for x in s])\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
@@ -95,10 +95,10 @@ def test_a_tracker_that_cannot_start_is_named_once_and_the_run_goes_on(three_run
 
 
 def test_credentials_in_the_uri_are_refused(three_runs):
-    from experiment.folder import FolderError, load
+    from experiment.folder import FolderError, load_schema
 
     with pytest.raises(FolderError, match="carries credentials.*MLFLOW_TRACKING_TOKEN"):
-        load(three_runs["a"], require_artifacts=False,
+        load_schema(three_runs["a"], require_artifacts=False,
              overrides=("tracking.mlflow_tracking_uri='https://me:pw@mlflow.example/'",))
 
 
