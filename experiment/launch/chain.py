@@ -13,8 +13,10 @@ checkpoints) and either
 
 The records go to ``logs/chain.jsonl`` (``experiment status`` reads them).
 
-    python -m experiment.launch.chain begin FOLDER
-    python -m experiment.launch.chain end FOLDER --rc RC --script launch/slurm.sh
+    python -m experiment.launch.chain begin FOLDER [--set K=V ...]
+    python -m experiment.launch.chain end FOLDER --rc RC --script launch/slurm.sh [--set K=V ...]
+
+The ``--set`` overrides are the run's own (the job script passes them to every step that loads the folder).
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ def begin(folder) -> int:
         print(f"[chain] launch.max_segments={folder.config.launch.max_segments} segments already ran; not "
               "starting another (raise it in experiment.toml and resubmit)", file=sys.stderr)
         return 1
+    from experiment.launch.datacheck import data_problems
+    from experiment.mixture.checks import load_checked
+
+    drifted = data_problems(load_checked(folder.path, require_artifacts=False, overrides=folder.overrides))
+    if drifted:
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "data changed"})
+        print(f"[chain] refusing to start segment {len(done) + 1}: the data changed under the run:\n  "
+              + "\n  ".join(drifted), file=sys.stderr, flush=True)
+        return 2
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
@@ -166,18 +177,20 @@ def submit_next(folder, scheduler: str, job: str, script: Path | None) -> str:
 
 
 def write_lock(folder, scheduler: str, last_end: dict) -> Path:
-    from experiment.lock.lockfile import write_run_lock
-    from experiment.lock.reproduce import determinism_now
+    """The lock of a finished chain: every segment, through the one way a run ends (``finish.finish_run``)."""
+    from experiment.launch.finish import finish_run
 
-    lc = folder.config.launch
     segs = [{k: s[k] for k in ("job_id", "nodes", "start_iteration", "end_iteration", "image_digest",
                                "lost_iterations", "state")} for s in segments(folder.path, [last_end])]
-    return write_run_lock(
-        folder,
-        launch={"launcher": scheduler, "nnodes": lc.nnodes, "nproc_per_node": lc.nproc_per_node, "segments": segs},
-        determinism_env=determinism_now(folder),
-        resolved_args={"runner_args": []},
-    )
+    path = finish_run(folder.path, launcher=scheduler, overrides=folder.overrides, launch={"segments": segs},
+                      say=lambda m: print(f"[chain] {m}", flush=True))
+    if path is None:
+        from experiment.launch.launchers import LaunchError
+
+        raise LaunchError(f"{folder.path / 'logs' / 'run_status.json'}: the run reached its length but the runner "
+                          "did not record it as finished; fix: run `experiment lock write "
+                          f"{folder.path}` after checking its logs")
+    return path
 
 
 def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> str:
@@ -204,19 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--rc", type=int, default=0)
     parser.add_argument("--script", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")  # the run's own, as torchrun gets them
     args = parser.parse_args(argv)
     try:
-        folder = load_schema(args.folder)
+        folder = load_schema(args.folder, overrides=args.overrides)
     except FolderError as err:
         print(f"[chain] refusing to start: {err}", file=sys.stderr)
         return 2
     if args.action == "begin":
         return begin(folder)
-    from experiment.launch.launchers import LaunchError
+    from experiment.errors import KitError
 
     try:
         return end(folder, args.rc, args.script)
-    except LaunchError as err:
+    except KitError as err:  # LaunchError, a lock that cannot be written (FinishError, LockError)
         print(f"[chain] {err}", file=sys.stderr)
         return 1
 

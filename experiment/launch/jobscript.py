@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiment.launch.finish import overrides_of
 from experiment.launch.local import Launch, torchrun_argv
 from experiment.launcher_names import SCHEDULERS
 
@@ -75,6 +76,8 @@ def render(launch: Launch, settings: ClusterSettings) -> str:
         exports=[f"export {k}={shlex.quote(v)}" for k, v in launch.env], env_names=[k for k, _ in launch.env],
         rdzv_port=RDZV_PORT, command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
         signal_seconds=settings.signal_seconds, walltime_seconds=parse_duration(settings.walltime),
+        # the run's --set overrides reach every step that loads the folder, not torchrun only
+        chain_sets="".join(f" --set {shlex.quote(o)}" for o in overrides_of(launch.runner_args)),
         script=shlex.quote(os.fspath(launch.folder / "launch" / f"{settings.kind}.sh")),
     )
 

@@ -9,14 +9,12 @@ import typer
 from rich.console import Console
 
 console = Console(stderr=True)
-DEFAULT_CACHE = "~/.cache/midtrain-kit/hashes.sqlite"
 
 
 def _cache_path(no_cache: bool) -> Path | None:
-    if no_cache:
-        return None
-    base = os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "midtrain-kit" / "hashes.sqlite" if base else Path(DEFAULT_CACHE).expanduser()
+    from experiment.lock.hashing import default_cache_path
+
+    return None if no_cache else default_cache_path()
 
 
 def register(app: typer.Typer) -> None:
@@ -25,14 +23,23 @@ def register(app: typer.Typer) -> None:
 
     @lock_app.command("write")
     def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
-              no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again")) -> None:
+              no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again"),
+              launcher: str | None = typer.Option(None, "--launcher", help="how the run was started (default: "
+                                                  "the folder's launch.launcher)"),
+              overrides: list[str] | None = typer.Option(None, "--set", help="the run's --set overrides (default: "
+                                                         "the ones the runner recorded)")) -> None:
         """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
-        from experiment.mixture.checks import load_checked
-        from experiment.lock.lockfile import write_run_lock
-        from experiment.lock.reproduce import determinism_now
+        from experiment.folder import load_schema
+        from experiment.launch.finish import finish_run
 
-        loaded = load_checked(folder)
-        path = write_run_lock(loaded, determinism_env=determinism_now(loaded), hash_cache=_cache_path(no_cache))
+        kind = launcher or load_schema(folder, require_artifacts=False, overrides=tuple(overrides or ())
+                                       ).config.launch.launcher
+        path = finish_run(folder, launcher=kind, overrides=tuple(overrides) if overrides else None,
+                          hash_cache=_cache_path(no_cache), say=lambda m: None)
+        if path is None:
+            console.print(f"[red]error[/red] {folder}/logs/run_status.json: the run has not finished; fix: "
+                          f"`experiment run {folder}` to finish it (it resumes), then write the lock")
+            raise typer.Exit(1)
         console.print(f"[green]wrote[/green] {path}")
 
     @app.command()

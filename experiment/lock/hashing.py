@@ -34,6 +34,12 @@ from experiment.hashing import (  # noqa: E402,F401
 )
 
 
+def default_cache_path() -> Path:
+    """Where the commands keep the cache: ``$XDG_CACHE_HOME/midtrain-kit/hashes.sqlite`` or ``~/.cache/...``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path("~/.cache").expanduser()) / "midtrain-kit" / "hashes.sqlite"
+
+
 @dataclass(frozen=True)
 class FileKey:
     """What must be unchanged for a cached hash to be reused."""

@@ -23,7 +23,8 @@ Sections: ``kit`` (version, source hash, git commit + dirty-diff hash), ``enviro
 digest, or the host's distributions with ``containerized: false``), ``folder`` (its files' hashes),
 ``signatures``, ``data`` (every shard's .bin/.idx size + hash, the blend exactly as given to
 Megatron), ``tokenizer``, ``base_checkpoint``, ``config`` (resolved model/training/launch),
-``determinism``, ``launch``, ``outputs`` (per-step losses, checkpoint file and tensor hashes).
+``determinism``, ``launch``, ``outputs`` (per-step losses, checkpoint file and tensor hashes),
+``checkpoint_record`` (every save's file hashes, and what resumes moved aside).
 """
 
 from __future__ import annotations
@@ -347,6 +348,18 @@ def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tens
     }
 
 
+def checkpoint_record_section(folder: TrainingFolder) -> dict:
+    """The record of every save (``logs/saves.jsonl`` without its timings: iteration, folder, file hashes) and
+    of what resumes moved aside (``logs/aside.jsonl``)."""
+    logs = folder.path / runlog.LOGS
+    try:
+        saves = runlog.read_saves(logs)
+        aside = runlog.read_aside(logs)
+    except runlog.RunLogError as err:
+        raise LockError(str(err)) from err
+    return {"saves": [{k: s.get(k) for k in ("iteration", "path", "files")} for s in saves], "aside": aside}
+
+
 def base_checkpoint_section(folder: TrainingFolder, cache: HashCache | None = None,
                             base: Path | None = None) -> dict | None:
     cfg = folder.config.checkpoint
@@ -423,6 +436,7 @@ def build_run_lock(
         "determinism": dict(sorted((determinism_env or {}).items())),
         "launch": launch_section(folder, launch),
         "outputs": outputs_section(folder, cache, tensors),
+        "checkpoint_record": checkpoint_record_section(folder),
     })
 
 

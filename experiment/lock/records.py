@@ -175,6 +175,14 @@ class OutputsRecord(Record):
     eval: LogRecord | None = None
 
 
+class CheckpointRecordSection(Record):
+    """Every save of the run (iteration, folder, each file's hash; kept after retention pruned the folder) and
+    everything a resume moved aside (damaged checkpoints, cut log lines, a --restart)."""
+
+    saves: list[dict[str, Any]] = Field(default_factory=list)
+    aside: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class RunLock(Record):
     """``run.lock.json``. Sections added after version 1 must default to ``None``."""
 
@@ -191,3 +199,4 @@ class RunLock(Record):
     determinism: dict[str, str] = Field(default_factory=dict)
     launch: LaunchRecord
     outputs: OutputsRecord
+    checkpoint_record: CheckpointRecordSection | None = None

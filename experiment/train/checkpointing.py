@@ -5,9 +5,16 @@
 reads), ``<save>/latest_checkpointed_iteration.txt`` names the newest complete one.
 
 Crash safety: every rank writes into ``iter_XXXXXXX.partial``; only after all ranks finished does rank
-0 write a manifest (file names and sizes), rename the folder into place and then update the marker,
-each through a temporary name. A folder whose files do not match its manifest, or that fails to load,
-is skipped with a warning and the previous complete one is used.
+0 write a manifest (file names, sizes and blake3 hashes), rename the folder into place and then update
+the marker, each through a temporary name.
+
+Resume never loses work (``load_training``): a checkpoint is first checked against its manifest and the
+run's record of its save (``logs/saves.jsonl``, which outlives retention). Only a known kind of damage (a
+missing file, a size or hash that differs, no manifest) falls back to the previous checkpoint; the damaged
+one is moved aside to ``<save>/damaged/`` (never deleted) and listed in ``logs/aside.jsonl``. Any other
+load error, or no checkpoint that loads, stops the run with one message naming each checkpoint and why
+(``CheckpointLoadError``); starting again from the base is an explicit choice (``experiment run --restart``).
+Every rank reaches the same verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from experiment.errors import KitError
 from experiment.atomic import write_atomic
+from experiment.runlog import note_aside
 from experiment.model.strategies import dist_strategies
 
 log = logging.getLogger(__name__)
@@ -30,10 +38,30 @@ log = logging.getLogger(__name__)
 LATEST_NAME = "latest_checkpointed_iteration.txt"
 MANIFEST_NAME = "kit_manifest.json"
 PARTIAL_SUFFIX = ".partial"
+DAMAGED_DIR = "damaged"  # under the save folder: checkpoints a resume found damaged, moved aside, never deleted
+HASH = "blake3"
 
 
 class CheckpointLoadError(KitError, RuntimeError):
     """No usable checkpoint where one was required; the message names the folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a resume found about one checkpoint: usable, a known kind of damage, or a load error."""
+
+    iteration: int
+    damage: str | None = None  # missing | size | hash | manifest | record | load (None: usable)
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.damage is None
+
+    @property
+    def known_damage(self) -> bool:
+        """Damage a resume may step back from (files); a load error may be a code or config change."""
+        return self.damage in ("missing", "size", "hash", "manifest", "record")
 
 
 def iteration_dir(save_dir: Path, iteration: int) -> Path:
@@ -69,6 +97,43 @@ def is_complete(folder: Path) -> tuple[bool, str]:
         if actual[name] != size:
             return False, f"{folder / name} has {actual[name]} bytes, the manifest says {size}"
     return True, ""
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST_NAME).read_text())
+
+
+def file_hashes(folder: Path, names) -> dict[str, str]:
+    """blake3 of the named files of a checkpoint folder (every core; the kit's one hasher)."""
+    from experiment.hashing import hash_paths
+
+    paths = {os.fspath(Path(folder) / n): n for n in names}
+    return {paths[p]: d for p, d in hash_paths(paths, HASH).items()}
+
+
+def inspect(folder: Path, recorded: dict[str, str] | None = None) -> Verdict:
+    """Check one checkpoint's files against its manifest (names, sizes, hashes) and against the run's record
+    of its save (``recorded``: name -> hash), without loading it. Rank 0 only: it reads every byte."""
+    folder = Path(folder)
+    iteration = int(folder.name[5:12]) if folder.name[5:12].isdigit() else -1
+    ok, why = is_complete(folder)
+    if not ok:
+        kind = "missing" if "missing" in why or "does not exist" in why else (
+            "size" if "bytes, the manifest says" in why else "manifest")
+        return Verdict(iteration, kind, why)
+    manifest = read_manifest(folder)
+    expected = manifest.get("hashes") or {}
+    if recorded:
+        differ = sorted(n for n in set(expected) | set(recorded) if expected.get(n) != recorded.get(n))
+        if expected and differ:
+            return Verdict(iteration, "record", f"{folder / MANIFEST_NAME} and logs/saves.jsonl disagree on {differ[0]}")
+        expected = expected or recorded
+    found = file_hashes(folder, sorted(expected))
+    for name in sorted(expected):
+        if found[name] != expected[name]:
+            return Verdict(iteration, "hash", f"{folder / name} has blake3 {found[name][:16]}..., the save "
+                           f"recorded {expected[name][:16]}... (the bytes changed after the save)")
+    return Verdict(iteration)
 
 
 def read_latest(save_dir: Path) -> int | None:
@@ -171,7 +236,8 @@ def _sharded_state(model, optimizer, scheduler, state: TrainState | None, *, is_
     return out
 
 
-def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta_json: str | None = None) -> Path:
+def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta_json: str | None = None,
+         log_dir: Path | None = None) -> Path:
     """Write ``iter_XXXXXXX`` for ``state.iteration`` on all ranks; returns its path. Collective."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
@@ -193,16 +259,13 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
     dist.barrier()
     if rank == 0:
         _normalize_dcp_metadata(partial, final.name, state.iteration)
-        write_atomic(partial / MANIFEST_NAME,
-                      json.dumps({"iteration": state.iteration, "files": _listing(partial)}, indent=1, sort_keys=True))
-        if final.exists():  # re-saving an iteration (after a fallback): keep the new one only
-            stale = final.with_name(final.name + ".old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final, stale)
-            os.replace(partial, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(partial, final)
+        files = _listing(partial)
+        write_atomic(partial / MANIFEST_NAME, json.dumps(
+            {"iteration": state.iteration, "files": files, "hashes": file_hashes(partial, files)},
+            indent=1, sort_keys=True))
+        if final.exists():  # a save never writes into an existing checkpoint: the old one goes aside
+            move_aside(final, save_dir, log_dir, "a newer save of the same iteration replaced it")
+        os.replace(partial, final)
         _fsync_dir(save_dir)
         if meta_json is not None:
             write_atomic(save_dir / "kit_checkpoint.json", meta_json)
@@ -240,26 +303,83 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainState | None, list[str]]:
-    """Resume from the newest complete checkpoint in ``save_dir`` (model, optimizer, schedule, RNG,
-    counters). Returns (None, warnings) when there is none. Collective."""
+def move_aside(path: Path, save_dir: Path, log_dir: Path | None, why: str, resumed: int | None = None) -> Path:
+    """Rename a checkpoint folder into ``<save>/damaged/`` (a free name; same filesystem, so nothing is copied
+    or deleted) and note it in ``logs/aside.jsonl``. Rank 0."""
+    target_dir = Path(save_dir) / DAMAGED_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target, n = target_dir / path.name, 1
+    while target.exists():
+        n += 1
+        target = target_dir / f"{path.name}.{n}"
+    os.replace(path, target)
+    _fsync_dir(Path(save_dir))
+    if log_dir is not None:
+        note_aside(log_dir, {"what": "checkpoint", "from": path.name, "to": f"{DAMAGED_DIR}/{target.name}",
+                             "why": why, "resumed_iteration": resumed})
+    return target
+
+
+def _from_rank0(compute):
+    """Rank 0's value of ``compute()`` on every rank (other ranks do not call it): one verdict for all."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return compute()
+    box = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _first_error(error: str | None) -> str | None:
+    """The first rank's load error (``rank R: ...``), the same on every rank; None when all loaded."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return error
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((f"rank {r}: {e}" for r, e in enumerate(errors) if e), None)
+
+
+def load_training(save_dir: Path, model, optimizer, scheduler, *, log_dir: Path | None = None,
+                  recorded: dict[int, dict[str, str]] | None = None) -> tuple[TrainState | None, list[str]]:
+    """Resume from the newest checkpoint in ``save_dir`` that passes its checks (model, optimizer, schedule,
+    RNG, counters). Collective; every rank reaches the same verdict.
+
+    Returns (None, []) only when there is no checkpoint at all. Newer checkpoints with a known kind of
+    damage are moved aside (``move_aside``) once an older one has loaded; the notes say so. A load error of
+    a checkpoint whose files are intact, or no checkpoint that passes, raises ``CheckpointLoadError``
+    naming each checkpoint and why, with nothing moved. ``recorded``: iteration -> {file: hash} from the
+    run's record of its saves (``logs/saves.jsonl``).
+    """
     from megatron.core import dist_checkpointing
 
-    good, warnings = usable_iterations(save_dir)
-    if good:
+    save_dir = Path(save_dir)
+    its = candidates(save_dir) if save_dir.is_dir() else []
+    if not its:
+        return None, []
+    verdicts = _from_rank0(lambda: [inspect(iteration_dir(save_dir, it), (recorded or {}).get(it)) for it in its])
+    failed: list[Verdict] = []
+    for verdict in verdicts:
+        if not verdict.ok:
+            failed.append(verdict)
+            continue
+        it, folder = verdict.iteration, iteration_dir(save_dir, verdict.iteration)
         _materialize_optimizer_state(optimizer)
-    for it in good:
-        folder = iteration_dir(save_dir, it)
         _, load_strategy = dist_strategies()
+        error = None
         try:
             loaded = dist_checkpointing.load(
                 _sharded_state(model, optimizer, scheduler, TrainState(), is_loading=True), str(folder),
                 sharded_strategy=load_strategy,
             )
-        except Exception as err:  # a shard that passes the size check but does not read
+        except Exception as err:  # intact files that do not load: another code, megatron-core or model field
             log.warning("loading %s failed", folder, exc_info=True)
-            warnings.append(f"checkpoint iteration {it} failed to load ({type(err).__name__}: {err})")
-            continue
+            error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        error = _first_error(error)
+        if error is not None:
+            raise CheckpointLoadError(_none_loads(save_dir, [*failed, Verdict(it, "load", error)], its))
         import torch
 
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
@@ -269,8 +389,35 @@ def load_training(save_dir: Path, model, optimizer, scheduler) -> tuple[TrainSta
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
         rng = loaded["rng_state"]
         set_rng_state(rng[0] if isinstance(rng, list) else rng)
-        return TrainState(int(loaded["iteration"]), int(loaded["consumed_samples"])), warnings
-    return None, warnings
+        notes = [f"checkpoint iteration {v.iteration} is damaged ({v.why}): moved to {save_dir / DAMAGED_DIR}/, "
+                 f"resuming from iteration {it}" for v in failed]
+        _set_aside(save_dir, log_dir, failed, it)
+        return TrainState(int(loaded["iteration"]), int(loaded["consumed_samples"])), notes
+    raise CheckpointLoadError(_none_loads(save_dir, failed, its))
+
+
+def _set_aside(save_dir: Path, log_dir: Path | None, damaged: list[Verdict], resumed: int) -> None:
+    """Rank 0 moves the damaged newer checkpoints aside and points the marker at the one that loaded."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for v in damaged:
+            folder = iteration_dir(save_dir, v.iteration)
+            if folder.exists():
+                move_aside(folder, save_dir, log_dir, f"{v.damage}: {v.why}", resumed)
+        if damaged:
+            write_atomic(save_dir / LATEST_NAME, f"{resumed}\n")
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _none_loads(save_dir: Path, failed: list[Verdict], tried: list[int]) -> str:
+    lines = [f"{save_dir}: {len(tried)} checkpoint(s), none resumable; nothing was moved or deleted:"]
+    lines += [f"  iter_{v.iteration:07d}: {v.damage}: {v.why}" for v in failed]
+    lines.append("fix: restore the checkpoints (or the code and megatron-core version that wrote them), or start "
+                 "again from the base with `experiment run FOLDER --restart` (moves the checkpoints to "
+                 f"{DAMAGED_DIR}/ and the logs to logs/aside/, deletes nothing)")
+    return "\n".join(lines)
 
 
 def _restore_adam_steps(optimizer) -> None:

@@ -3,8 +3,6 @@ through a Slurm/PBS job script. Parses, builds one ``Launch``, calls one functio
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -48,27 +46,6 @@ def _check_world(loaded, nnodes: int, nproc: int) -> None:
               f"data-parallel size {t.micro_batch_size * dp}; fix: change --nproc or the batch sizes")
 
 
-def _write_lock(loaded, launch, launcher: str) -> None:
-    """After a finished local run: the reproducibility lockfile (``experiment.lock``)."""
-    from experiment.lock import lockfile
-
-    status_file = loaded.path / "logs" / "run_status.json"
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    if status.get("state") != "finished":
-        return
-    path = lockfile.write_run_lock(
-        loaded,
-        launch={"launcher": launcher, "nnodes": launch.nnodes, "nproc_per_node": launch.nproc_per_node},
-        determinism_env=dict(launch.env),
-        resolved_args={"runner_args": list(launch.runner_args)},
-    )
-    console.print(f"lockfile: {path}")
-    if loaded.config.tracking.mlflow or loaded.config.tracking.wandb:
-        from experiment.train import trackers
-
-        trackers.log_lockfile(loaded, path)
-
-
 def run(
     folder: Path = typer.Argument(..., help="training folder, e.g. training/demo"),
     launcher: Optional[str] = typer.Option(None, "--launcher", help=f"{' | '.join(LAUNCHER_NAMES)} (default: the folder's launch.launcher)"),
@@ -82,10 +59,13 @@ def run(
         None, "--set", help="override a field of experiment.toml for this run, e.g. --set training.lr=1e-4 "
         "(repeatable; validated like the file, recorded in run.lock.json)"),
     wait: bool = typer.Option(False, "--wait", help="slurm/pbs: return when the chain of jobs has ended (exit 0: run complete)"),
+    restart: bool = typer.Option(False, "--restart", help="start again from the base checkpoint: the run's checkpoints, "
+                                 "logs and lock are moved aside first (never deleted)"),
 ) -> None:
     """Train a folder: local torchrun, inside the kit's image, or a chain of Slurm/PBS jobs."""
     from experiment.launch import launchers
     from experiment.launch import local
+    from experiment.launch.finish import finish_run, runner_args
     from experiment import determinism
 
     sets = tuple(overrides or ())
@@ -103,13 +83,16 @@ def run(
     nnodes = cfg.launch.nnodes if kind in CLUSTER_LAUNCHERS else 1
     per_node = nproc or cfg.launch.nproc_per_node
     _check_world(loaded, nnodes, per_node)
-    runner_args = (("--max-iterations", str(max_iterations)) if max_iterations else ()) + tuple(
-        a for o in sets for a in ("--set", o))
     launch = local.Launch(loaded.path, nnodes, per_node,
-                          tuple(sorted(determinism.environment(cfg.training.deterministic).items())), runner_args)
+                          tuple(sorted(determinism.environment(cfg.training.deterministic).items())),
+                          runner_args(sets, max_iterations))
     chosen = launchers.get(kind)
     request = launchers.Request(loaded, launch, container=use_container, image=image, dry_run=dry_run)
     problems = chosen.validate(request)
+    if not dry_run and not problems:  # every segment reads the data its signatures describe, or none
+        from experiment.launch.datacheck import data_problems
+
+        problems = data_problems(loaded)
     if problems:
         console.print(f"[red]refusing to launch {folder}[/red] ({kind}): {len(problems)} problem(s)")
         for p in problems:
@@ -121,6 +104,11 @@ def run(
         if prepared.script is not None:
             console.print(f"job script written to {prepared.script} (not submitted: --dry-run)")
         return
+    if restart:
+        from experiment.train.restart import move_run_aside
+
+        for line in move_run_aside(loaded.path, loaded.resolve(cfg.checkpoint.save)) or ["nothing to move"]:
+            console.print(f"--restart: {line}")
     try:
         submitted = chosen.submit(prepared)
     except launchers.LaunchError as err:
@@ -136,7 +124,7 @@ def run(
             raise typer.Exit(0 if state == "finished" else 1)
         return
     if submitted.returncode == 0 and chosen.lock_writer == "parent":
-        _write_lock(loaded, launch, kind)
+        finish_run(loaded.path, launcher=kind, overrides=sets, say=console.print)
     raise typer.Exit(submitted.returncode)
 
 

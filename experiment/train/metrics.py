@@ -3,7 +3,8 @@
 ``losses.jsonl`` and ``eval.jsonl`` hold only values that a repeated run must reproduce (iteration,
 consumed samples, loss, lr, grad norm), floats written as ``float.hex`` so two runs compare byte for
 byte; timings (tokens/s) go to TensorBoard only. On resume both files are cut back to the resumed
-iteration, so a killed-and-restarted run ends with the same files as an uninterrupted one.
+iteration, so a killed-and-restarted run ends with the same files as an uninterrupted one; the cut lines
+are kept in ``logs/aside/`` and listed in ``logs/aside.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from experiment.atomic import write_atomic
 
-from experiment.runlog import EVALS, LOSSES, read_losses  # noqa: F401  (read_losses: the one reader)
+from experiment.runlog import EVALS, LOSSES, keep_aside, read_losses  # noqa: F401  (read_losses: the one reader)
 PLOT = "loss.png"
 
 
@@ -27,11 +28,20 @@ def unhex(x: str | None) -> float | None:
 
 
 def _truncate_jsonl(path: Path, keep_through: int) -> None:
-    """Drop the records of iterations after ``keep_through`` (work a killed run did past its checkpoint)."""
+    """Drop the records of iterations after ``keep_through`` (work a killed run did past its checkpoint);
+    the dropped lines are kept in ``logs/aside/`` (``runlog.keep_aside``), never lost."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["iteration"] <= keep_through]
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+
+    def kept_line(line: str) -> bool:  # a start at 0 logs its iteration-0 evaluation again: keep none
+        return keep_through > 0 and json.loads(line)["iteration"] <= keep_through
+
+    kept = [line for line in lines if kept_line(line)]
+    if len(kept) == len(lines):
+        return
+    dropped = [line for line in lines if not kept_line(line)]
+    keep_aside(path, dropped, f"the run resumed from iteration {keep_through}", keep_through)
     write_atomic(path, "".join(kept))
 
 
@@ -75,11 +85,8 @@ class MetricsLogger:
 
         self.dir = Path(log_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in (LOSSES, EVALS):
-            if start_iteration == 0:
-                (self.dir / name).unlink(missing_ok=True)
-            else:
-                _truncate_jsonl(self.dir / name, start_iteration)
+        for name in (LOSSES, EVALS):  # a run starting at 0 keeps what an earlier start logged, aside
+            _truncate_jsonl(self.dir / name, start_iteration)
         self.tb = _Mirrored(SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_iteration + 1),
                             trackers.start(folder, self.dir, resume=start_iteration > 0))
         self._losses = open(self.dir / LOSSES, "a")

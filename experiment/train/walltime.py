@@ -28,7 +28,7 @@ from experiment.launcher_names import current_job
 from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
 
 STATUS_NAME = runlog.STATUS
-SAVES_NAME = "saves.jsonl"
+SAVES_NAME = runlog.SAVES
 END_TIME_VAR = "MIDTRAIN_JOB_END_TIME"  # epoch seconds; set by tests or a scheduler without squeue
 WALLTIME_STATE = "walltime"
 STATUS_INTERVAL_S = 5.0
@@ -71,10 +71,21 @@ def last_save_seconds(log_dir: Path) -> float | None:
 
 
 def log_save(log_dir: Path, iteration: int, seconds: float, path: Path) -> None:
-    """One line per checkpoint: how long it took (the budget reads it back in the next segment)."""
+    """One line per checkpoint: how long it took (the budget reads it back in the next segment) and the hash
+    of each of its files (from its manifest): the record of every save, which outlives retention; a resume
+    checks a checkpoint against it, and the lock carries it."""
+    try:
+        hashes = json.loads((Path(path) / "kit_manifest.json").read_text()).get("hashes")
+    except (OSError, ValueError):
+        hashes = None
     with open(Path(log_dir) / SAVES_NAME, "a") as fh:
         fh.write(json.dumps({"iteration": iteration, "seconds": round(seconds, 3), "path": path.name,
-                             "time": round(time.time(), 3)}, sort_keys=True) + "\n")
+                             "time": round(time.time(), 3), "files": hashes}, sort_keys=True) + "\n")
+
+
+def recorded_hashes(log_dir: Path) -> dict[int, dict[str, str]]:
+    """Iteration -> {file: hash} of its latest save, for saves that recorded hashes."""
+    return {int(r["iteration"]): r["files"] for r in runlog.read_saves(log_dir) if r.get("files")}
 
 
 @dataclass

@@ -94,7 +94,7 @@ def test_sigkill_then_restart_ends_byte_identical(reference, corpus, tmp_path):
             time.sleep(0.05)
         _kill_tree(proc.pid)
     finally:
-        proc.wait()
+        proc.wait(timeout=120)
     status = folder / "logs" / "run_status.json"  # live ("running") while training, "finished" at the end
     assert not status.exists() or json.loads(status.read_text())["state"] == "running", "the run finished before it was killed"
     killed_at = read_losses(folder / "logs")[-1]["iteration"]
@@ -115,7 +115,8 @@ def test_disk_full_mid_save_stops_with_one_message_then_resumes_byte_identical(r
     one = sum(p.stat().st_size for p in (reference / "checkpoints" / "iter_0000004").rglob("*") if p.is_file())
     ckpt = folder / "checkpoints"
     ckpt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={one * 3 // 2}", "tmpfs", str(ckpt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={one * 3 // 2}", "tmpfs", str(ckpt)], check=True,
+                   timeout=60)
     try:
         full = torchrun(folder)
         out = full.stdout + full.stderr
@@ -124,14 +125,15 @@ def test_disk_full_mid_save_stops_with_one_message_then_resumes_byte_identical(r
         assert "[rank" not in out, out[-3000:]  # no worker traceback (torchrun's own report of the exit remains)
         assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "4\n"
         assert not (ckpt / "iter_0000008").exists()
-        subprocess.run(["mount", "-o", f"remount,size={one * 4}", str(ckpt)], check=True)  # space freed
+        subprocess.run(["mount", "-o", f"remount,size={one * 4}", str(ckpt)], check=True,
+                       timeout=60)  # space freed
         out = _ok(torchrun(folder))
         assert "resumed from" in out and "did not finish" in out, out[-3000:]
         assert tree_bytes(ckpt) == tree_bytes(reference / "checkpoints")
         for name in ("losses.jsonl", "eval.jsonl"):
             assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
     finally:
-        subprocess.run(["umount", "--lazy", str(ckpt)], check=False)
+        subprocess.run(["umount", "--lazy", str(ckpt)], check=False, timeout=60)
 
 
 def _kill_tree(pid: int) -> None:
@@ -150,18 +152,29 @@ def _kill_tree(pid: int) -> None:
 
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference, corpus, tmp_path):
-    """A truncated shard in the newest checkpoint: the previous one is used, and the run still ends
-    on the same bytes."""
+    """A truncated shard in the newest checkpoint (a known kind of damage): the previous one is used, the
+    damaged one is moved aside whole (not deleted, not overwritten), the log lines past iteration 4 are kept
+    aside, and the run still ends on the same bytes."""
     folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
     shutil.copytree(reference / "checkpoints", folder / "checkpoints")
     (folder / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("8\n")
+    damaged = tree_bytes(folder / "checkpoints" / "iter_0000008")
     victim = sorted((folder / "checkpoints" / "iter_0000008").glob("*.distcp"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
+    damaged[victim.name] = victim.read_bytes()
     shutil.copytree(reference / "logs", folder / "logs")
     out = _ok(torchrun(folder))
-    assert "checkpoint iteration 8 is not usable" in out and "resumed from" in out and "iter_0000004" in out
-    assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
+    assert "checkpoint iteration 8 is damaged" in out and victim.name in out, out[-3000:]
+    assert "resumed from" in out and "iter_0000004" in out
+    aside = folder / "checkpoints" / "damaged"
+    assert tree_bytes(aside / "iter_0000008") == damaged  # moved as it was
+    assert {k: v for k, v in tree_bytes(folder / "checkpoints").items() if not k.startswith("damaged/")} == \
+        tree_bytes(reference / "checkpoints")
     assert (folder / "logs" / "losses.jsonl").read_bytes() == (reference / "logs" / "losses.jsonl").read_bytes()
+    kept = (folder / "logs" / "aside" / "losses.jsonl.after-4").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in kept] == [5, 6, 7, 8]
+    moved = [json.loads(line)["what"] for line in (folder / "logs" / "aside.jsonl").read_text().splitlines()]
+    assert sorted(moved) == ["checkpoint", "log", "log"], moved  # iteration 8's folder, losses and eval lines
 
 
 def test_resume_with_a_changed_mixture_is_refused_unless_allowed(reference, corpus, tmp_path):
