@@ -183,6 +183,31 @@ class SlurmLauncher(ClusterLauncher):
     name = "slurm"
     submit_tool = "sbatch"
 
+    def validate(self, request: Request) -> list[str]:
+        """The cluster checks, the ``--signal=TERM@signal_seconds`` lead (the script's, not PBS's), then,
+        unless ``--dry-run``, the request against the partition as ``scontrol`` sees it."""
+        problems = super().validate(request) + signal_problems(request.folder)
+        if not request.dry_run:
+            problems += self.partition_problems(request)
+        return problems
+
+    def partition_problems(self, request: Request) -> list[str]:
+        """CPUs, GPUs, nodes and walltime vs. the partition (``launch.partition`` or the default one); none
+        when the scheduler cannot be asked or does not know the partition (sbatch's error then speaks)."""
+        from experiment.launch import partition
+
+        part = partition.query(request.folder.config.launch.partition)
+        if part is None:
+            return []
+        s = self.settings(request)
+        lc, nproc = request.folder.config.launch, request.launch.nproc_per_node
+        ask = partition.Ask(
+            s.cpus_per_task, s.gpus, request.launch.nnodes, s.walltime,
+            cpus_note="" if lc.cpus_per_task else f" (default: 2 per rank x launch.nproc_per_node {nproc})",
+            gpus_note="" if lc.gpus_per_node is not None or not s.gpus else
+            f" (default: launch.nproc_per_node {nproc} with image.flavor = \"gpu\")")
+        return partition.problems(ask, part)
+
     def active_jobs_problems(self, folder) -> list[str]:
         active = active_jobs(folder.path)
         return [f"job {j} ({state}) of this folder's chain is {'queued' if state == 'PENDING' else 'running'}: "
@@ -248,13 +273,30 @@ def image_problems(request: Request) -> list[str]:
 def walltime_problems(folder) -> list[str]:
     """A walltime that cannot fit the start, one step and one save before the exit margin, with the numbers
     (measured on this folder's last run where there is one)."""
-    from experiment.train.walltime import last_save_seconds, parse_duration
+    from experiment.train.walltime import parse_duration
 
     lc = folder.config.launch
     wall = parse_duration(lc.walltime)
+    startup, step, save = _measured(folder)
+    need = (startup or STARTUP_GUESS_S) + (step or 0.0) + save + lc.exit_margin_seconds
+    if wall < need:
+        return [f"launch.walltime {lc.walltime} ({wall} s) is too short for one step plus one save: start-up "
+                f"{startup or STARTUP_GUESS_S:.0f} s{'' if startup else ' (not measured yet)'} + step {step or 0:.1f} s{'' if step else ' (not measured yet)'} + save "
+                f"{save:.1f} s{'' if save else ' (not measured yet)'} + launch.exit_margin_seconds "
+                f"{lc.exit_margin_seconds} s = {need:.0f} s; fix: raise launch.walltime or lower "
+                "launch.exit_margin_seconds in experiment.toml"]
+    return []
+
+
+def _measured(folder) -> tuple[float | None, float | None, float]:
+    """(start-up, step, save) seconds measured on this folder's last run: the longest start to first step
+    of a segment in logs/chain.jsonl, one step from logs/run_status.json's tokens/s, the slowest recent save
+    (0 when none); None where not measured yet."""
+    from experiment.train.walltime import last_save_seconds
+
     logs = folder.path / "logs"
     save = last_save_seconds(logs) or 0.0
-    step = startup = None
+    step = None
     status = logs / "run_status.json"
     if status.is_file():
         try:
@@ -267,15 +309,38 @@ def walltime_problems(folder) -> list[str]:
     events = read_chain(folder.path)
     begins = {e["job_id"]: e["time"] for e in events if e.get("event") == "begin"}
     measured = [e["time"] - begins[e["job_id"]] for e in events if e.get("event") == "first_step" and e["job_id"] in begins]
-    startup = max(measured) if measured else None
-    need = (startup or STARTUP_GUESS_S) + (step or 0.0) + save + lc.exit_margin_seconds
-    if wall < need:
-        return [f"launch.walltime {lc.walltime} ({wall} s) is too short for one step plus one save: start-up "
-                f"{startup or STARTUP_GUESS_S:.0f} s{'' if startup else ' (not measured yet)'} + step {step or 0:.1f} s{'' if step else ' (not measured yet)'} + save "
-                f"{save:.1f} s{'' if save else ' (not measured yet)'} + launch.exit_margin_seconds "
-                f"{lc.exit_margin_seconds} s = {need:.0f} s; fix: raise launch.walltime or lower "
-                "launch.exit_margin_seconds in experiment.toml"]
-    return []
+    return (max(measured) if measured else None), step, save
+
+
+def signal_problems(folder) -> list[str]:
+    """Slurm's ``--signal=TERM@signal_seconds`` fires ``walltime - signal_seconds`` after the job starts: that
+    must leave the start-up and one step, or every segment is told to stop before its first step. (PBS's
+    script sends no such signal: only the Slurm launcher asks this.)"""
+    import math
+
+    from experiment.train.walltime import parse_duration
+
+    lc = folder.config.launch
+    wall = parse_duration(lc.walltime)
+    startup, step, _ = _measured(folder)
+    need = (startup or STARTUP_GUESS_S) + (step or 0.0)
+    lead = wall - lc.signal_seconds
+    if lead >= need:
+        return []
+    when = "at the job's start" if lead <= 0 else f"{lead} s after the job starts"
+    most = wall - math.ceil(need)
+    fix = (f"lower launch.signal_seconds to {most} or less, or raise launch.walltime" if most >= 0 else
+           "raise launch.walltime")
+    return [f"experiment.toml: launch.signal_seconds {lc.signal_seconds} sends SIGTERM {when} "
+            f"(launch.walltime {lc.walltime} = {wall} s), before start-up {startup or STARTUP_GUESS_S:.0f} s"
+            f"{'' if startup else ' (not measured yet)'} + one step {step or 0:.1f} s"
+            f"{'' if step else ' (not measured yet)'} = {need:.0f} s: the segment would stop before its first "
+            f"step; fix: {fix} to at least {lc.signal_seconds + math.ceil(need)} s"
+            f" ({_clock(lc.signal_seconds + math.ceil(need))})"]
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def record(folder: Path, event: dict) -> None:

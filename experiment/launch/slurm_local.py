@@ -27,6 +27,7 @@ from experiment.errors import KitError
 
 DEFAULT_DIR = Path(os.environ.get("MIDTRAIN_SLURM_DIR", "/tmp/midtrain-kit-slurm"))
 PARTITION = "debug"
+MAX_TIME = "1-00:00:00"  # the partition's limit; the default launch.walltime (24:00:00) fits
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
@@ -97,7 +98,8 @@ class LocalSlurm:
             "KillWait=30",
             "MinJobAge=300",  # finished jobs stay visible to squeue/scontrol for 5 minutes
             f"NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+            # a finite MaxTime, as on real clusters: `experiment run` refuses a longer launch.walltime
+            f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime={MAX_TIME} State=UP",
             "",
         ])
 
