@@ -35,13 +35,15 @@ def test_data_command_does_not_import_the_lockfile_or_report_code():
             "from experiment.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m.startswith(('experiment.lock', 'experiment.report', 'experiment.compare', 'torch'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=300).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_full_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "experiment.cli", "--help"], capture_output=True, text=True,
-                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}).stdout
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+                         timeout=300).stdout
     for names in cli.COMMAND_MODULES.values():
         for name in names:
             assert f" {name} " in out, name

@@ -32,7 +32,7 @@ def test_the_staleness_check_notices_a_change(tmp_path):
 
 def test_site_builds_in_strict_mode(tmp_path):
     res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                         cwd=ROOT, capture_output=True, text=True)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "site" / "experiment-toml" / "index.html").is_file()
 

@@ -33,7 +33,7 @@ def test_every_corpus_source_names_a_declared_package_and_every_corpus_package_i
 
 def test_ci_run_installs_every_declared_package_then_runs_the_tests_and_the_fresh_machine_test():
     printed = subprocess.run([sys.executable, "-m", "experiment.system_packages"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+                             text=True, check=True, timeout=120).stdout.split()
     assert printed == system_packages.names() and {"dict-gcide", "slurm-wlm", "munge", "chromium"} <= set(printed)
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m experiment.system_packages |" in ci and 'apt-get install -y -q --no-install-recommends "${packages[@]}"' in ci

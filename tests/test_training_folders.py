@@ -35,13 +35,13 @@ def test_folder_passes_check(folder):
 def test_job_scripts_render(folder, launcher):
     out = subprocess.run(
         [sys.executable, "-m", "experiment.cli", "run", str(folder), "--launcher", launcher, "--dry-run"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert out.returncode == 0, out.stderr
     script = folder / "launch" / f"{launcher}.sh"
     assert script.is_file()
     text = script.read_text()
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], timeout=60).returncode == 0
     loaded, _ = check(folder)
     nproc = loaded.config.launch.nproc_per_node
     # torchrun, as the job's Python runs it (`python -m torch.distributed.run`, the same entry point)

@@ -121,7 +121,8 @@ def test_a_full_disk_gets_one_message_and_leaves_nothing_behind(hf, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 2}", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 2}", "tmpfs", str(disk)], check=True,
+                   timeout=60)
     try:
         res = subprocess.run([sys.executable, "-m", "experiment.cli", "ckpt", "import", str(hf), str(disk / "out")],
                              capture_output=True, text=True, timeout=300)
@@ -130,4 +131,4 @@ def test_a_full_disk_gets_one_message_and_leaves_nothing_behind(hf, tmp_path):
         assert "the disk is full" in said and f"df -h {disk}" in said and "Traceback" not in said, said
         assert not list(disk.iterdir()), "a half-written checkpoint was left behind"
     finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+        subprocess.run(["umount", "--lazy", str(disk)], check=False, timeout=60)

@@ -49,7 +49,7 @@ def builds(tmp_path_factory):
     yield roots, entries
     for r in roots:  # the stores hold root-owned overlay layers: remove them with the engine's own command
         subprocess.run(["buildah", "--root", f"{r}/storage", "--runroot", f"{r}/run", "rmi", "--all", "--force"],
-                       capture_output=True, env=image.engine_env())
+                       capture_output=True, env=image.engine_env(), timeout=300)
 
 
 def test_two_builds_in_fresh_stores_give_the_same_digest(builds):
@@ -68,13 +68,14 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(storage))
     folder = project / "training" / "tiny"
     cli = [sys.executable, "-m", "experiment.cli"]
-    host = subprocess.run([*cli, "run", str(folder)], capture_output=True, text=True)
+    host = subprocess.run([*cli, "run", str(folder)], capture_output=True, text=True, timeout=900)
     assert host.returncode == 0, host.stdout[-3000:] + host.stderr[-3000:]
     lock = lockfile.read(folder / "run.lock.json").dump()
     assert lock["environment"]["containerized"] is False
 
     rep = subprocess.run([*cli, "reproduce", str(folder / "run.lock.json"), "--container", "--image", TAG,
-                          "--out", str(tmp_path / "rerun"), "--ignore"], capture_output=True, text=True)
+                          "--out", str(tmp_path / "rerun"), "--ignore"], capture_output=True, text=True,
+                         timeout=1200)
     out = rep.stdout + rep.stderr
     relock_path = tmp_path / "rerun" / "training" / "tiny" / "run.lock.json"
     assert relock_path.is_file(), out[-4000:]

@@ -116,7 +116,7 @@ def test_hadolint_passes(repo_root):
     if hadolint is None:
         pytest.fail("hadolint is not installed: it is in the test extra (env/cpu-test.lock.txt); "
                     "fix: run the tests with `nox -s tests`", pytrace=False)
-    res = subprocess.run([hadolint, "Dockerfile"], cwd=repo_root, capture_output=True, text=True)
+    res = subprocess.run([hadolint, "Dockerfile"], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

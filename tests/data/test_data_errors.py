@@ -93,7 +93,8 @@ def test_output_without_space_on_a_real_full_disk(tmp_path, sp_model_path, sampl
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+                      timeout=60).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root); the free-space check above still runs")
     try:
         with pytest.raises(NoSpace) as info:
@@ -106,7 +107,7 @@ def test_output_without_space_on_a_real_full_disk(tmp_path, sp_model_path, sampl
         for idx in mnt.glob("*.idx"):  # whatever finished is complete and readable
             read_shard(idx.with_suffix(""))
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", str(mnt)], check=False, timeout=60)
 
 
 def test_cli_prints_file_line_and_fix(tmp_path, sp_model_path):

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    # 1200 s: the longest call is a reproduction (test_slurm_demo's demo re-run measured 150-430 s)
     return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, timeout=1200)
 
 
 def _configure(folder: Path, launch: str, iters: int, save_interval: int) -> None:
@@ -58,7 +59,8 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     toml.write_text(toml.read_text().replace("[checkpoint]\n", "[checkpoint]\nkeep_last = 1\n"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     assert (folder / "logs").is_dir()  # made before submission: the scheduler opens its output file there
-    info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                          timeout=60).stdout
     assert "NumCPUs=2" in info and "MinCPUsNode=2" in info, info  # the ranks' CPUs, not Slurm's default 1
     events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
     assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
@@ -103,8 +105,9 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
         partial = list((folder / "checkpoints").glob("iter_*.partial"))
         time.sleep(0.01)
     assert partial, (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
-    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    subprocess.run(["scancel", "-s", "TERM", *running], check=True)
+    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True,
+                             timeout=60).stdout.split()
+    subprocess.run(["scancel", "-s", "TERM", *running], check=True, timeout=60)
     signalled = int(partial[0].name[5:12])
     events = _wait_chain_end(folder, 1200)
     log = (folder / "logs" / f"slurm-{job}.out").read_text()
@@ -150,7 +153,8 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
     toml.write_text(toml.read_text().replace('partition = "nosuch"', ""))
     cpus = str(os.cpu_count())  # a job holding every CPU keeps ours queued while the test looks at it
     blocker = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "--time=2", "--output=/dev/null",
-                              "--wrap", "sleep 100"], capture_output=True, text=True, check=True).stdout.strip()
+                              "--wrap", "sleep 100"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout.strip()
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
     again = _cli("run", str(folder), "--launcher", "slurm")
     assert again.returncode == 2 and f"job {job} (PENDING)" in again.stderr and f"scancel {job}" in again.stderr
@@ -159,7 +163,7 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
 
     good = toml.read_text()
     toml.write_text(good.replace("[training]", "[training]\nno_such_field = 1"))  # the job will refuse it
-    subprocess.run(["scancel", blocker], check=True)
+    subprocess.run(["scancel", blocker], check=True, timeout=60)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status = _cli("status", str(folder))
@@ -186,7 +190,8 @@ def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_c
         time.sleep(0.02)
     assert half_written.is_dir(), "the save of iteration 80 was never seen in progress"
     assert (checkpoints / "iter_0000040").is_dir() and not (checkpoints / "iter_0000080").exists()
-    step = subprocess.run(["pgrep", "-f", f"experiment.train.runner {folder}"], capture_output=True, text=True)
+    step = subprocess.run(["pgrep", "-f", f"experiment.train.runner {folder}"], capture_output=True,
+                          text=True, timeout=60)
     pids = [int(p) for p in step.stdout.split()]
     assert pids, "no process of the step found"
     for pid in pids:  # the processes this test's job started, by their ids

@@ -30,7 +30,7 @@ def _demo_inputs(root: Path) -> Path:
         if stage.argv[0] == "run":
             return folder
         r = subprocess.run([sys.executable, "-m", stage.module, *stage.argv], cwd=root, capture_output=True,
-                           text=True)
+                           text=True, timeout=1200)  # corpus, shards, signature, SmolLM2 import: minutes each
         assert r.returncode == 0, f"{stage.shown()}\n{(r.stdout + r.stderr)[-3000:]}"
     raise AssertionError("the demo has no training stage")
 

@@ -72,11 +72,13 @@ def test_unknown_key_and_wrong_type_name_the_field_and_the_fix(project):
 
 def test_cli_refuses_a_bad_override_without_a_traceback(project):
     res = subprocess.run([sys.executable, "-m", "experiment.cli", "run", str(project / "training" / "tiny"),
-                          "--dry-run", "--set", "training.warmup=10"], capture_output=True, text=True)
+                          "--dry-run", "--set", "training.warmup=10"], capture_output=True, text=True,
+                         timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 2 and "Traceback" not in out
     assert "--set training.warmup=10: training.warmup" in out and "Extra inputs are not permitted" in out
     ok = subprocess.run([sys.executable, "-m", "experiment.cli", "run", str(project / "training" / "tiny"),
-                         "--dry-run", "--set", "training.lr=2e-4"], capture_output=True, text=True)
+                         "--dry-run", "--set", "training.lr=2e-4"], capture_output=True, text=True,
+                        timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "--set training.lr=2e-4" in ok.stdout

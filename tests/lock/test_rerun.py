@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True, cwd=cwd)
+    # 900 s: a run or a reproduction of the tiny folder (torchrun, 4 steps): a minute or two, loaded
+    return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=900)
 
 
 def test_run_then_reproduce_is_byte_identical(project):

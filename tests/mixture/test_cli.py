@@ -76,11 +76,13 @@ def test_data_path_sh_is_sourceable_by_bash(tmp_path):
     path = _write(tmp_path / "run", None)
     _mix(path)
     script = f'source {path}/mixture/data_path.sh && printf "%s\\n" "${{DATA_PATH[@]}}"'
-    words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                           timeout=60).stdout.split("\n")
     args = (path / "mixture" / "data_path.args").read_text().split()
     assert words[:-1] == args
     script = f'source {path}/mixture/train_data.sh && echo $TRAIN_DATA_PATH'
-    listed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                            timeout=60).stdout.split()
     assert len(listed) == 10 and all(p.startswith(str(path)) for p in listed[1::2])
 
 

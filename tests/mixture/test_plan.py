@@ -201,6 +201,7 @@ def test_proportion_weights_do_not_depend_on_the_hash_seed(repo_root):
              "print(repr(plan_folder(load_checked('training/llama3-8b-dolmino-50b', require_artifacts=False))"
              ".megatron_blend()[1]))")
     outs = {subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(repo_root)}).stdout
+                           env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(repo_root)},
+                           timeout=300).stdout
             for seed in (1, 32, 38)}  # 32 and 38 gave the other last bit before
     assert len(outs) == 1 and "0.058994100589438436" in outs.pop()

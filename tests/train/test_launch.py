@@ -29,7 +29,7 @@ def test_slurm_script(tmp_path, corpus):
     assert res.exit_code == 0, res.output
     script = folder / "launch" / "slurm.sh"
     text = script.read_text()
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], timeout=60).returncode == 0
     assert TORCHRUN.format(python=sys.executable, id="$SLURM_JOB_ID", folder=folder.resolve()) in text
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --cpus-per-task=8", "--cpus-per-task=8 \\", "-m experiment.launch.chain begin",
@@ -46,7 +46,7 @@ def test_pbs_script(tmp_path, corpus):
     assert res.exit_code == 0, res.output
     script = folder / "launch" / "pbs.sh"
     text = script.read_text()
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], timeout=60).returncode == 0
     assert TORCHRUN.format(python=sys.executable, id="$PBS_JOBID", folder=folder.resolve()) in text
     for line in ("#PBS -l select=2:ncpus=8:ngpus=4", "MIDTRAIN_JOB_END_TIME=$(( $(date +%s) + 7200 ))",
                  "-m experiment.launch.chain end", "#PBS -l walltime=02:00:00", "#PBS -q gpu", "#PBS -A abc",
@@ -61,7 +61,7 @@ def test_slurm_script_in_the_image(tmp_path, corpus):
     text = (folder / "launch" / "slurm.sh").read_text()
     assert "apptainer exec --nv" in text and f"{folder.resolve()}:{folder.resolve()}:rw" in text
     assert "/sif/kit.sif torchrun --nnodes=2" in text
-    assert subprocess.run(["bash", "-n", str(folder / "launch" / "slurm.sh")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(folder / "launch" / "slurm.sh")], timeout=60).returncode == 0
 
 
 def test_a_missing_sif_is_refused_at_submission_and_a_relative_one_made_absolute(tmp_path, corpus, monkeypatch):

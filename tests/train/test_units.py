@@ -125,7 +125,7 @@ def test_checkpoint_writer_manager_ignores_sigterm_and_exits_with_its_rank(tmp_p
     time.sleep(0.5)
     assert state(server) not in ("", "Z"), "the scheduler's SIGTERM stopped the writer queue's server"
     rank.kill()
-    rank.wait()
+    rank.wait(timeout=60)
     deadline = time.monotonic() + 10
     while state(server) not in ("", "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
