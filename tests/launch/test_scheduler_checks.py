@@ -106,7 +106,8 @@ def _configure(folder: Path, launch: str, nproc: int = 1) -> None:
 
 def _jobs_of(folder: Path) -> list[str]:
     """Jobs the scheduler knows (ended ones included) whose working directory is this folder."""
-    res = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%Z"], capture_output=True, text=True, check=True)
+    res = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%Z"], capture_output=True, text=True, check=True,
+                         timeout=60)
     return [line.split("|")[0] for line in res.stdout.splitlines() if line.split("|")[-1] == str(folder)]
 
 
@@ -155,7 +156,8 @@ def test_a_term_signal_before_the_first_step_is_refused(slurm, project):
 
 
 def test_a_walltime_beyond_the_partition_maxtime_is_refused(slurm, project):
-    limit = subprocess.run(["scontrol", "show", "partition", "-o", PARTITION], capture_output=True, text=True)
+    limit = subprocess.run(["scontrol", "show", "partition", "-o", PARTITION], capture_output=True, text=True,
+                           timeout=60)
     if "MaxTime=UNLIMITED" in limit.stdout or "MaxTime=INFINITE" in limit.stdout:
         pytest.skip("the running local Slurm ($MIDTRAIN_SLURM_DIR) predates its finite MaxTime; restart it")
     folder = project / "training" / "tiny"
@@ -171,12 +173,13 @@ def test_a_request_that_fits_is_submitted(slurm, project):
     cpus = os.cpu_count() or 1
     _configure(folder, f'walltime = "{MAX_TIME}"\ncpus_per_task = {cpus}\nsignal_seconds = 60')
     blocker = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "--time=2", "--output=/dev/null",
-                              "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout.strip()
+                              "--wrap", "sleep 60"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout.strip()
     try:
         res = _cli("run", str(folder), "--launcher", "slurm")
         assert res.returncode == 0, res.stdout + res.stderr
         job = res.stdout.strip().splitlines()[-1]
         assert _jobs_of(folder) == [job]
-        subprocess.run(["scancel", job], check=True)
+        subprocess.run(["scancel", job], check=True, timeout=60)
     finally:
-        subprocess.run(["scancel", blocker], check=False)
+        subprocess.run(["scancel", blocker], check=False, timeout=60)
