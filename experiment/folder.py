@@ -148,6 +148,11 @@ class TrainingSection(_Section):
         "(experiment.train.gpu.choose)")
     peak_tflops: float | None = Field(default=None, gt=0, description="the GPU's dense bf16 peak for MFU, "
                                       "where the kit's table does not know the GPU")
+    hang_factor: float = Field(
+        default=20.0, ge=0, description="hang watchdog: when no step finished for this many times the median step "
+        "time (counted as at least 3 s; saves and evaluations excluded), every live rank writes its Python stacks "
+        "to logs/hang/, the rank whose heartbeat stopped is named, and the run exits non-zero so the job chain "
+        "resumes from the last checkpoint; 0: off")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainingSection":

@@ -260,6 +260,7 @@ class Trainer:
         from experiment.model.build import ParallelLayout, build_gpt_model
         from experiment.train import checkpointing as ckpt
         from experiment.train import gpu
+        from experiment.train import watchdog
         from experiment.train.optim import build_optimizer, build_scheduler
 
         t = self.t
@@ -273,6 +274,8 @@ class Trainer:
         self.tokens_per_iter = t.global_batch_size * self.seq
         self.log_dir = self.folder.path / "logs"
         self.save_dir = self.folder.resolve(self.cfg.checkpoint.save)
+        # heartbeat and hang check on every rank (armed from the second step on; training.hang_factor)
+        self.watchdog = watchdog.Watchdog(self.log_dir, self.env.rank, self.env.world_size, t.hang_factor).start()
         if self.env.rank == 0:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.log_dir / "determinism.json").write_text(json.dumps(det_env, indent=1, sort_keys=True) + "\n")
@@ -461,6 +464,7 @@ class Trainer:
         import torch
 
         t, model = self.t, self.model
+        self.watchdog.pause("eval")  # no step time while evaluating (the process-group timeout bounds it)
         model.eval()
         losses = {}
         with torch.no_grad():
@@ -474,6 +478,7 @@ class Trainer:
                     vals.append(_mean_loss(out))
                 losses[domain] = sum(vals) / len(vals)
         model.train()
+        self.watchdog.unpause()
         self.logger.evaluation(iteration, losses)
         if losses:
             _say(f"eval @ {iteration}: " + ", ".join(f"{d} loss {v:.4f} ppl {math.exp(min(v, 50)):.1f}"
@@ -485,10 +490,12 @@ class Trainer:
         after-save hooks."""
         from experiment.train import checkpointing as ckpt
 
+        self.watchdog.pause("save")  # no step time while saving (the process-group timeout bounds it)
         path = self.segment.save(partial(ckpt.save, self.save_dir, self.gpt, self.optimizer, self.scheduler,
                                          self.state, meta_json=self.meta_json), self.state.iteration)
         for hook in self.after_save:
             hook(self, path)
+        self.watchdog.unpause()
         return path
 
     def _status_extra(self) -> dict:
@@ -531,6 +538,7 @@ class Trainer:
             while state.iteration < self.iters:
                 t0 = time.perf_counter()
                 step = self.train_step()
+                self.watchdog.step(state.iteration)
                 result.final_loss = step.loss
                 for hook in self.after_step:
                     hook(self, step)
@@ -574,6 +582,7 @@ class Trainer:
         from experiment.model import parallel as distributed
         from experiment.train import checkpointing as ckpt
 
+        self.watchdog.stop()
         result, state = self.result, self.state
         result.iteration, result.consumed_samples = state.iteration, state.consumed_samples
         png = self.logger.close(plot=self.options.plot and result.state != "stopped")
