@@ -16,6 +16,14 @@ def pytest_configure(config):
     megatron_import.install()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """A session that ran every fault cell rewrites docs/reliability.md's matrix from what it saw."""
+    from tests import fault_matrix
+
+    if exitstatus == 0 and fault_matrix.write_page():
+        print(f"\nfault matrix written to {fault_matrix.PAGE}")
+
+
 def require_system_packages(*groups: str) -> None:
     """Fail (never skip) when a declared Debian package a test needs is missing: CI installs every one
     (`.ci/run`), so a skip there would hide exactly the gap a fresh machine hits."""

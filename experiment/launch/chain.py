@@ -108,6 +108,13 @@ def begin(folder) -> int:
         print(f"[chain] refusing to start segment {len(done) + 1}: the data changed under the run:\n  "
               + "\n  ".join(drifted), file=sys.stderr, flush=True)
         return 2
+    from experiment.train.checkpointing import unresumable
+
+    refusal = unresumable(folder.resolve(folder.config.checkpoint.save))
+    if refusal:  # checkpoints none of which would load: never a silent start from the base
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "no resumable checkpoint"})
+        print(f"[chain] refusing to start segment {len(done) + 1}: {refusal}", file=sys.stderr, flush=True)
+        return 2
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0

@@ -111,16 +111,26 @@ def file_hashes(folder: Path, names) -> dict[str, str]:
     return {paths[p]: d for p, d in hash_paths(paths, HASH).items()}
 
 
+def inspect_sizes(folder: Path) -> Verdict:
+    """The cheap part of ``inspect``: files and sizes against the manifest."""
+    folder = Path(folder)
+    iteration = int(folder.name[5:12]) if folder.name[5:12].isdigit() else -1
+    ok, why = is_complete(folder)
+    if ok:
+        return Verdict(iteration)
+    kind = "missing" if "missing" in why or "does not exist" in why else (
+        "size" if "bytes, the manifest says" in why else "manifest")
+    return Verdict(iteration, kind, why)
+
+
 def inspect(folder: Path, recorded: dict[str, str] | None = None) -> Verdict:
     """Check one checkpoint's files against its manifest (names, sizes, hashes) and against the run's record
     of its save (``recorded``: name -> hash), without loading it. Rank 0 only: it reads every byte."""
     folder = Path(folder)
-    iteration = int(folder.name[5:12]) if folder.name[5:12].isdigit() else -1
-    ok, why = is_complete(folder)
-    if not ok:
-        kind = "missing" if "missing" in why or "does not exist" in why else (
-            "size" if "bytes, the manifest says" in why else "manifest")
-        return Verdict(iteration, kind, why)
+    sized = inspect_sizes(folder)
+    if not sized.ok:
+        return sized
+    iteration = sized.iteration
     manifest = read_manifest(folder)
     expected = manifest.get("hashes") or {}
     if recorded:
@@ -409,6 +419,17 @@ def _set_aside(save_dir: Path, log_dir: Path | None, damaged: list[Verdict], res
             write_atomic(save_dir / LATEST_NAME, f"{resumed}\n")
     if dist.is_initialized():
         dist.barrier()
+
+
+def unresumable(save_dir: Path) -> str | None:
+    """Before any process starts: the refusal when checkpoints exist and not one is complete (files and sizes
+    against its manifest; the hashes are checked by the run itself). None when a resume can be tried."""
+    save_dir = Path(save_dir)
+    its = candidates(save_dir) if save_dir.is_dir() else []
+    verdicts = [inspect_sizes(iteration_dir(save_dir, it)) for it in its]
+    if not its or any(v.ok for v in verdicts):
+        return None
+    return _none_loads(save_dir, verdicts, its)
 
 
 def _none_loads(save_dir: Path, failed: list[Verdict], tried: list[int]) -> str:

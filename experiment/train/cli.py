@@ -91,8 +91,10 @@ def run(
     problems = chosen.validate(request)
     if not dry_run and not problems:  # every segment reads the data its signatures describe, or none
         from experiment.launch.datacheck import data_problems
+        from experiment.train.checkpointing import unresumable
 
-        problems = data_problems(loaded)
+        refusal = None if restart else unresumable(loaded.resolve(cfg.checkpoint.save))
+        problems = data_problems(loaded) + ([refusal] if refusal else [])
     if problems:
         console.print(f"[red]refusing to launch {folder}[/red] ({kind}): {len(problems)} problem(s)")
         for p in problems:

@@ -215,6 +215,12 @@ def _peak_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
+def _world_record(world: int) -> dict:
+    """Nodes and processes per node as torchrun started this run (``LOCAL_WORLD_SIZE``)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or world)
+    return {"nnodes": max(1, world // max(local, 1)), "nproc_per_node": local}
+
+
 def _write_status(log_dir: Path, payload: dict) -> None:
     write_atomic(log_dir / STATUS_NAME, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
@@ -333,10 +339,12 @@ class Trainer:
         from experiment.train import checkpointing as ckpt
 
         save_dir, log_dir = self.save_dir, self.log_dir
-        state, warnings = (ckpt.load_training(save_dir, self.gpt, self.optimizer, self.scheduler)
-                           if save_dir.is_dir() else (None, []))
-        for w in warnings:
-            _say(f"WARNING: {w}; using an older checkpoint")
+        from experiment.train.walltime import recorded_hashes
+
+        state, notes = ckpt.load_training(save_dir, self.gpt, self.optimizer, self.scheduler, log_dir=log_dir,
+                                          recorded=recorded_hashes(log_dir))
+        for note in notes:
+            _say(f"WARNING: {note}")
         if state is not None:
             _say(f"resumed from {ckpt.iteration_dir(save_dir, state.iteration)} "
                  f"(iteration {state.iteration}, {state.consumed_samples} samples consumed)")
@@ -492,7 +500,8 @@ class Trainer:
 
         self.watchdog.pause("save")  # no step time while saving (the process-group timeout bounds it)
         path = self.segment.save(partial(ckpt.save, self.save_dir, self.gpt, self.optimizer, self.scheduler,
-                                         self.state, meta_json=self.meta_json), self.state.iteration)
+                                         self.state, meta_json=self.meta_json, log_dir=self.log_dir),
+                                 self.state.iteration)
         for hook in self.after_save:
             hook(self, path)
         self.watchdog.unpause()
@@ -514,6 +523,8 @@ class Trainer:
             "layer_spec": self.layer_spec,
             "recompute": "none" if self.choice is None else self.choice.recompute,
             "peak_memory_gib": _peak_memory_gib(),
+            # how this run was started, read back by the one lock writer (experiment.launch.finish)
+            "overrides": list(self.folder.overrides), **_world_record(self.env.world_size),
             **{k: None if v is None else round(v, 6) for k, v in speed.items()}})
 
     # ---------------------------------------------------------------- loop
@@ -654,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiment.errors import disk_full
     from experiment.folder import FolderError
     from experiment.mixture.checks import load_checked
+    from experiment.train.checkpointing import CheckpointLoadError
 
     megatron_import.install()  # before the first megatron import of this worker
 
@@ -672,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run(folder, RunOptions(max_iterations=args.max_iterations, save=not args.no_save))
     except FolderError as err:  # bad folder, or a resume that would change the mixture
         print(f"[experiment.train] refusing to start:\n{err}", file=sys.stderr, flush=True)
+        return 2
+    except CheckpointLoadError as err:  # checkpoints exist and none resumes: never a silent start from the base
+        if _rank0():
+            print(f"[experiment.train] refusing to resume: {err}", file=sys.stderr, flush=True)
         return 2
     except BaseException as err:  # a full disk mid-run: one message and the way back, not a traceback per rank
         full = disk_full(err, places, then="run the same command again: training resumes from "

@@ -41,3 +41,19 @@ def start_torchrun(folder: Path, nproc: int = 2) -> subprocess.Popen:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under root (relative name -> content)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def reference(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted DP=2 run from scratch through `experiment run` (local launcher): 8 iterations,
+    checkpoints at 4 and 8, then the run's lockfile. Once per session: every fault test compares its
+    ending with these bytes."""
+    from typer.testing import CliRunner
+
+    from experiment.cli import app
+    from tests.train.corpus import make_folder
+
+    folder = make_folder(tmp_path_factory.mktemp("ref") / "run", corpus, iters=8)
+    res = CliRunner().invoke(app, ["run", str(folder)])  # torchrun's own output goes to the real fds
+    assert res.exit_code == 0, res.output
+    return folder

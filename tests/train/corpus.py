@@ -59,6 +59,7 @@ def build_corpus(out_dir: Path, sp_model: Path, chars_per_domain: int = 400_000)
 
     from experiment.data.naming import make
     from experiment.data.signature import DataSignature, ShardEntry, TokenizerInfo
+    from experiment.hashing import hash_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
@@ -77,6 +78,8 @@ def build_corpus(out_dir: Path, sp_model: Path, chars_per_domain: int = 400_000)
             prefix=name, language="en", domain=domain, subdomain="main", docs=len(docs), sentences=len(docs),
             tokens=tokens, bin_bytes=(out_dir / f"{name}.bin").stat().st_size,
             idx_bytes=(out_dir / f"{name}.idx").stat().st_size, dtype="uint16",
+            # hashed like `experiment data signature`: each segment of a run checks its shards against them
+            bin_hash=hash_file(out_dir / f"{name}.bin"), idx_hash=hash_file(out_dir / f"{name}.idx"),
         ))
     sig = DataSignature(
         name="train-tests", root=".",

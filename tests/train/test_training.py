@@ -27,20 +27,6 @@ def _ok(res) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> Path:
-    """An uninterrupted DP=2 run from scratch through `experiment run` (local launcher): 8 iterations,
-    checkpoints at 4 and 8, then the run's lockfile."""
-    from typer.testing import CliRunner
-
-    from experiment.cli import app
-
-    folder = make_folder(tmp_path_factory.mktemp("ref") / "run", corpus, iters=ITERS)
-    res = CliRunner().invoke(app, ["run", str(folder)])  # torchrun's own output goes to the real fds
-    assert res.exit_code == 0, res.output
-    return folder
-
-
 def test_dp2_loss_falls_and_outputs_are_written(reference):
     losses = [unhex(r["loss"]) for r in read_losses(reference / "logs")]
     assert len(losses) == ITERS and all(math.isfinite(x) for x in losses)
