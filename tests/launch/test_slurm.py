@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from experiment.lock import environment, lockfile
+from tests import fault_matrix
 
 pytestmark = pytest.mark.slow
 
@@ -57,14 +59,20 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     _configure(folder, 'walltime = "5"\nexit_margin_seconds = 30\ncpus_per_task = 2', iters=4, save_interval=2)
     toml = folder / "experiment.toml"
     toml.write_text(toml.read_text().replace("[checkpoint]\n", "[checkpoint]\nkeep_last = 1\n"))
-    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    untouched = project / "training" / "tiny-default"  # the same folder without the override, for `compare`
+    shutil.copytree(folder, untouched)
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm", "--set", "training.lr=0.002"))
     assert (folder / "logs").is_dir()  # made before submission: the scheduler opens its output file there
+    script = (folder / "launch" / "slurm.sh").read_text()  # every step that loads the folder gets the override
+    assert script.count("--set training.lr=0.002") == 3, script  # chain begin, torchrun, chain end
     info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
                           timeout=60).stdout
     assert "NumCPUs=2" in info and "MinCPUsNode=2" in info, info  # the ranks' CPUs, not Slurm's default 1
     events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
     assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
     lock = lockfile.read(folder / "run.lock.json")  # written by the job (the chain's last segment)
+    assert lock.config.overrides == ["training.lr=0.002"] and lock.config.experiment["training"]["lr"] == 0.002
+    assert lock.config.resolved["runner_args"] == ["--set", "training.lr=0.002"]
     segs = lock.launch.launcher["segments"]
     assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in segs] == [(job, 0, 4)]
     assert list(lock.outputs.checkpoints) == ["iter_0000004"]
@@ -83,6 +91,20 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     relock = lockfile.read(project / "rerun-slurm" / "training" / "tiny" / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]
     assert [s["job_id"] for s in relock.launch.launcher["segments"]] != [job]  # a new job ran it
+    assert relock.config.overrides == ["training.lr=0.002"]
+    # the Slurm run's lock re-run here, without Slurm: the override is applied again (it used to diverge at step 1)
+    local = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun-local"), "--steps", "2",
+                 *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
+    assert local.returncode == 0 and "applied again: --set training.lr=0.002" in local.stdout + local.stderr, \
+        (local.stdout + local.stderr)[-4000:]
+    cmp = subprocess.run([sys.executable, "-m", "experiment.cli", "compare", str(untouched), str(folder)],
+                         capture_output=True, text=True, timeout=300, cwd=project)
+    assert "training.lr" in cmp.stdout + cmp.stderr, cmp.stdout + cmp.stderr
+    fault_matrix.record("slurm", "--set override", survived="everything (one job)", resumed="from the base (a new run)",
+                        reproduced="yes: `reproduce --launcher slurm` exit 0 (outputs equal), `--launcher local "
+                        "--steps 2` exit 0; `compare` names training.lr", message="overrides recorded in the lock, "
+                        "applied again: --set training.lr=0.002",
+                        test="tests/launch/test_slurm.py::test_tiny_folder_trains_as_a_slurm_job")
 
 
 def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
@@ -134,6 +156,12 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     assert "24 step(s) of losses" in out and "identical" in out
     relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
+    fault_matrix.record("slurm", "SIGTERM during a save", survived=f"every checkpoint (the save of iteration {signalled} "
+                        "in progress finished); logs", resumed=f"the next job, from iteration {hit['complete_iteration']}"
+                        f" ({len(ends)} jobs in all)", reproduced="yes: `experiment reproduce` (local, uninterrupted) "
+                        "exit 0, outputs equal", message=f"segment {running[0]} ended ({hit['state']}); next segment "
+                        "submitted", test="tests/launch/test_slurm.py::test_chain_of_one_minute_jobs_with_sigterm_mid_"
+                        "save_matches_a_local_run")
 
 
 def test_refusals_and_a_job_that_dies_at_start(slurm, project):
@@ -209,3 +237,12 @@ def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_c
     assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again
     assert ends[0]["complete_iteration"] == 40 and second["start_iteration"] == 40
     assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000040", "iter_0000080", "iter_0000120"]
+    aside = [json.loads(line) for line in (folder / "logs" / "aside.jsonl").read_text().splitlines()]
+    assert any(e["what"] == "log" and e["from"] == "losses.jsonl" for e in aside), aside  # the cut lines, kept
+    fault_matrix.record("slurm", "kill -9 during a save", survived="iteration 40's checkpoint; the half-written "
+                        "iteration 80 (a .partial, never loaded) removed; the cut log lines under logs/aside/",
+                        resumed=f"iteration 40, by the next job ({second['lost_iterations']} iterations trained again)",
+                        reproduced="the lock's segments and losses 1..120 checked; byte equality is proven by the "
+                        "SIGTERM chain's reproduce", message="[chain] segment ended (failed); next segment submitted",
+                        test="tests/launch/test_slurm.py::test_a_segment_killed_with_sigkill_mid_save_resumes_from_"
+                        "its_last_complete_checkpoint")

@@ -23,10 +23,10 @@ from tests.train.corpus import make_folder
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def _copy_run(reference: Path, folder: Path) -> None:
@@ -84,7 +84,7 @@ def test_unloadable_checkpoints_stop_the_run_then_restart_with_a_set_override_re
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(tmp_path / "rerun"), *ignore)
     rout = rep.stdout + rep.stderr
     assert rep.returncode == 0 and "identical" in rout, rout[-4000:]
-    cmp = _cli("compare", str(reference), str(folder))
+    cmp = _cli("compare", str(reference), str(folder), cwd=tmp_path)  # it writes compare.png here
     assert cmp.returncode == 1 and "training.lr" in cmp.stdout + cmp.stderr, cmp.stdout + cmp.stderr  # 1: they differ
 
     name = "tests/train/test_faults.py::test_unloadable_checkpoints_stop_the_run_then_restart_with_a_set_override_reproduces"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiment.train.metrics import read_losses, unhex
+from tests import fault_matrix
 from tests.train.conftest import start_torchrun, torchrun, tree_bytes
 from tests.train.corpus import make_folder
 
@@ -66,7 +67,12 @@ def test_two_identical_runs_give_identical_bytes(reference, corpus, tmp_path):
         assert (again / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
 
 
-def test_sigkill_then_restart_ends_byte_identical(reference, corpus, tmp_path):
+def test_sigkill_of_one_rank_then_restart_ends_byte_identical(reference, corpus, tmp_path):
+    """kill -9 of rank 1 alone, mid-step, once a checkpoint exists and training went on past it: torchrun tears
+    the other rank down and exits non-zero; the same command resumes from the last checkpoint (the log lines
+    past it kept in logs/aside/) and ends on the uninterrupted run's bytes."""
+    import psutil
+
     folder = make_folder(tmp_path / "run", corpus, iters=ITERS)
     proc = start_torchrun(folder)
     latest = folder / "checkpoints" / "latest_checkpointed_iteration.txt"
@@ -78,18 +84,31 @@ def test_sigkill_then_restart_ends_byte_identical(reference, corpus, tmp_path):
                 break
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.05)
-        _kill_tree(proc.pid)
+        rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                     if p.environ().get("RANK") == "1")
+        rank1.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
     finally:
-        proc.wait(timeout=120)
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+            proc.wait(timeout=60)
+    assert proc.returncode != 0, out[-3000:]
     status = folder / "logs" / "run_status.json"  # live ("running") while training, "finished" at the end
     assert not status.exists() or json.loads(status.read_text())["state"] == "running", "the run finished before it was killed"
     killed_at = read_losses(folder / "logs")[-1]["iteration"]
     assert killed_at < ITERS
+    failure = next((line for line in out.splitlines() if "exitcode" in line), "torchrun: a worker failed")
     out = _ok(torchrun(folder))
     assert "resumed from" in out, out[-3000:]
+    resumed = next(line for line in out.splitlines() if "resumed from" in line)
     assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
     for name in ("losses.jsonl", "eval.jsonl"):
         assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+    fault_matrix.record("local", "kill -9 of one rank mid-step", survived="every complete checkpoint; the log lines "
+                        "past it under logs/aside/", resumed=resumed.split("resumed from")[1].strip()[:80],
+                        reproduced="yes: every checkpoint and losses.jsonl equal the reference's bytes",
+                        message=failure.split("]")[-1].strip(),
+                        test="tests/train/test_training.py::test_sigkill_of_one_rank_then_restart_ends_byte_identical")
 
 
 def test_disk_full_mid_save_stops_with_one_message_then_resumes_byte_identical(reference, corpus, tmp_path):
@@ -113,11 +132,17 @@ def test_disk_full_mid_save_stops_with_one_message_then_resumes_byte_identical(r
         assert not (ckpt / "iter_0000008").exists()
         subprocess.run(["mount", "-o", f"remount,size={one * 4}", str(ckpt)], check=True,
                        timeout=60)  # space freed
-        out = _ok(torchrun(folder))
-        assert "resumed from" in out and "did not finish" in out, out[-3000:]
+        out2 = _ok(torchrun(folder))
+        assert "resumed from" in out2 and "did not finish" in out2, out2[-3000:]
         assert tree_bytes(ckpt) == tree_bytes(reference / "checkpoints")
         for name in ("losses.jsonl", "eval.jsonl"):
             assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
+        fault_matrix.record("local", "disk full during a save", survived="iteration 4's checkpoint and the logs; the "
+                            "half-written iteration 8 was removed as unfinished", resumed="iteration 4, once space "
+                            "was freed", reproduced="yes: every checkpoint and losses.jsonl equal the reference's bytes",
+                            message=next(line for line in out.splitlines() if "the disk is full" in line),
+                            test="tests/train/test_training.py::test_disk_full_mid_save_stops_with_one_message_then_"
+                            "resumes_byte_identical")
     finally:
         subprocess.run(["umount", "--lazy", str(ckpt)], check=False, timeout=60)
 

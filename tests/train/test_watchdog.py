@@ -220,3 +220,11 @@ def test_sigstop_one_rank_ends_the_run_naming_it(corpus, tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"processes left behind: {left}"
+    from tests import fault_matrix
+
+    fault_matrix.record("local", "hung rank (SIGSTOP)", survived="every checkpoint and log; rank 0's Python stacks in "
+                        "logs/hang/rank-0.txt; run_status.json says hung", resumed="not re-run here: torchrun exits "
+                        f"non-zero after {took:.0f} s, and a chain resumes from the last checkpoint as after kill -9",
+                        reproduced="no lock: the run did not finish", message=next(
+                            line for line in out.splitlines() if "hang: no progress for" in line).split("] ", 1)[-1],
+                        test="tests/train/test_watchdog.py::test_sigstop_one_rank_ends_the_run_naming_it")
