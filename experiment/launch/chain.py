@@ -30,6 +30,7 @@ from pathlib import Path
 from experiment.launch.launchers import read_chain, record
 from experiment.launcher_names import current_job, job_nodes, job_restarts
 from experiment.train.walltime import STATUS_NAME, WALLTIME_STATE
+from experiment.train.watchdog import HUNG_STATE  # the runner's watchdog ended the segment
 
 CLEAN_STOPS = (WALLTIME_STATE, "interrupted")
 
@@ -139,8 +140,8 @@ def end(folder, rc: int, script: Path | None) -> int:
     begins = [e for e in events if e.get("event") == "begin" and e["job_id"] == job]
     start = begins[-1]["start_iteration"] if begins else 0
     state = status.get("state", "unknown")
-    if state == "running" or rc != 0 and state not in CLEAN_STOPS:
-        state = "failed"
+    if state == "running" or rc != 0 and state not in (*CLEAN_STOPS, HUNG_STATE):
+        state = "failed"  # a hung segment keeps its name ("hung"); both resubmit by the same rules
     finished = complete >= iters
     if finished:
         state = "finished"
