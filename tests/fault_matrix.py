@@ -68,11 +68,15 @@ class Cell:
 _cells: dict[tuple[str, str], Cell] = {}
 
 
+_TMP = re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+/")  # a test's own folder: the same for every reader
+
+
 def record(launcher: str, fault: str, *, survived: str, resumed: str, reproduced: str, message: str,
            test: str) -> None:
+    """Note one cell; call it after the test's assertions (a failed test records nothing)."""
     assert fault in FAULTS and (launcher, fault) in CELLS, (launcher, fault)
-    _cells[(launcher, fault)] = Cell(launcher, fault, survived, resumed, reproduced,
-                                     " ".join(message.split())[:200], test)
+    clean = [_TMP.sub(".../", " ".join(x.split())) for x in (survived, resumed, reproduced, message)]
+    _cells[(launcher, fault)] = Cell(launcher, fault, clean[0], clean[1], clean[2], clean[3][:220], test)
 
 
 def _escape(text: str) -> str:
@@ -80,17 +84,18 @@ def _escape(text: str) -> str:
 
 
 def table() -> str:
-    rows = ["| launcher | fault | what survived | where it resumed | lock reproduced | what the user saw | test |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| launcher | fault | nothing lost | what survived | where it resumed | lock reproduced | what the user saw "
+            "| test |", "|---|---|---|---|---|---|---|---|"]
     for launcher in ("local", "slurm"):
         for fault in FAULTS:
             cell = _cells.get((launcher, fault))
             if cell is None:
-                rows.append(f"| {launcher} | {_escape(fault)} | not run: {_escape(NOT_RUN.get((launcher, fault), '?'))}"
-                            " | | | | |")
+                rows.append(f"| {launcher} | {_escape(fault)} | | not run: "
+                            f"{_escape(NOT_RUN.get((launcher, fault), '?'))} | | | | |")
                 continue
             rows.append("| " + " | ".join(_escape(x) for x in (
-                launcher, fault, cell.survived, cell.resumed, cell.reproduced, f"`{cell.message}`",
+                launcher, fault, "yes" if cell.nothing_lost else "NO", cell.survived, cell.resumed, cell.reproduced,
+                f"`{cell.message}`",
                 f"`{cell.test}`")) + " |")
     return "\n".join(rows)
 
@@ -103,12 +108,16 @@ def write_page() -> bool:
     """Rewrite the table on docs/reliability.md when every cell ran this session; True when written."""
     if not complete() or not PAGE.is_file():
         return False
-    commit = subprocess.run(["git", "-C", str(PAGE.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, timeout=30).stdout.strip() or "unknown"
+    git = ["git", "-C", str(PAGE.parent)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            timeout=30).stdout.strip() or "unknown"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "experiment", "tests"],
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    commit += " with uncommitted changes to experiment/ or tests/" if dirty else ""
     text = PAGE.read_text()
     if BEGIN not in text or END not in text:
         return False
-    body = f"{BEGIN}\nAs run by `nox -s tests` at commit `{commit}` (plus the working tree's changes, if any).\n\n" \
+    body = f"{BEGIN}\nAs run by the test suite at commit `{commit}`.\n\n" \
            f"{table()}\n{END}"
     PAGE.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: body, text, flags=re.S))
     return True

@@ -102,5 +102,10 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
         again = relock["outputs"]["checkpoints"][name]
         assert again["tensors"] == ckpt["tensors"]
         assert {f for f in ckpt["files"] if ckpt["files"][f] != again["files"].get(f)} <= {"kit_manifest.json"}
-    # only where it ran differs: the environment (image vs host) and, at most, the kit's git state
-    assert {k for k in relock if relock[k] != lock[k]} <= {"environment", "kit", "outputs"}
+    # only where it ran differs: the environment (image vs host), at most the kit's git state, and the record of
+    # each save, whose raw-byte hashes include that .metadata pickle (a resume checks the bytes it reads)
+    assert {k for k in relock if relock[k] != lock[k]} <= {"environment", "kit", "outputs", "checkpoint_record"}
+    saves, again = lock["checkpoint_record"]["saves"], relock["checkpoint_record"]["saves"]
+    assert [s["iteration"] for s in saves] == [s["iteration"] for s in again]
+    assert [{f: h for f, h in s["files"].items() if f != ".metadata"} for s in saves] == \
+        [{f: h for f, h in s["files"].items() if f != ".metadata"} for s in again]

@@ -159,8 +159,8 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     fault_matrix.record("slurm", "SIGTERM during a save", survived=f"every checkpoint (the save of iteration {signalled} "
                         "in progress finished); logs", resumed=f"the next job, from iteration {hit['complete_iteration']}"
                         f" ({len(ends)} jobs in all)", reproduced="yes: `experiment reproduce` (local, uninterrupted) "
-                        "exit 0, outputs equal", message=f"segment {running[0]} ended ({hit['state']}); next segment "
-                        "submitted", test="tests/launch/test_slurm.py::test_chain_of_one_minute_jobs_with_sigterm_mid_"
+                        "exit 0, outputs equal", message=f"[chain] segment {running[0]} ended ({hit['state']}) at iteration "
+                        f"{hit['complete_iteration']}/24; next segment: job ...", test="tests/launch/test_slurm.py::test_chain_of_one_minute_jobs_with_sigterm_mid_"
                         "save_matches_a_local_run")
 
 
@@ -239,10 +239,16 @@ def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_c
     assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000040", "iter_0000080", "iter_0000120"]
     aside = [json.loads(line) for line in (folder / "logs" / "aside.jsonl").read_text().splitlines()]
     assert any(e["what"] == "log" and e["from"] == "losses.jsonl" for e in aside), aside  # the cut lines, kept
+    lock = lockfile.read(folder / "run.lock.json")
+    assert lock.checkpoint_record.aside == aside  # the lock lists what was kept aside
+    rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
+               *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
+    out = rep.stdout + rep.stderr
+    assert rep.returncode == 0 and "120 step(s) of losses" in out and "identical" in out, out[-4000:]
     fault_matrix.record("slurm", "kill -9 during a save", survived="iteration 40's checkpoint; the half-written "
                         "iteration 80 (a .partial, never loaded) removed; the cut log lines under logs/aside/",
                         resumed=f"iteration 40, by the next job ({second['lost_iterations']} iterations trained again)",
-                        reproduced="the lock's segments and losses 1..120 checked; byte equality is proven by the "
-                        "SIGTERM chain's reproduce", message="[chain] segment ended (failed); next segment submitted",
+                        reproduced="yes: `experiment reproduce` (local, uninterrupted) exit 0",
+                        message=f"[chain] segment {job} ended (failed) at iteration 40/120; next segment: job ...",
                         test="tests/launch/test_slurm.py::test_a_segment_killed_with_sigkill_mid_save_resumes_from_"
                         "its_last_complete_checkpoint")

@@ -105,7 +105,7 @@ def test_sigkill_of_one_rank_then_restart_ends_byte_identical(reference, corpus,
     for name in ("losses.jsonl", "eval.jsonl"):
         assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
     fault_matrix.record("local", "kill -9 of one rank mid-step", survived="every complete checkpoint; the log lines "
-                        "past it under logs/aside/", resumed=resumed.split("resumed from")[1].strip()[:80],
+                        "past it under logs/aside/", resumed="iteration " + resumed.split("(iteration ")[1].split(",")[0],
                         reproduced="yes: every checkpoint and losses.jsonl equal the reference's bytes",
                         message=failure.split("]")[-1].strip(),
                         test="tests/train/test_training.py::test_sigkill_of_one_rank_then_restart_ends_byte_identical")
