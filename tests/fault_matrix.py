@@ -34,7 +34,10 @@ CELLS = {
     ("local", "bit flip in the latest checkpoint"), ("local", "hung rank (SIGSTOP)"), ("local", "--set override"),
     ("local", "shard changed between segments"),
     ("slurm", "kill -9 during a save"), ("slurm", "SIGTERM during a save"), ("slurm", "--set override"),
+    ("container", "--set override"),
 }
+LAUNCHERS = ("local", "slurm", "container")
+_SAME_RUNNER = "the runner inside the image is the same code as on the host (its lock proves the versions); run locally"
 NOT_RUN = {
     ("local", "SIGTERM during a save"): "a tiny save is too short to hit from outside; SIGTERM mid-step is tested "
                                        "locally (tests/train/test_training.py), during a save on Slurm",
@@ -47,6 +50,7 @@ NOT_RUN = {
                                                    "locally",
     ("slurm", "hung rank (SIGSTOP)"): "the watchdog is the runner's; run locally",
     ("slurm", "shard changed between segments"): "`chain begin` runs the same check as `experiment run`; run locally",
+    **{("container", f): _SAME_RUNNER for f in FAULTS if f != "--set override"},
 }
 
 
@@ -86,7 +90,7 @@ def _escape(text: str) -> str:
 def table() -> str:
     rows = ["| launcher | fault | nothing lost | what survived | where it resumed | lock reproduced | what the user saw "
             "| test |", "|---|---|---|---|---|---|---|---|"]
-    for launcher in ("local", "slurm"):
+    for launcher in LAUNCHERS:
         for fault in FAULTS:
             cell = _cells.get((launcher, fault))
             if cell is None:

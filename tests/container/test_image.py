@@ -68,10 +68,12 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(storage))
     folder = project / "training" / "tiny"
     cli = [sys.executable, "-m", "experiment.cli"]
-    host = subprocess.run([*cli, "run", str(folder)], capture_output=True, text=True, timeout=900)
+    # with a --set override: the lock carries it, and the re-run inside the image applies it again
+    host = subprocess.run([*cli, "run", str(folder), "--set", "training.lr=0.002"], capture_output=True, text=True,
+                          timeout=900)
     assert host.returncode == 0, host.stdout[-3000:] + host.stderr[-3000:]
     lock = lockfile.read(folder / "run.lock.json").dump()
-    assert lock["environment"]["containerized"] is False
+    assert lock["environment"]["containerized"] is False and lock["config"]["overrides"] == ["training.lr=0.002"]
 
     rep = subprocess.run([*cli, "reproduce", str(folder / "run.lock.json"), "--container", "--image", TAG,
                           "--out", str(tmp_path / "rerun"), "--ignore"], capture_output=True, text=True,
@@ -105,7 +107,14 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     # only where it ran differs: the environment (image vs host), at most the kit's git state, and the record of
     # each save, whose raw-byte hashes include that .metadata pickle (a resume checks the bytes it reads)
     assert {k for k in relock if relock[k] != lock[k]} <= {"environment", "kit", "outputs", "checkpoint_record"}
+    assert relock["config"] == lock["config"] and "applied again: --set training.lr=0.002" in out
     saves, again = lock["checkpoint_record"]["saves"], relock["checkpoint_record"]["saves"]
     assert [s["iteration"] for s in saves] == [s["iteration"] for s in again]
     assert [{f: h for f, h in s["files"].items() if f != ".metadata"} for s in saves] == \
         [{f: h for f, h in s["files"].items() if f != ".metadata"} for s in again]
+    from tests import fault_matrix
+
+    fault_matrix.record("container", "--set override", survived="everything (a new run)", resumed="from the base",
+                        reproduced="yes: `experiment reproduce --container` (inside the image) exit 0; losses and every "
+                        "tensor equal the host run's", message="overrides recorded in the lock, applied again: --set "
+                        "training.lr=0.002", test="tests/container/test_image.py::test_host_run_reproduced_inside_the_image")
