@@ -101,6 +101,9 @@ def test_sigkill_of_one_rank_then_restart_ends_byte_identical(reference, corpus,
     out = _ok(torchrun(folder))
     assert "resumed from" in out, out[-3000:]
     resumed = next(line for line in out.splitlines() if "resumed from" in line)
+    at = int(resumed.split("(iteration ")[1].split(",")[0])
+    kept = (folder / "logs" / "aside" / f"losses.jsonl.after-{at}").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in kept] == list(range(at + 1, killed_at + 1))  # kept, not lost
     assert tree_bytes(folder / "checkpoints") == tree_bytes(reference / "checkpoints")
     for name in ("losses.jsonl", "eval.jsonl"):
         assert (folder / "logs" / name).read_bytes() == (reference / "logs" / name).read_bytes()
