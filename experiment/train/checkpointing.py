@@ -138,6 +138,9 @@ def inspect(folder: Path, recorded: dict[str, str] | None = None) -> Verdict:
         if expected and differ:
             return Verdict(iteration, "record", f"{folder / MANIFEST_NAME} and logs/saves.jsonl disagree on {differ[0]}")
         expected = expected or recorded
+    absent = sorted(n for n in expected if not (folder / n).is_file())
+    if absent:  # only possible when the hashes come from the record alone (a manifest of an older kit)
+        return Verdict(iteration, "missing", f"{folder / absent[0]} is missing")
     found = file_hashes(folder, sorted(expected))
     for name in sorted(expected):
         if found[name] != expected[name]:
@@ -437,7 +440,7 @@ def _none_loads(save_dir: Path, failed: list[Verdict], tried: list[int]) -> str:
     lines += [f"  iter_{v.iteration:07d}: {v.damage}: {v.why}" for v in failed]
     lines.append("fix: restore the checkpoints (or the code and megatron-core version that wrote them), or start "
                  "again from the base with `experiment run FOLDER --restart` (moves the checkpoints to "
-                 f"{DAMAGED_DIR}/ and the logs to logs/aside/, deletes nothing)")
+                 "<save>/aside/restart-N/ and the logs and lock to logs/aside/restart-N/, deletes nothing)")
     return "\n".join(lines)
 
 

@@ -130,3 +130,26 @@ def test_checkpoint_writer_manager_ignores_sigterm_and_exits_with_its_rank(tmp_p
     while state(server) not in ("", "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert state(server) in ("", "Z"), f"server {server} outlived its rank killed with SIGKILL"
+
+
+def test_inspect_names_the_damage_and_unresumable_refuses_only_when_none_is_complete(tmp_path):
+    """The resume's file checks without a process group: a flipped bit is a hash mismatch naming the file, a
+    record that names a file the folder lacks is a missing file, and the before-launch refusal comes only when
+    no checkpoint is complete."""
+    import json
+
+    folder = _fake_checkpoint(tmp_path, 4, {"a.distcp": b"x" * 1000, "common.pt": b"y"})
+    files = ckpt._listing(folder)
+    recorded = ckpt.file_hashes(folder, files)
+    (folder / ckpt.MANIFEST_NAME).write_text(json.dumps({"iteration": 4, "files": files, "hashes": recorded}))
+    assert ckpt.inspect(folder, recorded).ok
+    data = bytearray((folder / "a.distcp").read_bytes())
+    data[5] ^= 1
+    (folder / "a.distcp").write_bytes(bytes(data))
+    flipped = ckpt.inspect(folder, recorded)
+    assert flipped.damage == "hash" and flipped.known_damage and "a.distcp has blake3" in flipped.why
+    assert ckpt.inspect(folder, {**recorded, "a.distcp": "0" * 64}).damage == "record"
+    assert ckpt.unresumable(tmp_path) is None  # sizes still match: the run itself checks the hashes
+    (folder / "common.pt").unlink()
+    refusal = ckpt.unresumable(tmp_path)
+    assert "none resumable" in refusal and "iter_0000004: missing" in refusal and "--restart" in refusal
