@@ -84,6 +84,15 @@ def read_aside(log_dir: str | Path) -> list[dict]:
     return read_jsonl(Path(log_dir) / ASIDE)
 
 
+def free_path(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name.2``, ``name.3``, ... when taken: what is set aside never replaces what was."""
+    target, n = Path(folder) / name, 1
+    while target.exists():
+        n += 1
+        target = Path(folder) / f"{name}.{n}"
+    return target
+
+
 def keep_aside(path: Path, lines: list[str], why: str, resumed: int) -> Path | None:
     """Write log lines a resume drops from ``path`` to ``logs/aside/<name>.after-<resumed>[.n]`` (a free name,
     atomically) and note it; None when there is nothing to keep."""
@@ -94,10 +103,7 @@ def keep_aside(path: Path, lines: list[str], why: str, resumed: int) -> Path | N
     path = Path(path)
     folder = path.parent / ASIDE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    target, n = folder / f"{path.name}.after-{resumed}", 1
-    while target.exists():
-        n += 1
-        target = folder / f"{path.name}.after-{resumed}.{n}"
+    target = free_path(folder, f"{path.name}.after-{resumed}")
     write_atomic(target, "".join(lines))
     note_aside(path.parent, {"what": "log", "from": path.name, "to": f"{ASIDE_DIR}/{target.name}",
                              "lines": len(lines), "why": why, "resumed_iteration": resumed})

@@ -100,21 +100,13 @@ def begin(folder) -> int:
         print(f"[chain] launch.max_segments={folder.config.launch.max_segments} segments already ran; not "
               "starting another (raise it in experiment.toml and resubmit)", file=sys.stderr)
         return 1
-    from experiment.launch.datacheck import data_problems
-    from experiment.mixture.checks import load_checked
+    from experiment.launch.datacheck import segment_problems
 
-    drifted = data_problems(load_checked(folder.path, require_artifacts=False, overrides=folder.overrides))
-    if drifted:
-        record(folder.path, {"event": "stopped", "job_id": job, "why": "data changed"})
-        print(f"[chain] refusing to start segment {len(done) + 1}: the data changed under the run:\n  "
-              + "\n  ".join(drifted), file=sys.stderr, flush=True)
-        return 2
-    from experiment.train.checkpointing import unresumable
-
-    refusal = unresumable(folder.resolve(folder.config.checkpoint.save))
-    if refusal:  # checkpoints none of which would load: never a silent start from the base
-        record(folder.path, {"event": "stopped", "job_id": job, "why": "no resumable checkpoint"})
-        print(f"[chain] refusing to start segment {len(done) + 1}: {refusal}", file=sys.stderr, flush=True)
+    problems = segment_problems(folder)  # changed shards; checkpoints none of which would resume
+    if problems:
+        record(folder.path, {"event": "stopped", "job_id": job, "why": "; ".join(p.splitlines()[0] for p in problems)})
+        print(f"[chain] refusing to start segment {len(done) + 1}:\n  " + "\n  ".join(problems),
+              file=sys.stderr, flush=True)
         return 2
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]

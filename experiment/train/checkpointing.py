@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from experiment.errors import KitError
 from experiment.atomic import write_atomic
-from experiment.runlog import note_aside
+from experiment.runlog import free_path, note_aside
 from experiment.model.strategies import dist_strategies
 
 log = logging.getLogger(__name__)
@@ -81,22 +81,8 @@ def _listing(folder: Path) -> dict[str, int]:
 
 def is_complete(folder: Path) -> tuple[bool, str]:
     """Whether a checkpoint folder holds exactly the files (and sizes) its manifest lists."""
-    manifest = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        return False, f"{folder} does not exist"
-    if not manifest.is_file():
-        return False, f"{folder} has no {MANIFEST_NAME} (the save did not finish)"
-    try:
-        expected = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as err:
-        return False, f"{manifest} is unreadable ({err})"
-    actual = _listing(folder)
-    for name, size in expected.items():
-        if name not in actual:
-            return False, f"{folder / name} is missing"
-        if actual[name] != size:
-            return False, f"{folder / name} has {actual[name]} bytes, the manifest says {size}"
-    return True, ""
+    verdict = inspect_sizes(folder)
+    return verdict.ok, verdict.why
 
 
 def read_manifest(folder: Path) -> dict:
@@ -112,15 +98,25 @@ def file_hashes(folder: Path, names) -> dict[str, str]:
 
 
 def inspect_sizes(folder: Path) -> Verdict:
-    """The cheap part of ``inspect``: files and sizes against the manifest."""
+    """The cheap part of ``inspect``: the files and their sizes against the manifest, each kind of damage named."""
     folder = Path(folder)
     iteration = int(folder.name[5:12]) if folder.name[5:12].isdigit() else -1
-    ok, why = is_complete(folder)
-    if ok:
-        return Verdict(iteration)
-    kind = "missing" if "missing" in why or "does not exist" in why else (
-        "size" if "bytes, the manifest says" in why else "manifest")
-    return Verdict(iteration, kind, why)
+    manifest = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        return Verdict(iteration, "missing", f"{folder} does not exist")
+    if not manifest.is_file():
+        return Verdict(iteration, "manifest", f"{folder} has no {MANIFEST_NAME} (the save did not finish)")
+    try:
+        expected = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as err:
+        return Verdict(iteration, "manifest", f"{manifest} is unreadable ({err})")
+    actual = _listing(folder)
+    for name, size in expected.items():
+        if name not in actual:
+            return Verdict(iteration, "missing", f"{folder / name} is missing")
+        if actual[name] != size:
+            return Verdict(iteration, "size", f"{folder / name} has {actual[name]} bytes, the manifest says {size}")
+    return Verdict(iteration)
 
 
 def inspect(folder: Path, recorded: dict[str, str] | None = None) -> Verdict:
@@ -321,10 +317,7 @@ def move_aside(path: Path, save_dir: Path, log_dir: Path | None, why: str, resum
     or deleted) and note it in ``logs/aside.jsonl``. Rank 0."""
     target_dir = Path(save_dir) / DAMAGED_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
-    target, n = target_dir / path.name, 1
-    while target.exists():
-        n += 1
-        target = target_dir / f"{path.name}.{n}"
+    target = free_path(target_dir, path.name)
     os.replace(path, target)
     _fsync_dir(Path(save_dir))
     if log_dir is not None:

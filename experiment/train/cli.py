@@ -89,12 +89,10 @@ def run(
     chosen = launchers.get(kind)
     request = launchers.Request(loaded, launch, container=use_container, image=image, dry_run=dry_run)
     problems = chosen.validate(request)
-    if not dry_run and not problems:  # every segment reads the data its signatures describe, or none
-        from experiment.launch.datacheck import data_problems
-        from experiment.train.checkpointing import unresumable
+    if not dry_run and not problems:  # the data as signed, and a checkpoint to resume from (or none at all)
+        from experiment.launch.datacheck import segment_problems
 
-        refusal = None if restart else unresumable(loaded.resolve(cfg.checkpoint.save))
-        problems = data_problems(loaded) + ([refusal] if refusal else [])
+        problems = segment_problems(loaded, restart)
     if problems:
         console.print(f"[red]refusing to launch {folder}[/red] ({kind}): {len(problems)} problem(s)")
         for p in problems:

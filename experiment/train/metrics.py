@@ -32,15 +32,13 @@ def _truncate_jsonl(path: Path, keep_through: int) -> None:
     the dropped lines are kept in ``logs/aside/`` (``runlog.keep_aside``), never lost."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
-
-    def kept_line(line: str) -> bool:  # a start at 0 logs its iteration-0 evaluation again: keep none
-        return keep_through > 0 and json.loads(line)["iteration"] <= keep_through
-
-    kept = [line for line in lines if kept_line(line)]
-    if len(kept) == len(lines):
+    kept, dropped = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        if line.strip():  # a start at 0 logs its iteration-0 evaluation again: it keeps none
+            keep = keep_through > 0 and json.loads(line)["iteration"] <= keep_through
+            (kept if keep else dropped).append(line)
+    if not dropped:
         return
-    dropped = [line for line in lines if not kept_line(line)]
     keep_aside(path, dropped, f"the run resumed from iteration {keep_through}", keep_through)
     write_atomic(path, "".join(kept))
 

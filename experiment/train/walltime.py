@@ -58,15 +58,7 @@ def job_end_time(environ: dict | None = None) -> float | None:
 
 def last_save_seconds(log_dir: Path) -> float | None:
     """The slowest of the recent saves logged in ``saves.jsonl`` (the previous segment's, on resume)."""
-    path = Path(log_dir) / SAVES_NAME
-    if not path.is_file():
-        return None
-    values = []
-    for line in path.read_text().splitlines()[-5:]:
-        try:
-            values.append(float(json.loads(line)["seconds"]))
-        except (ValueError, KeyError):
-            continue
+    values = [float(r["seconds"]) for r in runlog.read_saves(log_dir)[-5:] if "seconds" in r]
     return max(values) if values else None
 
 
