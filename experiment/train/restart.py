@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 from experiment import runlog
+from experiment.train.checkpointing import LATEST_NAME
 
-LOCK_NAME = "run.lock.json"
+LOCK_NAME = "run.lock.json"  # experiment.lock.lockfile.LOCK_NAME (the lock layer sits above this one)
 KEEP_IN_LOGS = {runlog.ASIDE, runlog.ASIDE_DIR, "dataset_index"}  # the record itself, and derived caches
 
 
@@ -32,7 +33,7 @@ def move_run_aside(folder_path: Path, save_dir: Path) -> list[str]:
     logs = folder_path / runlog.LOGS
     said = []
     checkpoints = sorted(p for p in save_dir.glob("iter_*") if p.is_dir()) if save_dir.is_dir() else []
-    marker = save_dir / "latest_checkpointed_iteration.txt"
+    marker = save_dir / LATEST_NAME
     if checkpoints or marker.is_file():
         target = _free(save_dir / "aside", "restart")
         target.mkdir(parents=True)
