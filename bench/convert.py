@@ -129,7 +129,7 @@ def child(mode: str, src: str, dst: str) -> dict:
         from experiment.model import parallel as distributed
         from experiment.model.build import ParallelLayout
 
-        convert = _libraries()
+        hf_import, hf_export = _libraries()
         distributed.initialize()
     baseline = _rss_mb()
     start = time.perf_counter()
@@ -150,10 +150,10 @@ def child(mode: str, src: str, dst: str) -> dict:
                     with mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
                         out.write(mapped)
     elif mode == "import":
-        convert.import_checkpoint(convert.plan_import(src, dst, ParallelLayout()), dst, ParallelLayout(),
-                                  show_progress=False)
+        hf_import.import_checkpoint(hf_import.plan_import(src, dst, ParallelLayout()), dst, ParallelLayout(),
+                                    show_progress=False)
     elif mode == "export":
-        convert.export_checkpoint(src, dst, show_progress=False)
+        hf_export.export_checkpoint(src, dst, show_progress=False)
     seconds = time.perf_counter() - start
     startup = 0.0 if mode.startswith("copy") else start - begin
     return {"seconds": seconds, "startup": startup, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": baseline}

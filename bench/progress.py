@@ -36,8 +36,9 @@ def main() -> None:
     import pyarrow as pa
 
     from experiment.data import sources, whole_files
-    from experiment.data.encoders import load_encoder, resolve_tokenizer
+    from experiment.data.encoders import load_encoder
     from experiment.data.tokenize import TokenizeConfig, run
+    from experiment.data.tokenizer_spec import resolve_tokenizer
 
     tokenizer = args.tokenizer
     if tokenizer is None:

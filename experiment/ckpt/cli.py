@@ -1,7 +1,7 @@
 """``experiment ckpt import|export|check``: Hugging Face <-> Megatron-Core conversion and the logits check.
 
 Each command validates its inputs (all of them, before writing anything), then calls one function of
-``experiment.ckpt.convert`` / ``experiment.ckpt.compare`` and prints a short summary table.
+``experiment.ckpt.hf_import`` / ``hf_export`` / ``compare`` and prints a short summary table.
 """
 
 from __future__ import annotations
@@ -40,18 +40,18 @@ def _quiet() -> None:
 
 
 def _libraries(megatron: bool = True):
-    """``experiment.ckpt.convert`` with torch (and megatron.core, for a process that converts) imported,
-    the garbage collector paused over the imports, and no teardown once the command succeeded
-    (``experiment.short_lived``: 0.5 s and 0.3 s of a ~3 s start and exit)."""
+    """(``experiment.ckpt.hf_import``, ``hf_export``) with torch (and megatron.core, for a process that
+    converts) imported, the garbage collector paused over the imports, and no teardown once the command
+    succeeded (``experiment.short_lived``: 0.5 s and 0.3 s of a ~3 s start and exit)."""
     from experiment.short_lived import exit_when_done, paused_gc
 
     exit_when_done()
     with paused_gc():
-        from experiment.ckpt import convert
+        from experiment.ckpt import conversion, hf_export, hf_import
 
         if megatron:
-            convert.import_libraries()
-    return convert
+            conversion.import_libraries()
+    return hf_import, hf_export
 
 
 def _init_single() -> bool:
@@ -97,20 +97,21 @@ def import_cmd(
     under_torchrun = "WORLD_SIZE" in os.environ  # set by torchrun; the CLI is the one place that reads it
     if not under_torchrun:  # the disk reads the weights while torch imports (the launcher's ranks too)
         prefetch.start(prefetch.import_inputs(source))
-    convert = _libraries(megatron=tp * pp == 1 or under_torchrun)  # a launcher only starts torchrun
+    hf_import, _ = _libraries(megatron=tp * pp == 1 or under_torchrun)  # a launcher only starts torchrun
     from experiment.ckpt import gguf
+    from experiment.ckpt.conversion import refuse_existing_output
     from experiment.ckpt.meta import CheckpointError
     from experiment.model.build import ParallelLayout
 
     layout = ParallelLayout(tp, pp)
     try:
-        convert.refuse_existing_output(out_dir, "OUT_DIR")
+        refuse_existing_output(out_dir, "OUT_DIR")
         if source.suffix == ".gguf":
             cache = gguf_cache or out_dir.absolute().parent / f"{source.stem}-hf"
             if not under_torchrun:
                 console.print(f"dequantizing {source} -> {cache}")
             source = gguf.materialize(source, cache)
-        src = convert.plan_import(source, out_dir, layout)
+        src = hf_import.plan_import(source, out_dir, layout)
     except CheckpointError as err:
         _fail(err)
     if tp * pp > 1 and not under_torchrun:
@@ -127,7 +128,7 @@ def import_cmd(
     owned = not dist.is_initialized()
     distributed.initialize(layout)
     try:
-        stats = convert.import_checkpoint(src, out_dir, layout)
+        stats = hf_import.import_checkpoint(src, out_dir, layout)
     except CheckpointError as err:
         _fail(err)
     finally:
@@ -163,14 +164,14 @@ def export_cmd(
 ) -> None:
     """Megatron-Core checkpoint (any TP/PP layout) -> Hugging Face folder (safetensors + config + tokenizer)."""
     _quiet()
-    convert = _libraries()
+    _, hf_export = _libraries()
     from experiment.ckpt.meta import CheckpointError
     from experiment.model import parallel as distributed
 
     owned = _init_single()
     try:
-        stats = convert.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
-                                          max_shard_bytes=None if max_shard_mb is None else max_shard_mb * 1_000_000)
+        stats = hf_export.export_checkpoint(ckpt_dir, hf_dir, iteration, dtype=dtype,
+                                            max_shard_bytes=None if max_shard_mb is None else max_shard_mb * 1_000_000)
     except CheckpointError as err:
         _fail(err)
     finally:
@@ -208,7 +209,8 @@ def check_cmd(
         _fail(CheckpointError(f"{text}: cannot read it as UTF-8 text ({err}); fix: pass a text file"))
     owned = _init_single()
     try:
-        report = compare.check(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches, iteration=iteration)
+        report = compare.check_logits(hf_dir, ckpt_dir, body, seq_length=seq_length, batches=batches,
+                                      iteration=iteration)
     except CheckpointError as err:
         _fail(err)
     except (OSError, ValueError) as err:  # transformers' own loading errors, wrapped at the boundary

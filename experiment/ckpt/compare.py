@@ -75,13 +75,13 @@ def load_megatron(ckpt_dir: str | Path, iteration: int | None = None, seq_length
     import torch
     from megatron.core import dist_checkpointing
 
-    from experiment.ckpt.convert import _strategies
+    from experiment.ckpt.conversion import in_process_strategies
     from experiment.model.build import ParallelLayout, build_gpt_model
 
     meta = read(ckpt_dir)
     model = build_gpt_model(meta.shape, seq_length, layout or ParallelLayout(), padded_vocab_size=meta.padded_vocab_size,
                             params_dtype=torch.float32, perform_initialization=False)
-    _, load_strategy = _strategies()
+    _, load_strategy = in_process_strategies()
     state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(iteration_path(ckpt_dir, iteration)),
                                     sharded_strategy=load_strategy)
     model.load_state_dict(state["model"], strict=True)
@@ -125,8 +125,8 @@ def compare_logits(ref, got) -> CheckReport:
     )
 
 
-def check(hf_dir: str | Path, ckpt_dir: str | Path, text: str, *, seq_length: int = 128, batches: int = 4,
-          iteration: int | None = None) -> CheckReport:
+def check_logits(hf_dir: str | Path, ckpt_dir: str | Path, text: str, *, seq_length: int = 128,
+                 batches: int = 4, iteration: int | None = None) -> CheckReport:
     """Both models on the same token batches (tokenized with the HF folder's tokenizer)."""
     hf_dir = Path(hf_dir)
     seqs = token_batches(hf_dir, text, seq_length, batches)

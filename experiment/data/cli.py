@@ -88,7 +88,7 @@ def tokenize(
                              env_command=env_command)
         report = run_tasks(cfg, tasks, workers=workers, executor=executor, slurm=slurm, console=console)
     if report is not None:
-        from experiment.data.tokenize import summary
+        from experiment.data.tokenize_report import summary
 
         emit(summary(report), as_json)
 
@@ -184,12 +184,13 @@ def signature(
     from experiment.data.errors import DataError
 
     if tokenizer is not None:
-        from experiment.data.encoders import load_encoder, resolve_tokenizer
-        from experiment.data.tokenize import tokenizer_info
+        from experiment.data.encoders import load_encoder
+        from experiment.data.tokenize_output import tokenizer_info
+        from experiment.data.tokenizer_spec import resolve_tokenizer
 
         info = tokenizer_info(load_encoder(resolve_tokenizer(tokenizer), "reference"))
     else:
-        from experiment.data.tokenize import TOKENIZER_INFO
+        from experiment.data.tokenize_output import TOKENIZER_INFO
 
         path = shard_dir / TOKENIZER_INFO
         if not path.is_file():

@@ -23,6 +23,10 @@ from datatrove.pipeline.base import PipelineStep
 from experiment.atomic import write_atomic
 from experiment.data import tokenize
 from experiment.data.errors import DataError
+from experiment.data.tokenize_config import TokenizeConfig, input_names
+from experiment.data.tokenize_output import OutputIndex
+from experiment.data.tokenize_report import ShardResult, TokenizeReport
+from experiment.data.tokenizer_spec import resolve_tokenizer
 
 LOGS = ".tokenize-tasks"  # under the output folder: datatrove's logs and each task's report
 
@@ -57,13 +61,13 @@ class TokenizeShards(PipelineStep):
     name = "tokenize shards"
     type = "TOKENIZE"
 
-    def __init__(self, cfg: tokenize.TokenizeConfig, threads: int | None) -> None:
+    def __init__(self, cfg: TokenizeConfig, threads: int | None) -> None:
         super().__init__()
         self.cfg = cfg
         self.threads = threads
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        inputs, _ = tokenize.input_names(self.cfg)
+        inputs, _ = input_names(self.cfg)
         share = assign(inputs, [p.stat().st_size for p in inputs], world_size)[rank]
         report = tokenize.run(replace(self.cfg, share=tuple(share), progress=False, threads=self.threads))
         _write_report(self.cfg.output, rank, report)
@@ -74,13 +78,13 @@ def _reports_dir(output: Path) -> Path:
     return output / LOGS / "reports"
 
 
-def _write_report(output: Path, rank: int, report: tokenize.TokenizeReport) -> None:
+def _write_report(output: Path, rank: int, report: TokenizeReport) -> None:
     data = {"backend_note": report.backend_note, "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
             "shards": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()} for s in report.shards]}
     write_atomic(_reports_dir(output) / f"{rank:05d}.json", json.dumps(data, indent=1) + "\n")
 
 
-def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.TokenizeReport:
+def _read_reports(output: Path, tasks: int, seconds: float) -> TokenizeReport:
     shards, notes, cpu = [], set(), 0.0
     for rank in range(tasks):
         path = _reports_dir(output) / f"{rank:05d}.json"
@@ -91,16 +95,16 @@ def _read_reports(output: Path, tasks: int, seconds: float) -> tokenize.Tokenize
             notes.add(data["backend_note"])
         cpu += data["cpu_seconds"]
         for s in data["shards"]:
-            shards.append(tokenize.ShardResult(**{k: Path(v) if k in ("input", "prefix") else v for k, v in s.items()}))
+            shards.append(ShardResult(**{k: Path(v) if k in ("input", "prefix") else v for k, v in s.items()}))
     shards.sort(key=lambda s: s.input)
-    return tokenize.TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds, cpu)
+    return TokenizeReport(" / ".join(sorted(notes)) or "nothing to do", shards, seconds, cpu)
 
 
 class _FolderProgress:
     """A progress bar over the shards the tasks have finished: the output folder, listed twice a second
     (the tasks are other processes; their finished shards are what they share)."""
 
-    def __init__(self, cfg: tokenize.TokenizeConfig, inputs: list[Path], names: list, console) -> None:
+    def __init__(self, cfg: TokenizeConfig, inputs: list[Path], names: list, console) -> None:
         import threading
 
         self._sizes = {name.stem: path.stat().st_size for path, name in zip(inputs, names)}
@@ -111,7 +115,7 @@ class _FolderProgress:
         self._thread = threading.Thread(target=self._poll, daemon=True, name="tasks-progress")
 
     def _done(self) -> int:
-        index = tokenize.OutputIndex(self._output)
+        index = OutputIndex(self._output)
         return sum(size for stem, size in self._sizes.items() if index.finished(stem) is not None)
 
     def _poll(self) -> None:
@@ -130,7 +134,7 @@ class _FolderProgress:
         return False
 
 
-def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions):
+def slurm_executor(cfg: TokenizeConfig, tasks: int, slurm: SlurmOptions):
     """datatrove's Slurm array for ``cfg``: ``tasks`` tasks, each with ``cpus_per_task`` threads."""
     from datatrove.executor import SlurmPipelineExecutor
 
@@ -142,8 +146,8 @@ def slurm_executor(cfg: tokenize.TokenizeConfig, tasks: int, slurm: SlurmOptions
     )
 
 
-def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = None, executor: str = "local",
-              slurm: SlurmOptions | None = None, console=None) -> tokenize.TokenizeReport | None:
+def run_tasks(cfg: TokenizeConfig, tasks: int, workers: int | None = None, executor: str = "local",
+              slurm: SlurmOptions | None = None, console=None) -> TokenizeReport | None:
     """Tokenize ``cfg`` as ``tasks`` datatrove tasks. Local: ``workers`` processes at a time (default: one
     per core, up to ``tasks``), each with an equal part of the cores; returns the merged report. Slurm:
     submits the array (``slurm``: its options) and returns None; each task gets ``cpus_per_task`` threads."""
@@ -154,8 +158,8 @@ def run_tasks(cfg: tokenize.TokenizeConfig, tasks: int, workers: int | None = No
     if executor not in ("local", "slurm"):
         raise DataError("--executor", f"unknown executor {executor!r}", "use local or slurm")
     # Checked once, before any task starts: the inputs and their names, the tokenizer path.
-    inputs, names = tokenize.input_names(cfg)
-    spec = tokenize.resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
+    inputs, names = input_names(cfg)
+    spec = resolve_tokenizer(cfg.tokenizer, cfg.eod_token)
     # The tasks get this list of files, not the folders: a file added before a (Slurm) task starts must not
     # change the split or the split ids the other tasks already used.
     cfg = replace(cfg, inputs=list(inputs))

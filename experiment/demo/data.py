@@ -36,8 +36,9 @@ def run_data_demo(work: Path, signatures: Path, tokenizer: Path | None = None, m
                   name: str = "demo-data", console=None) -> DataDemoResult:
     """Build ``mb`` MB of real text in ``work/raw``, shards in ``work/shards``, ``signatures/<name>.json``."""
     from experiment.data import count, signature
+    from experiment.data.tokenize import TokenizeConfig, run
+    from experiment.data.tokenize_output import TOKENIZER_INFO
     from experiment.demo.corpus import build_sample
-    from experiment.data.tokenize import TOKENIZER_INFO, TokenizeConfig, run
 
     tokenizer = tokenizer or default_tokenizer()
     raw, shards = work / "raw", work / "shards"

@@ -39,12 +39,12 @@ def export(ckpt_dir: Path, iteration: int | None, dest: Path) -> Path:
     """The Hugging Face export of one checkpoint, reused when a complete one is there."""
     if (dest / "config.json").is_file():
         return dest
-    from experiment.ckpt import convert
+    from experiment.ckpt import hf_export
     from experiment.model import parallel as distributed
 
     distributed.initialize()
     try:
-        convert.export_checkpoint(ckpt_dir, dest, iteration, dtype="float32", show_progress=False)
+        hf_export.export_checkpoint(ckpt_dir, dest, iteration, dtype="float32", show_progress=False)
     finally:
         distributed.shutdown()
     return dest

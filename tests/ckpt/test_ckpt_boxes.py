@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from experiment.ckpt import boxes, convert
+from experiment.ckpt import boxes, hf_import
 from experiment.ckpt.meta import CheckpointError, iteration_path
 from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.model.build import ParallelLayout
@@ -19,7 +19,7 @@ from tests.ckpt.tiny import make_hf
 def tiny_ckpt(tmp_path, llama_tokenizer_dir, dist1):
     hf = make_hf("qwen2", tmp_path / "hf", llama_tokenizer_dir, dtype="bfloat16")
     out = tmp_path / "ckpt"
-    convert.import_checkpoint(convert.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
     return iteration_path(out, None)
 
 

@@ -9,7 +9,7 @@ import json
 from huggingface_hub import ModelCard
 from transformers import GenerationConfig, PreTrainedModel
 
-from experiment.ckpt import card, convert
+from experiment.ckpt import card, hf_export, hf_import
 from experiment.ckpt.meta import read
 from experiment.folder import load_schema
 from experiment.lock import lockfile
@@ -24,15 +24,15 @@ def test_default_shard_size_is_transformers(tmp_path):
 
     assert default == card.SAVE_PRETRAINED_MAX_SHARD  # the pinned transformers' own default
     assert card.transformers_max_shard_bytes() == convert_file_size_to_int(default) == 50 * 10**9
-    assert inspect.signature(convert.export_checkpoint).parameters["max_shard_bytes"].default is None
+    assert inspect.signature(hf_export.export_checkpoint).parameters["max_shard_bytes"].default is None
 
 
 def test_export_writes_a_generation_config_and_a_card_that_parse(tmp_path, llama_tokenizer_dir, dist1):
     hf = make_hf("llama3.1", tmp_path / "hf", llama_tokenizer_dir)
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
-    convert.import_checkpoint(convert.plan_import(hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
-                              show_progress=False)
-    convert.export_checkpoint(ckpt, back, show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
+                                show_progress=False)
+    hf_export.export_checkpoint(ckpt, back, show_progress=False)
     assert sorted(p.name for p in back.glob("*.safetensors")) == ["model.safetensors"]  # one 50GB-bounded shard
     gen = GenerationConfig.from_pretrained(back)
     meta = read(ckpt)
@@ -46,8 +46,8 @@ def test_export_writes_a_generation_config_and_a_card_that_parse(tmp_path, llama
 def test_card_of_a_training_folder_names_data_tokens_and_lock(project, tmp_path, llama_tokenizer_dir, dist1):
     hf = make_hf("llama3.1", tmp_path / "hf", llama_tokenizer_dir)
     ckpt = tmp_path / "ckpt"
-    convert.import_checkpoint(convert.plan_import(hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
-                              show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
+                                show_progress=False)
     meta = read(ckpt)
     tiny = project / "training" / "tiny"
     lock = lockfile.write_run_lock(load_schema(tiny, require_artifacts=False))

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from experiment.ckpt import convert
+from experiment.ckpt import hf_export, hf_import
 from experiment.ckpt.meta import CheckpointError
 from experiment.cli import app
 from experiment.model.build import ParallelLayout
@@ -36,7 +36,7 @@ def _edit_config(hf, **changes):
 def test_unsupported_architecture(hf, tmp_path):
     _edit_config(hf, architectures=["GPT2LMHeadModel"], model_type="gpt2")
     with pytest.raises(CheckpointError, match=r"config.json: field 'architectures': unsupported .*GPT2LMHeadModel.*fix"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout())
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout())
     _nothing_written(tmp_path, tmp_path / "out")
 
 
@@ -52,7 +52,7 @@ def test_missing_shard(tmp_path, llama_tokenizer_dir):
     (hf / "model.safetensors").unlink()
     (hf / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"index.json: shard model-00002-of-00002.safetensors is missing.*fix"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout())
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout())
     _nothing_written(tmp_path, tmp_path / "out")
 
 
@@ -61,45 +61,45 @@ def test_dtype_mismatch(hf, tmp_path):
     tensors["model.norm.weight"] = tensors["model.norm.weight"].half()
     save_file(tensors, str(hf / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"dtype mismatch between tensors \(F16: 1 tensors \(e.g. model.norm.weight\)"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout())
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout())
 
 
 def test_config_dtype_disagrees_with_weights(hf, tmp_path):
     _edit_config(hf, dtype="bfloat16")
     with pytest.raises(CheckpointError, match=r"field 'dtype' = 'bfloat16' but the weights are float32; fix"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout())
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout())
 
 
 def test_tp_must_divide_heads(hf, tmp_path):
     with pytest.raises(CheckpointError, match=r"'num_attention_heads' = 4 is not divisible by --tp 3; fix: use --tp in \[1, 2, 4\]"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout(3, 1))
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout(3, 1))
     _nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_wrong_tensor_shape(hf, tmp_path):
     _edit_config(hf, intermediate_size=96)
     with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.gate_proj.weight' has shape \[128, 64\], config.json implies \[96, 64\]"):
-        convert.plan_import(hf, tmp_path / "out", ParallelLayout())
+        hf_import.plan_import(hf, tmp_path / "out", ParallelLayout())
 
 
 def test_existing_checkpoint_is_refused_and_kept(hf, tmp_path, dist1):
     out = tmp_path / "out"
-    convert.import_checkpoint(convert.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(CheckpointError, match=r"out: already holds a checkpoint .*fix: delete it or choose another OUT_DIR"):
-        convert.plan_import(hf, out, ParallelLayout())
+        hf_import.plan_import(hf, out, ParallelLayout())
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     # the same through the command line: exit 2, the message, nothing touched
     result = CliRunner().invoke(app, ["ckpt", "import", str(hf), str(out)])
     assert result.exit_code == 2 and "already holds a checkpoint" in " ".join(result.output.split()), result.output
     # export refuses a non-empty target folder too
     with pytest.raises(CheckpointError, match=r"hf: already holds a checkpoint"):
-        convert.export_checkpoint(out, hf, show_progress=False)
+        hf_export.export_checkpoint(out, hf, show_progress=False)
 
 
 def test_export_of_a_folder_that_is_no_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match=r"kit_checkpoint.json: missing .*fix: create it with `experiment ckpt import"):
-        convert.export_checkpoint(tmp_path, tmp_path / "hf", show_progress=False)
+        hf_export.export_checkpoint(tmp_path, tmp_path / "hf", show_progress=False)
     assert not (tmp_path / "hf").exists()
 
 
@@ -110,7 +110,7 @@ def test_killed_import_is_rerun_cleanly(hf, tmp_path, dist1):
     (stale / "iter_0000001").mkdir(parents=True)
     (stale / "iter_0000001" / "__0_0.distcp").write_bytes(b"half-written")
     assert not out.exists()
-    convert.import_checkpoint(convert.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, out, ParallelLayout()), out, ParallelLayout(), show_progress=False)
     assert not stale.exists() and (out / "kit_checkpoint.json").is_file()
     assert not (out / "iter_0000001" / "__0_0.distcp").read_bytes().startswith(b"half")
 

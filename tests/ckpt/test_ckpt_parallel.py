@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from experiment.ckpt import compare, convert
+from experiment.ckpt import compare, hf_export, hf_import
 from experiment.ckpt.meta import read
 from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf, real_text
@@ -35,8 +35,8 @@ def _tp1_logits(ckpt, tokens):
 def test_parallel_import_matches_tp1(family, tp, pp, tmp_path, llama_tokenizer_dir, dist1):
     hf = make_hf(family, tmp_path / "hf", llama_tokenizer_dir)
     ref_ckpt, par_ckpt = tmp_path / "tp1", tmp_path / f"tp{tp}pp{pp}"
-    convert.import_checkpoint(convert.plan_import(hf, ref_ckpt, ParallelLayout()), ref_ckpt, ParallelLayout(),
-                              show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, ref_ckpt, ParallelLayout()), ref_ckpt, ParallelLayout(),
+                                show_progress=False)
     tokens = compare.token_batches(hf, real_text(), 96, 1)[0]
     if tp > 1:  # library import + the forward itself with TP=2 ranks (vocab-parallel logits gathered)
         tok_file, out_file = tmp_path / "tokens.json", tmp_path / "tp_logits.pt"
@@ -60,7 +60,7 @@ def test_parallel_import_matches_tp1(family, tp, pp, tmp_path, llama_tokenizer_d
     assert compare.compare_logits(hf_ref, got).top1_agreement == 1.0
 
     back = tmp_path / "back"
-    convert.export_checkpoint(par_ckpt, back, show_progress=False)
+    hf_export.export_checkpoint(par_ckpt, back, show_progress=False)
     orig, exported = load_file(str(hf / "model.safetensors")), load_file(str(back / "model.safetensors"))
     assert orig.keys() == exported.keys() and all(torch.equal(orig[k], exported[k]) for k in orig)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from experiment.ckpt import compare, convert
+from experiment.ckpt import compare, hf_export, hf_import
 from experiment.ckpt.meta import read
 from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import FAMILIES, make_hf, real_text
@@ -22,7 +22,7 @@ def _tensors(folder):
 
 
 def _import(hf, out, layout=ParallelLayout()):
-    return convert.import_checkpoint(convert.plan_import(hf, out, layout), out, layout, show_progress=False)
+    return hf_import.import_checkpoint(hf_import.plan_import(hf, out, layout), out, layout, show_progress=False)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -35,7 +35,7 @@ def test_import_export_bit_identical_and_logits_match(family, tmp_path, llama_to
     assert (ckpt / "iter_0000001").is_dir() and (ckpt / "latest_checkpointed_iteration.txt").read_text() == "1\n"
     assert (ckpt / "tokenizer" / "tokenizer.json").is_file()
 
-    convert.export_checkpoint(ckpt, back, show_progress=False, max_shard_bytes=2_000_000)  # several shards
+    hf_export.export_checkpoint(ckpt, back, show_progress=False, max_shard_bytes=2_000_000)  # several shards
     orig, got = _tensors(hf), _tensors(back)
     assert sorted(orig) == sorted(got)
     for name, t in orig.items():
@@ -43,7 +43,7 @@ def test_import_export_bit_identical_and_logits_match(family, tmp_path, llama_to
     assert json.loads((back / "model.safetensors.index.json").read_text())["weight_map"].keys() == orig.keys()
     assert (back / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
 
-    report = compare.check(hf, ckpt, real_text(), seq_length=96, batches=2)
+    report = compare.check_logits(hf, ckpt, real_text(), seq_length=96, batches=2)
     print(family, report)
     assert report.tokens == 192
     # fp32 rounding: relative to the logit scale, and the distributions agree
@@ -59,7 +59,7 @@ def test_rope_scaling_is_applied(tmp_path, llama_tokenizer_dir, dist1):
     cfg = json.loads((hf / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_parameters"]["rope_theta"]}
     (hf / "config.json").write_text(json.dumps(cfg))
-    report = compare.check(hf, ckpt, real_text(), seq_length=96, batches=1)
+    report = compare.check_logits(hf, ckpt, real_text(), seq_length=96, batches=1)
     assert report.max_abs_diff > 1e-3, report
 
 
@@ -68,7 +68,7 @@ def test_bf16_weights_stay_bf16(tmp_path, llama_tokenizer_dir, dist1):
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
     _import(hf, ckpt)
     assert read(ckpt).dtype == "bfloat16"
-    convert.export_checkpoint(ckpt, back, show_progress=False)
+    hf_export.export_checkpoint(ckpt, back, show_progress=False)
     orig, got = _tensors(hf), _tensors(back)
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], v) for k, v in orig.items())
     assert json.loads((back / "config.json").read_text())["dtype"] == "bfloat16"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiment.ckpt import convert
-from experiment.demo import smollm2
+from experiment.ckpt import hf_export, hf_import
 from experiment.ckpt.meta import read
 from experiment.cli import app
+from experiment.demo import smollm2
 from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import real_text
 
@@ -38,8 +38,8 @@ def test_smollm2_import_check_export(smollm2_hf, tmp_path, dist1):
     from transformers import AutoTokenizer
 
     ckpt, back = tmp_path / "ckpt", tmp_path / "hf"
-    convert.import_checkpoint(convert.plan_import(smollm2_hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
-                              show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(smollm2_hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
+                                show_progress=False)
     meta = read(ckpt)
     assert (meta.shape.num_layers, meta.shape.hidden_size, meta.shape.num_query_groups) == (30, 576, 3)
     assert meta.shape.tie_embeddings and meta.vocab_size == 49152 and meta.shape.rope_theta == 100000.0
@@ -52,7 +52,7 @@ def test_smollm2_import_check_export(smollm2_hf, tmp_path, dist1):
     assert result.exit_code == 0, result.output
     assert "pass" in result.output and "top-1 agreement" in result.output and "max |logit diff|" in result.output
 
-    convert.export_checkpoint(ckpt, back, show_progress=False)
+    hf_export.export_checkpoint(ckpt, back, show_progress=False)
     tok = AutoTokenizer.from_pretrained(str(back))
     prompt = tok("Python's for statement iterates over the items of", add_special_tokens=False)["input_ids"]
     original, exported = _greedy(smollm2_hf, prompt), _greedy(back, prompt)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from experiment.ckpt import compare, convert
+from experiment.ckpt import compare, hf_export, hf_import
 from experiment.ckpt.meta import read
 from experiment.model.build import ParallelLayout, build_gpt_model
 from tests.ckpt.tiny import make_hf, real_text
@@ -25,8 +25,8 @@ def test_export_of_a_training_checkpoint(tmp_path, llama_tokenizer_dir, dist1):
 
     hf = make_hf("llama3.1", tmp_path / "hf", llama_tokenizer_dir)
     base = tmp_path / "base"
-    convert.import_checkpoint(convert.plan_import(hf, base, ParallelLayout()), base, ParallelLayout(),
-                              show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, base, ParallelLayout()), base, ParallelLayout(),
+                                show_progress=False)
     meta = read(base)
 
     # the runner's way: its layer spec, weights from the base, DDP + distributed optimizer
@@ -56,7 +56,7 @@ def test_export_of_a_training_checkpoint(tmp_path, llama_tokenizer_dir, dist1):
     assert (runs / "iter_0000007").is_dir() and read(runs).padded_vocab_size == meta.padded_vocab_size
 
     back = tmp_path / "back"
-    convert.export_checkpoint(runs, back, show_progress=False)  # latest: iteration 7
+    hf_export.export_checkpoint(runs, back, show_progress=False)  # latest: iteration 7
     orig, got = load_file(str(hf / "model.safetensors")), load_file(str(back / "model.safetensors"))
     assert orig.keys() == got.keys() and not torch.equal(orig["model.norm.weight"], got["model.norm.weight"])
     # the exported Hugging Face model is the trained Megatron model

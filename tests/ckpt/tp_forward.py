@@ -17,7 +17,7 @@ def main(hf: str, ckpt: str, tokens_file: str, out_file: str) -> None:
     import torch.distributed as dist
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from experiment.ckpt import compare, convert
+    from experiment.ckpt import compare, hf_import
     from experiment.model import parallel as distributed
     from experiment.model.build import ParallelLayout
 
@@ -25,7 +25,7 @@ def main(hf: str, ckpt: str, tokens_file: str, out_file: str) -> None:
     tokens = json.loads(open(tokens_file).read())
     layout = ParallelLayout(int(os.environ["WORLD_SIZE"]), 1)
     distributed.initialize(layout)
-    convert.import_checkpoint(convert.plan_import(hf, ckpt, layout), ckpt, layout, show_progress=False)
+    hf_import.import_checkpoint(hf_import.plan_import(hf, ckpt, layout), ckpt, layout, show_progress=False)
     model, meta = compare.load_megatron(ckpt, seq_length=len(tokens), layout=layout)
     local = compare.megatron_forward(model, tokens)  # [seq, padded_vocab / tp]
     full = gather_from_tensor_model_parallel_region(local)[:, :meta.vocab_size]

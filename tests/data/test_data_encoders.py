@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.data import encoders
+from experiment.data import encoder_base, encoders, gigatoken_encoder, reference_encoders
 from experiment.data.tokenize import TokenizeConfig, run
 
 BACKEND_CLASSES = {"SentencePieceEncoder", "TokenizersEncoder", "GigatokenEncoder"}
@@ -29,13 +29,13 @@ def test_a_new_backend_is_one_registered_class(monkeypatch, sample_dir, sp_model
     before gigatoken when registered first, and its shards equal the reference's."""
     calls = []
 
-    class Toy(encoders.Encoder):
+    class Toy(encoder_base.Encoder):
         backend = "toy"
 
         @classmethod
         def load(cls, spec, reference, threads=None, cache_dir=None):
             toy = cls()
-            toy.inner = encoders.SentencePieceEncoder(spec, threads)
+            toy.inner = reference_encoders.SentencePieceEncoder(spec, threads)
             toy.vocab_size, toy.eod_id = reference.vocab_size, reference.eod_id
             return toy
 
@@ -43,11 +43,12 @@ def test_a_new_backend_is_one_registered_class(monkeypatch, sample_dir, sp_model
             calls.append(len(texts))
             return self.inner.encode_texts(texts)
 
-    monkeypatch.setattr(encoders, "_REGISTRY", {})
-    for cls in (encoders.SentencePieceEncoder, encoders.TokenizersEncoder, Toy, encoders.GigatokenEncoder):
-        encoders.register(cls)
+    monkeypatch.setattr(encoder_base, "_REGISTRY", {})
+    for cls in (reference_encoders.SentencePieceEncoder, reference_encoders.TokenizersEncoder, Toy,
+                gigatoken_encoder.GigatokenEncoder):
+        encoder_base.register(cls)
     encoders._load_encoder.cache_clear()
-    assert encoders.backend_choices() == ("auto", "reference", "toy", "gigatoken")
+    assert encoder_base.backend_choices() == ("auto", "reference", "toy", "gigatoken")
     out = tmp_path / "out"
     report = run(TokenizeConfig(inputs=[sample_dir], output=out, tokenizer=sp_model_path, progress=False))
     encoders._load_encoder.cache_clear()

@@ -71,7 +71,7 @@ def test_killed_run_resumes_to_identical_bytes(mode, n, sample_dir, sp_shards, s
 def test_output_index_lists_finished_shards_and_leftovers_once(tmp_path):
     """One listing of the output folder finds what a glob per input found: finished pairs, and what a
     killed run leaves (temporary files, a .bin renamed before its .idx); other files are ignored."""
-    from experiment.data.tokenize import OutputIndex
+    from experiment.data.tokenize_output import OutputIndex
 
     done = "en_web_a_split_0_text_document_dc=2_sc=2_tc=9"
     orphan = "en_web_b_split_0_text_document_dc=1_sc=1_tc=4"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiment.data.encoders import load_encoder, resolve_tokenizer
+from experiment.data.encoders import load_encoder
+from experiment.data.tokenizer_spec import resolve_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,8 @@ def test_tokenize_summary_json_and_table_wall_time_and_80_columns(sample_dir, sp
 
 def test_json_equals_the_table(sample_dir, sp_model_path, tmp_path):
     """Both come from the same rows: each JSON value, formatted as its column says, is the table's cell."""
-    from experiment.data.tokenize import TokenizeConfig, run, summary
+    from experiment.data.tokenize import TokenizeConfig, run
+    from experiment.data.tokenize_report import summary
 
     report = run(TokenizeConfig(inputs=[sample_dir], output=tmp_path / "out", tokenizer=sp_model_path, progress=False))
     result = summary(report)

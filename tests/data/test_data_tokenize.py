@@ -125,7 +125,8 @@ def test_names_from_the_command_line(tmp_path, sp_model_path):
 
 
 def test_converted_tokenizer_is_cached_by_hash(sp_model_path, tmp_path):
-    from experiment.data.encoders import _gigatoken_json, resolve_tokenizer
+    from experiment.data.gigatoken_encoder import _gigatoken_json
+    from experiment.data.tokenizer_spec import resolve_tokenizer
 
     spec = resolve_tokenizer(sp_model_path)
     first = _gigatoken_json(spec, tmp_path)
@@ -139,13 +140,13 @@ def test_converted_tokenizer_is_cached_by_hash(sp_model_path, tmp_path):
 def test_spot_check_catches_fast_ids_that_differ_from_the_reference(whole_files, tmp_path, sp_model_path, monkeypatch):
     """The leading documents' written ids are re-encoded by sentencepiece: a wrong id stops the input
     (whether gigatoken read the file itself or was handed blocks of texts)."""
-    from experiment.data import encoders
+    from experiment.data import gigatoken_encoder
     from experiment.data.errors import DataError
 
     src = tmp_path / "in" / "en_web_spot_split_0.jsonl"
     src.parent.mkdir()
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["first document", "", "second document", "third"]))
-    real, real_files = encoders.GigatokenEncoder.encode_texts, encoders.encode_jsonl
+    real, real_files = gigatoken_encoder.GigatokenEncoder.encode_texts, gigatoken_encoder.encode_jsonl
 
     def wrong(self, texts):
         flat, offsets = real(self, texts)
@@ -161,8 +162,8 @@ def test_spot_check_catches_fast_ids_that_differ_from_the_reference(whole_files,
         flat[offsets[2]] += 1  # the same document: here the empty text is still row 1
         return flat, offsets
 
-    monkeypatch.setattr(encoders.GigatokenEncoder, "encode_texts", wrong)
-    monkeypatch.setattr(encoders, "encode_jsonl", wrong_files)
+    monkeypatch.setattr(gigatoken_encoder.GigatokenEncoder, "encode_texts", wrong)
+    monkeypatch.setattr(gigatoken_encoder, "encode_jsonl", wrong_files)
     out = tmp_path / "out"
     with pytest.raises(DataError, match="ids differ from sentencepiece on document 2"):
         run(TokenizeConfig(inputs=[src], output=out, tokenizer=sp_model_path, backend="gigatoken", progress=False,
@@ -174,16 +175,16 @@ def test_empty_documents_are_dropped_from_sliced_arrow_blocks():
     import numpy as np
     import pyarrow as pa
 
-    from experiment.data import encoders
-    from experiment.data.tokenize import _drop_empty
+    from experiment.data import encoder_base, gigatoken_encoder
+    from experiment.data.tokenize_input import _drop_empty
 
     for kind in (pa.string(), pa.large_string()):
         texts = pa.array(["", "ab", "", "c", "déf", ""], type=kind).slice(1, 4)
         kept, dropped = _drop_empty(texts)
         assert kept.to_pylist() == ["ab", "c", "déf"] and dropped == 1
-        assert encoders.arrow_offsets(kept).tolist() == [0, 2, 3, 7]
-        assert encoders._arrow_to_awkward(texts).tolist() == ["ab", "", "c", "déf"]
-        assert np.diff(encoders.arrow_offsets(texts)).tolist() == [2, 0, 1, 4]
+        assert encoder_base.arrow_offsets(kept).tolist() == [0, 2, 3, 7]
+        assert gigatoken_encoder._arrow_to_awkward(texts).tolist() == ["ab", "", "c", "déf"]
+        assert np.diff(encoder_base.arrow_offsets(texts)).tolist() == [2, 0, 1, 4]
 
 
 @pytest.mark.parametrize("texts,chars,most,expected", [
@@ -197,7 +198,7 @@ def test_spot_sample_rule(texts, chars, most, expected):
     import pyarrow as pa
 
     from experiment.data.encoders import SpotSample
-    from experiment.data.tokenize import _leading
+    from experiment.data.tokenize_input import _leading
 
     sample = SpotSample(chars, most)
     for text in texts:

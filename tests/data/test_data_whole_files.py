@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.data import encoders
+from experiment.data import encoders, gigatoken_encoder
 from experiment.data.errors import DataError
 from experiment.data.tokenize import TokenizeConfig, run
 
@@ -49,8 +49,8 @@ def test_whole_files_write_the_block_readers_bytes(sample_dir, sp_model_path, tm
     (inputs / "en_web_awkward_split_1.jsonl.gz").write_bytes(gzip.compress(awkward))  # these two keep the block reader
     (inputs / "en_web_awkward_split_2.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(awkward))
     calls = []
-    real = encoders.encode_jsonl
-    monkeypatch.setattr(encoders, "encode_jsonl", lambda tok, paths, key: calls.append(len(paths)) or real(tok, paths, key))
+    real = gigatoken_encoder.encode_jsonl
+    monkeypatch.setattr(gigatoken_encoder, "encode_jsonl", lambda tok, paths, key: calls.append(len(paths)) or real(tok, paths, key))
     whole = _tokenize([inputs], tmp_path / "whole", sp_model_path, group_bytes=150_000)
     blocks = _tokenize([inputs], tmp_path / "blocks", sp_model_path, whole_files=False)
     assert len(calls) > 1 and sum(calls) == len(list(inputs.glob("*.jsonl")))  # several groups, every .jsonl in one
@@ -116,8 +116,8 @@ def test_large_files_and_a_count_mismatch_use_the_block_reader(sample_dir, sp_sh
     def refuse(*a):
         raise AssertionError("a file above whole_file_bytes was read whole")
 
-    real = encoders.encode_jsonl
-    monkeypatch.setattr(encoders, "encode_jsonl", refuse)
+    real = gigatoken_encoder.encode_jsonl
+    monkeypatch.setattr(gigatoken_encoder, "encode_jsonl", refuse)
     _tokenize([sample_dir], tmp_path / "big", sp_model_path, whole_file_bytes=1000)
     assert _digest(tmp_path / "big") == _digest(sp_shards)
 
@@ -125,7 +125,7 @@ def test_large_files_and_a_count_mismatch_use_the_block_reader(sample_dir, sp_sh
         flat, offsets = real(tok, paths, key)
         return flat[: offsets[-2]], offsets[:-1]
 
-    monkeypatch.setattr(encoders, "encode_jsonl", one_row_short)
+    monkeypatch.setattr(gigatoken_encoder, "encode_jsonl", one_row_short)
     _tokenize([sample_dir], tmp_path / "short", sp_model_path)
     assert _digest(tmp_path / "short") == _digest(sp_shards)
 
