@@ -17,7 +17,7 @@ from typing import Any
 
 from experiment.errors import KitError
 from experiment.lock import lockfile
-from experiment.lock.reproduce import NUMERIC_ENV, _dict_diff
+from experiment.lock.verify import NUMERIC_ENV, dict_diff
 
 LOSSES = Path("logs") / "losses.jsonl"
 
@@ -155,12 +155,12 @@ def load_run(path: str | Path) -> RunRecord:
 def differences(a: RunRecord, b: RunRecord) -> list[Difference]:
     """Everything that differs between the two runs' inputs, most fundamental first."""
     out: list[Difference] = []
-    for line in _dict_diff(a.model, b.model):
+    for line in dict_diff(a.model, b.model):
         key, _, change = line.partition(": ")
         out.append(Difference("model", f"shape.{key}", *_sides(change)))
     if a.base != b.base:
         out.append(Difference("model", "base checkpoint weights", str(a.base), str(b.base)))
-    for line in _dict_diff(a.config, b.config):
+    for line in dict_diff(a.config, b.config):
         key, _, change = line.partition(": ")
         out.append(Difference("config", key, *_sides(change)))
     for shard in sorted(set(a.blend) | set(b.blend)):

@@ -66,4 +66,4 @@ def register(app: typer.Typer) -> None:
             hash_cache=_cache_path(no_cache), environ={k: os.environ[k] for k in sorted(os.environ)},
             launcher=launcher,
         )
-        raise typer.Exit(rep.main(options, console))
+        raise typer.Exit(rep.reproduce_run(options, console))

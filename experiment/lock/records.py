@@ -1,12 +1,12 @@
-"""The sections of ``run.lock.json`` as typed records, shared by the writer (``lockfile``) and the reader
-(``reproduce``), so a field is named once and a misspelt one fails loudly.
+"""The sections of ``run.lock.json`` as typed records, shared by the writer (``lockfile``) and the readers
+(``verify``, ``reproduce``), so a field is named once and a misspelt one fails loudly.
 
 A lock is canonical JSON (see ``lockfile.dumps``): the records only give it a shape. A record keeps the
 keys it was built or read with (``dump`` leaves out fields that were never set), so a version-1 lock
 written before these records existed reads, verifies and re-serialises byte for byte.
 
 Adding a section: one model here and one field on ``RunLock`` (default ``None`` so that older locks
-still read), then its writer in ``lockfile.build_run_lock`` and its check in ``reproduce.verify``.
+still read), then its writer in ``lockfile.build_run_lock`` and its check in ``verify.verify``.
 """
 
 from __future__ import annotations

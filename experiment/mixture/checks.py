@@ -4,7 +4,7 @@ Run by ``experiment check`` (passed to ``experiment.folder.check`` as its semant
 
 * every data signature parses; no shard is listed twice; a count in a shard's name agrees with its signature;
 * every kept shard's ``.bin``/``.idx`` exists (else: an artifact not made yet) and has the signature's size;
-* the planning rules of ``experiment.mixture.plan``: probabilities sum to 1 within each level, every domain
+* the planning rules of ``experiment.mixture.weights``: probabilities sum to 1 within each level, every domain
   of ``data_ratio.json`` is in the data and the reverse (unless optional), no language loses all its shards,
   no weight so small Megatron never draws it, no blend larger than Megatron can index, and the budget is
   reachable within ``data.max_epochs``;
@@ -17,11 +17,12 @@ import os
 
 from pydantic import ValidationError
 
-from experiment.data.naming import ShardNameError, parse
 from experiment import folder as folder_module
+from experiment.data.naming import ShardNameError, parse
 from experiment.folder import Problem, TrainingFolder
-from experiment.mixture.plan import (MixtureError, MixturePlan, ShardTable, plan, read_signature_shards,
-                                     spec_from_folder)
+from experiment.mixture.datatypes import MixtureError, MixturePlan, ShardTable
+from experiment.mixture.plan import read_signature_shards, spec_from_folder
+from experiment.mixture.weights import plan
 
 
 def signature_problems(folder: TrainingFolder) -> tuple[ShardTable, list[Problem]]:

@@ -48,7 +48,7 @@ def mix(
     """Plan the data mixture: Megatron --data-path, DATA_PATH bash, per-split JSON, train_data.sh, report, PNG."""
     from experiment.folder import errors
     from experiment.mixture.checks import check
-    from experiment.mixture.plan import MixtureError
+    from experiment.mixture.datatypes import MixtureError
     from experiment.mixture.report import group
 
     loaded, problems = check(folder)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiment.folder import Problem
 from experiment.atomic import write_atomic
+from experiment.folder import Problem
+from experiment.mixture.datatypes import MixtureError, MixturePlan
 from experiment.mixture.outputs import fingerprint, mixture_json
-from experiment.mixture.plan import MixtureError, MixturePlan
 
 RECORD_NAME = "mixture.json"
 

@@ -11,8 +11,9 @@ import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from experiment.mixture.datatypes import MixtureEntry, MixtureMode, MixturePlan
 from experiment.mixture.outputs import split_string
-from experiment.mixture.plan import MixtureEntry, MixtureMode, MixturePlan, whole_tokens
+from experiment.mixture.rules import whole_tokens
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 
 from experiment.launch import container
 from experiment.lock import image
-from experiment.lock.reproduce import load_folder, mirror_folder
+from experiment.lock.reproduce import mirror_folder
+from experiment.lock.verify import load_folder
 
 
 def test_mounts_cover_the_folder_and_what_it_reads(project, tmp_path):

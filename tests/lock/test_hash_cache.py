@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from experiment.lock import lockfile, reproduce
+from experiment.lock import lockfile, verify
 from experiment.lock.hashing import FileKey, HashCache
 
 
@@ -31,14 +31,14 @@ def test_same_size_same_mtime_edits_of_a_shard_and_base_file_block(project, tmp_
     weights.write_bytes(os.urandom(4096))
     (project / "base" / "latest_checkpointed_iteration.txt").write_text("1\n")
 
-    folder = reproduce.load_folder(folder_dir)
+    folder = verify.load_folder(folder_dir)
     cache_path = tmp_path / "hashes.sqlite"
-    lock = lockfile.read(lockfile.write_run_lock(folder, determinism_env=reproduce.determinism_now(folder),
+    lock = lockfile.read(lockfile.write_run_lock(folder, determinism_env=verify.determinism_now(folder),
                                                  hash_cache=cache_path))
     assert lock.base_checkpoint.files["iter_0000001/model_weights.bin"]
 
     reads: dict = {}
-    assert reproduce.verify(lock, folder, cache=HashCache(cache_path), reads=reads) == []
+    assert verify.verify(lock, folder, cache=HashCache(cache_path), reads=reads) == []
     assert reads["data"][1] == 0 and reads["data"][0] == 6 and reads["base"] == (2, 0)  # all from the cache
 
     shard = sorted((project / "data" / "tiny").glob("en_docs_*.bin"))[0]
@@ -48,7 +48,7 @@ def test_same_size_same_mtime_edits_of_a_shard_and_base_file_block(project, tmp_
     assert FileKey.of(shard).ctime_ns != old_key.ctime_ns
 
     reads = {}
-    findings = reproduce.verify(lock, folder, cache=HashCache(cache_path), reads=reads)
+    findings = verify.verify(lock, folder, cache=HashCache(cache_path), reads=reads)
     named = {(f.area, f.what) for f in findings if f.blocking}
     assert ("data", f"../../data_signatures/tiny.json::{shard.name}") in named
     assert ("base", "../../base/iter_0000001/model_weights.bin") in named

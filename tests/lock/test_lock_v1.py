@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.lock import lockfile, reproduce
+from experiment.lock import lockfile, verify
 from experiment.lock.hashing import HashCache
 from experiment.lock.records import RunLock
 
@@ -41,8 +41,8 @@ def test_v1_trained_lock_is_typed_down_to_the_tensors():
 def test_v1_lock_verifies_against_a_fresh_project(project):
     """Everything but the kit's own source (which this change edits) matches the old lock."""
     lock = lockfile.read(FIXTURES / "tiny.run.lock.v1.json")
-    folder = reproduce.load_folder(project / "training" / "tiny")
-    findings = reproduce.verify(lock, folder, cache=HashCache(None), environ={})
+    folder = verify.load_folder(project / "training" / "tiny")
+    findings = verify.verify(lock, folder, cache=HashCache(None), environ={})
     blocking = [f for f in findings if f.blocking and f.area not in ("code", "environment")]
     assert blocking == [], blocking
 

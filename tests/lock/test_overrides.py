@@ -3,13 +3,12 @@ applied again by `reproduce` (the tiny lock project; no training)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 from experiment.folder import FolderError, load_schema
-from experiment.lock import lockfile, reproduce
+from experiment.lock import lockfile, reproduce, verify
 from experiment.lock.hashing import HashCache
 
 
@@ -19,7 +18,7 @@ def test_overrides_round_trip_through_the_lockfile(project):
     folder = load_schema(path, require_artifacts=False, overrides=sets)
     assert folder.config.training.lr == 1e-4 and folder.config.data.token_budget == "2B"
     assert folder.config.model.shape.num_layers == 2
-    written = lockfile.write_run_lock(folder, determinism_env=reproduce.determinism_now(folder))
+    written = lockfile.write_run_lock(folder, determinism_env=verify.determinism_now(folder))
     lock = lockfile.read(written)
     assert lock.config.overrides == list(sets)
     assert lock.config.experiment["training"]["lr"] == 1e-4
@@ -27,11 +26,11 @@ def test_overrides_round_trip_through_the_lockfile(project):
     # experiment.toml itself is untouched: the folder's file hashes still verify
     assert (path / "experiment.toml").read_text().count("lr = 0.001") == 1
 
-    again = reproduce.locked_overrides(lock)
+    again = verify.locked_overrides(lock)
     assert again == sets
-    reloaded = reproduce.load_folder(path, again)
+    reloaded = verify.load_folder(path, again)
     assert reloaded.config == folder.config
-    findings = reproduce.verify(lock, reloaded, cache=HashCache(None))
+    findings = verify.verify(lock, reloaded, cache=HashCache(None))
     assert not [f for f in findings if f.blocking], findings
     cmd = reproduce.rerun_command(path, reproduce.ReproduceOptions(lockfile=written, overrides=again))
     assert cmd[-8:] == [a for s in sets for a in ("--set", s)]
@@ -46,7 +45,7 @@ def test_a_lock_without_overrides_reads_as_none(project):
     lock = lockfile.read(lockfile.write_run_lock(folder))
     assert lock.config.overrides == []
     old = lockfile.read(Path(__file__).parent / "fixtures" / "tiny.run.lock.v1.json")  # written before --set
-    assert "overrides" not in old.config.dump() and reproduce.locked_overrides(old) == ()
+    assert "overrides" not in old.config.dump() and verify.locked_overrides(old) == ()
 
 
 def _errors(project, *sets) -> str:

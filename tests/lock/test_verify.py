@@ -6,25 +6,25 @@ import json
 import os
 from pathlib import Path
 
-from experiment.mixture.checks import load_checked
-from experiment.lock import lockfile, reproduce
+from experiment.lock import lockfile, reproduce, verify
 from experiment.lock.hashing import HashCache
 from experiment.lock.records import RunLock
+from experiment.mixture.checks import load_checked
 
 
 def _folder(project: Path):
-    return reproduce.load_folder(project / "training" / "tiny")
+    return verify.load_folder(project / "training" / "tiny")
 
 
 def _lock(project: Path) -> RunLock:
     folder = _folder(project)
-    det = reproduce.determinism_now(folder)
+    det = verify.determinism_now(folder)
     path = lockfile.write_run_lock(folder, determinism_env=det, launch={"launcher": "local"})
     return lockfile.read(path)
 
 
-def _verify(project: Path, lock: RunLock, environ=None, **kw) -> list[reproduce.Finding]:
-    return reproduce.verify(lock, _folder(project), cache=HashCache(None), environ=environ or {}, **kw)
+def _verify(project: Path, lock: RunLock, environ=None, **kw) -> list[verify.Finding]:
+    return verify.verify(lock, _folder(project), cache=HashCache(None), environ=environ or {}, **kw)
 
 
 def test_lock_is_canonical_without_host_paths(project):

@@ -10,7 +10,9 @@ import pytest
 
 from experiment.folder import errors
 from experiment.mixture.checks import check
-from experiment.mixture.plan import MAX_BLEND_DATASETS, MixtureError, MixtureSpec, Shard, plan
+from experiment.mixture.datatypes import MixtureError, MixtureSpec, Shard
+from experiment.mixture.rules import MAX_BLEND_DATASETS
+from experiment.mixture.weights import plan
 from tests.mixture.helpers import folder, name, signature, write_shard
 
 RATIO = {"en": {"web": 1, "code": 2}, "ar": {"news": 1}}

@@ -8,8 +8,10 @@ import random
 
 import pytest
 
-from experiment.mixture.plan import MixtureError, MixtureSpec, Shard, parse_budget, plan, whole_tokens
+from experiment.mixture.datatypes import MixtureError, MixtureSpec, Shard
 from experiment.mixture.report import group
+from experiment.mixture.rules import parse_budget, whole_tokens
+from experiment.mixture.weights import plan
 from tests.mixture.helpers import name
 from tests.mixture.seed002_reference import seed002_weights
 
@@ -128,7 +130,7 @@ def _seed000_shards() -> list[Shard]:
 
 
 def test_seed000_table_is_reproduced_from_token_counts():
-    from experiment.mixture.plan import scaled_budget
+    from experiment.mixture.rules import scaled_budget
 
     shards = _seed000_shards()
     ratios = {d: v[1] for d, v in SEED000.items()}
