@@ -1,4 +1,4 @@
-"""Bench: a resume's hash check (``checkpointing.inspect``) against the load of the same checkpoint (issue 29).
+"""Bench: a resume's hash check (``integrity.inspect``) against the load of the same checkpoint (issue 29).
 
     python bench/resume_hash.py [--layers 21] [--repeat 3] [--workdir bench/out/resume_hash] [--keep]
 
@@ -7,15 +7,15 @@
    QKV with GQA, projection, SwiGLU fc1/fc2, norms; output layer), written by
    ``torch.distributed.checkpoint.save(..., FileSystemWriter(folder, thread_count=1), no_dist=True)`` as
    the kit's save strategy does (one bucket, one thread: one ``__0_0.distcp`` and ``.metadata``), its
-   ``.metadata`` normalized and a ``kit_manifest.json`` made with ``checkpointing._listing`` and
-   ``checkpointing.file_hashes`` exactly as ``checkpointing.save`` makes it. A real megatron model and
+   ``.metadata`` normalized and a ``kit_manifest.json`` made with ``integrity.listing`` and
+   ``integrity.file_hashes`` exactly as ``checkpointing.save`` makes it. A real megatron model and
    optimizer of this size would take too long to build on 2 CPU cores: these are torch DCP files of the
    same total size, and the hash check's cost depends on the number of bytes only.
 2. Times, over --repeat rounds (order reversed every other round), with the page cache warm (files read
    once before) and cold (``sync; echo 3 > /proc/sys/vm/drop_caches`` before each timed op, as root;
    otherwise POSIX_FADV_DONTNEED on each file, said in the output):
    - ``read``: the files read once into a reused buffer (the anchor: raw read speed),
-   - ``check``: ``checkpointing.inspect(folder)`` (sizes against the manifest, then blake3 of every file
+   - ``check``: ``integrity.inspect(folder)`` (sizes against the manifest, then blake3 of every file
      on every core: the resume's hash check),
    - ``load``: ``torch.distributed.checkpoint.load`` into preallocated tensors of the same shapes with
      ``FileSystemReader`` (what megatron's ``dist_checkpointing.load`` runs underneath for torch_dist),
@@ -73,7 +73,7 @@ def build(folder: Path, shapes: dict[str, tuple], seed: int) -> dict:
     from torch.distributed.checkpoint import FileSystemWriter
 
     from experiment.atomic import write_atomic
-    from experiment.train import checkpointing
+    from experiment.train import checkpointing, integrity
 
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -89,9 +89,9 @@ def build(folder: Path, shapes: dict[str, tuple], seed: int) -> dict:
     del state
     t2 = time.perf_counter()
     checkpointing._normalize_dcp_metadata(partial, folder.name, 1)
-    files = checkpointing._listing(partial)
-    write_atomic(partial / checkpointing.MANIFEST_NAME, json.dumps(
-        {"iteration": 1, "files": files, "hashes": checkpointing.file_hashes(partial, files)},
+    files = integrity.listing(partial)
+    write_atomic(partial / integrity.MANIFEST_NAME, json.dumps(
+        {"iteration": 1, "files": files, "hashes": integrity.file_hashes(partial, files)},
         indent=1, sort_keys=True))
     t3 = time.perf_counter()
     os.replace(partial, folder)
@@ -166,7 +166,7 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # no_dist=True says so already
 
-    from experiment.train import checkpointing
+    from experiment.train import integrity
 
     shapes = llama_shapes(args.layers, args.hidden, args.ffn, args.heads, args.kv_heads, args.vocab)
     params = sum(int(torch.Size(s).numel()) for s in shapes.values())
@@ -175,7 +175,7 @@ def main() -> None:
     spec_path = args.workdir / "spec.json"
     spec = {"shapes": {k: list(v) for k, v in shapes.items()}, "seed": args.seed, "dtype": "float32"}
     cached = (spec_path.is_file() and json.loads(spec_path.read_text()).get("spec") == spec
-              and checkpointing.inspect_sizes(folder).ok)
+              and integrity.inspect_sizes(folder).ok)
     if cached:
         sums = json.loads(spec_path.read_text())["sums"]
         print(f"using the cached checkpoint {folder}", flush=True)
@@ -186,7 +186,7 @@ def main() -> None:
 
     paths = data_files(folder)
     size = sum(p.stat().st_size for p in paths)
-    hashed = sum((folder / n).stat().st_size for n in checkpointing.read_manifest(folder)["hashes"])
+    hashed = sum((folder / n).stat().st_size for n in integrity.read_manifest(folder)["hashes"])
     dest = {name: torch.zeros(shape, dtype=torch.float32) for name, shape in shapes.items()}  # pages touched once
     cache = Cache(paths)
     states = ["warm", "cold"] if args.cache == "both" else [args.cache]
@@ -195,7 +195,7 @@ def main() -> None:
         assert read_all(paths, cache.buf) == size
 
     def op_check():
-        verdict = checkpointing.inspect(folder)
+        verdict = integrity.inspect(folder)
         assert verdict.ok, verdict.why
 
     def op_load():

@@ -1,4 +1,4 @@
-"""Training checkpoints: megatron.core ``dist_checkpointing`` in Megatron-LM's folder layout.
+"""Saving and loading training checkpoints: megatron.core ``dist_checkpointing`` in Megatron-LM's layout.
 
 ``<save>/iter_XXXXXXX/`` holds the shards of ``{"model", "optimizer", "opt_param_scheduler",
 "rng_state", "iteration", "consumed_samples"}`` (the "model" key is what ``experiment ckpt export``
@@ -9,12 +9,12 @@ Crash safety: every rank writes into ``iter_XXXXXXX.partial``; only after all ra
 the marker, each through a temporary name.
 
 Resume never loses work (``load_training``): a checkpoint is first checked against its manifest and the
-run's record of its save (``logs/saves.jsonl``, which outlives retention). Only a known kind of damage (a
-missing file, a size or hash that differs, no manifest) falls back to the previous checkpoint; the damaged
-one is moved aside to ``<save>/damaged/`` (never deleted) and listed in ``logs/aside.jsonl``. Any other
-load error, or no checkpoint that loads, stops the run with one message naming each checkpoint and why
-(``CheckpointLoadError``); starting again from the base is an explicit choice (``experiment run --restart``).
-Every rank reaches the same verdict.
+run's record of its save (``logs/saves.jsonl``, which outlives retention; the checks are ``integrity``'s).
+Only a known kind of damage (a missing file, a size or hash that differs, no manifest) falls back to the
+previous checkpoint; the damaged one is moved aside to ``<save>/damaged/`` (never deleted) and listed in
+``logs/aside.jsonl``. Any other load error, or no checkpoint that loads, stops the run with one message naming
+each checkpoint and why (``CheckpointLoadError``); starting again from the base is an explicit choice
+(``experiment run --restart``). Every rank reaches the same verdict.
 """
 
 from __future__ import annotations
@@ -28,122 +28,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from experiment.errors import KitError
+
 from experiment.atomic import write_atomic
-from experiment.runlog import free_path, note_aside
+from experiment.errors import KitError
 from experiment.model.strategies import dist_strategies
+from experiment.train.integrity import (
+    DAMAGED_DIR,
+    MANIFEST_NAME,
+    Verdict,
+    file_hashes,
+    fsync_dir,
+    inspect,
+    inspect_sizes,
+    is_complete,
+    listing,
+    move_aside,
+)
 
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "latest_checkpointed_iteration.txt"
-MANIFEST_NAME = "kit_manifest.json"
 PARTIAL_SUFFIX = ".partial"
-DAMAGED_DIR = "damaged"  # under the save folder: checkpoints a resume found damaged, moved aside, never deleted
-HASH = "blake3"
 
 
 class CheckpointLoadError(KitError, RuntimeError):
     """No usable checkpoint where one was required; the message names the folder and the fix."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What a resume found about one checkpoint: usable, a known kind of damage, or a load error."""
-
-    iteration: int
-    damage: str | None = None  # missing | size | hash | manifest | record | load (None: usable)
-    why: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.damage is None
-
-    @property
-    def known_damage(self) -> bool:
-        """Damage a resume may step back from (files); a load error may be a code or config change."""
-        return self.damage in ("missing", "size", "hash", "manifest", "record")
-
-
 def iteration_dir(save_dir: Path, iteration: int) -> Path:
     return Path(save_dir) / f"iter_{iteration:07d}"
 
 
-# ---------------------------------------------------------------- folder bookkeeping (pure file ops)
-
-
-def _listing(folder: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
-
-
-def is_complete(folder: Path) -> tuple[bool, str]:
-    """Whether a checkpoint folder holds exactly the files (and sizes) its manifest lists."""
-    verdict = inspect_sizes(folder)
-    return verdict.ok, verdict.why
-
-
-def read_manifest(folder: Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST_NAME).read_text())
-
-
-def file_hashes(folder: Path, names) -> dict[str, str]:
-    """blake3 of the named files of a checkpoint folder (every core; the kit's one hasher)."""
-    from experiment.hashing import hash_paths
-
-    paths = {os.fspath(Path(folder) / n): n for n in names}
-    return {paths[p]: d for p, d in hash_paths(paths, HASH).items()}
-
-
-def inspect_sizes(folder: Path) -> Verdict:
-    """The cheap part of ``inspect``: the files and their sizes against the manifest, each kind of damage named."""
-    folder = Path(folder)
-    iteration = int(folder.name[5:12]) if folder.name[5:12].isdigit() else -1
-    manifest = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        return Verdict(iteration, "missing", f"{folder} does not exist")
-    if not manifest.is_file():
-        return Verdict(iteration, "manifest", f"{folder} has no {MANIFEST_NAME} (the save did not finish)")
-    try:
-        expected = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as err:
-        return Verdict(iteration, "manifest", f"{manifest} is unreadable ({err})")
-    actual = _listing(folder)
-    for name, size in expected.items():
-        if name not in actual:
-            return Verdict(iteration, "missing", f"{folder / name} is missing")
-        if actual[name] != size:
-            return Verdict(iteration, "size", f"{folder / name} has {actual[name]} bytes, the manifest says {size}")
-    return Verdict(iteration)
-
-
-def inspect(folder: Path, recorded: dict[str, str] | None = None) -> Verdict:
-    """Check one checkpoint's files against its manifest (names, sizes, hashes) and against the run's record
-    of its save (``recorded``: name -> hash), without loading it. Rank 0 only: it reads every byte."""
-    folder = Path(folder)
-    sized = inspect_sizes(folder)
-    if not sized.ok:
-        return sized
-    iteration = sized.iteration
-    manifest = read_manifest(folder)
-    expected = manifest.get("hashes") or {}
-    if recorded:
-        differ = sorted(n for n in set(expected) | set(recorded) if expected.get(n) != recorded.get(n))
-        if expected and differ:
-            return Verdict(iteration, "record", f"{folder / MANIFEST_NAME} and logs/saves.jsonl disagree on {differ[0]}")
-        expected = expected or recorded
-    absent = sorted(n for n in expected if not (folder / n).is_file())
-    if absent:  # only possible when the hashes come from the record alone (a manifest of an older kit)
-        return Verdict(iteration, "missing", f"{folder / absent[0]} is missing")
-    found = file_hashes(folder, sorted(expected))
-    for name in sorted(expected):
-        if found[name] != expected[name]:
-            return Verdict(iteration, "hash", f"{folder / name} has blake3 {found[name][:16]}..., the save "
-                           f"recorded {expected[name][:16]}... (the bytes changed after the save)")
-    return Verdict(iteration)
-
+# ---------------------------------------------------------------- which checkpoints there are
 
 def read_latest(save_dir: Path) -> int | None:
     marker = Path(save_dir) / LATEST_NAME
@@ -268,14 +184,14 @@ def save(save_dir: Path, model, optimizer, scheduler, state: TrainState, *, meta
     dist.barrier()
     if rank == 0:
         _normalize_dcp_metadata(partial, final.name, state.iteration)
-        files = _listing(partial)
+        files = listing(partial)
         write_atomic(partial / MANIFEST_NAME, json.dumps(
             {"iteration": state.iteration, "files": files, "hashes": file_hashes(partial, files)},
             indent=1, sort_keys=True))
         if final.exists():  # a save never writes into an existing checkpoint: the old one goes aside
             move_aside(final, save_dir, log_dir, "a newer save of the same iteration replaced it")
         os.replace(partial, final)
-        _fsync_dir(save_dir)
+        fsync_dir(save_dir)
         if meta_json is not None:
             write_atomic(save_dir / "kit_checkpoint.json", meta_json)
         write_atomic(save_dir / LATEST_NAME, f"{state.iteration}\n")
@@ -302,28 +218,6 @@ def _normalize_dcp_metadata(folder: Path, name: str, iteration: int) -> None:
     if getattr(metadata, "storage_meta", None) is not None:
         metadata.storage_meta = StorageMeta(checkpoint_id=name, save_id=f"iteration-{iteration}")
         write_atomic(path, pickle.dumps(metadata))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def move_aside(path: Path, save_dir: Path, log_dir: Path | None, why: str, resumed: int | None = None) -> Path:
-    """Rename a checkpoint folder into ``<save>/damaged/`` (a free name; same filesystem, so nothing is copied
-    or deleted) and note it in ``logs/aside.jsonl``. Rank 0."""
-    target_dir = Path(save_dir) / DAMAGED_DIR
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = free_path(target_dir, path.name)
-    os.replace(path, target)
-    _fsync_dir(Path(save_dir))
-    if log_dir is not None:
-        note_aside(log_dir, {"what": "checkpoint", "from": path.name, "to": f"{DAMAGED_DIR}/{target.name}",
-                             "why": why, "resumed_iteration": resumed})
-    return target
 
 
 def _from_rank0(compute):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from experiment.atomic import write_atomic
 
-from experiment.runlog import EVALS, LOSSES, keep_aside, read_losses  # noqa: F401  (read_losses: the one reader)
+from experiment.runlog import EVALS, LOSSES, keep_aside, read_evals, read_losses
 PLOT = "loss.png"
 
 
@@ -169,11 +169,8 @@ def plot_losses(log_dir: Path) -> Path | None:
     if not train:
         return None
     evals: dict[str, list[tuple[int, float]]] = {}
-    if (log_dir / EVALS).is_file():
-        for line in (log_dir / EVALS).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                evals.setdefault(r["domain"], []).append((r["iteration"], unhex(r["loss"])))
+    for r in read_evals(log_dir):
+        evals.setdefault(r["domain"], []).append((r["iteration"], unhex(r["loss"])))
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     ax.plot([r["iteration"] for r in train], [unhex(r["loss"]) for r in train], label="train", lw=1)
     for domain, points in sorted(evals.items()):

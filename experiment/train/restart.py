@@ -15,7 +15,6 @@ from pathlib import Path
 from experiment import runlog
 from experiment.train.checkpointing import LATEST_NAME
 
-LOCK_NAME = "run.lock.json"  # experiment.lock.lockfile.LOCK_NAME (the lock layer sits above this one)
 KEEP_IN_LOGS = {runlog.ASIDE, runlog.ASIDE_DIR, "dataset_index"}  # the record itself, and derived caches
 
 
@@ -43,14 +42,14 @@ def move_run_aside(folder_path: Path, save_dir: Path) -> list[str]:
         runlog.note_aside(logs, {"what": "checkpoints", "from": [p.name for p in checkpoints],
                                  "to": os.path.relpath(target, save_dir), "why": "experiment run --restart"})
     entries = sorted(p for p in logs.iterdir() if p.name not in KEEP_IN_LOGS) if logs.is_dir() else []
-    lock = folder_path / LOCK_NAME
+    lock = folder_path / runlog.LOCK
     if entries or lock.is_file():
         target = _free(logs / runlog.ASIDE_DIR, "restart")
         target.mkdir(parents=True)
         for p in [*entries, *([lock] if lock.is_file() else [])]:
             os.replace(p, target / p.name)
         said.append(f"{len(entries)} log file(s){' and run.lock.json' if lock.is_file() else ''} -> {target}")
-        runlog.note_aside(logs, {"what": "logs", "from": [p.name for p in entries] + ([LOCK_NAME] if lock.is_file()
+        runlog.note_aside(logs, {"what": "logs", "from": [p.name for p in entries] + ([runlog.LOCK] if lock.is_file()
                                                                                        else []),
                                  "to": os.path.relpath(target, logs), "why": "experiment run --restart"})
     return said

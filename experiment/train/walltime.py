@@ -27,8 +27,6 @@ from experiment.atomic import write_atomic
 from experiment.launcher_names import current_job
 from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
 
-STATUS_NAME = runlog.STATUS
-SAVES_NAME = runlog.SAVES
 END_TIME_VAR = "MIDTRAIN_JOB_END_TIME"  # epoch seconds; set by tests or a scheduler without squeue
 WALLTIME_STATE = "walltime"
 STATUS_INTERVAL_S = 5.0
@@ -70,9 +68,8 @@ def log_save(log_dir: Path, iteration: int, seconds: float, path: Path) -> None:
         hashes = json.loads((Path(path) / "kit_manifest.json").read_text()).get("hashes")
     except (OSError, ValueError):
         hashes = None
-    with open(Path(log_dir) / SAVES_NAME, "a") as fh:
-        fh.write(json.dumps({"iteration": iteration, "seconds": round(seconds, 3), "path": path.name,
-                             "time": round(time.time(), 3), "files": hashes}, sort_keys=True) + "\n")
+    runlog.append_save(log_dir, {"iteration": iteration, "seconds": round(seconds, 3), "path": path.name,
+                                 "time": round(time.time(), 3), "files": hashes})
 
 
 def recorded_hashes(log_dir: Path) -> dict[int, dict[str, str]]:
@@ -131,7 +128,7 @@ class Progress:
     ``experiment status`` shows iteration, tokens/s and an ETA; the runner's final write replaces it."""
 
     def __init__(self, log_dir: Path, train_iters: int, tokens_per_iter: int, enabled: bool):
-        self.path = Path(log_dir) / STATUS_NAME
+        self.log_dir = Path(log_dir)
         self.train_iters, self.tokens_per_iter, self.enabled = train_iters, tokens_per_iter, enabled
         self.start_iteration: int | None = None
         self.started = time.time()
@@ -153,7 +150,7 @@ class Progress:
                    "tokens_per_s": self.tokens_per_iter / step_seconds if step_seconds > 0 else None,
                    "eta_seconds": round(per_iter * (self.train_iters - iteration), 1),
                    "updated": round(now, 3), "job_id": self.job, **(extra or {})}
-        write_atomic(self.path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        runlog.write_status(self.log_dir, payload)
 
 
 class Segment:
@@ -207,9 +204,7 @@ def _note_first_step(log_dir: Path, iteration: int) -> None:
     job = (current_job() or (None, None))[1]
     if not job:
         return
-    with open(Path(log_dir) / "chain.jsonl", "a") as fh:
-        fh.write(json.dumps({"event": "first_step", "job_id": job, "iteration": iteration,
-                             "time": round(time.time(), 3)}, sort_keys=True) + "\n")
+    runlog.append_chain(log_dir, {"event": "first_step", "job_id": job, "iteration": iteration})
 
 
 def _share(value: float | None) -> float | None:

@@ -291,6 +291,6 @@ class Watchdog:
             "stopped_ranks": verdict.stopped, "behind_ranks": verdict.behind, "reported_by": self.rank,
             "iterations": {str(r): (b or {}).get("iteration") for r, b in beats.items()}})
         try:
-            write_atomic(self.log_dir / runlog.STATUS, json.dumps(status, indent=1, sort_keys=True) + "\n")
+            runlog.write_status(self.log_dir, status)
         except OSError:
             pass

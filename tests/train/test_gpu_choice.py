@@ -84,9 +84,9 @@ def test_runner_refuses_fp8_without_transformer_engine_naming_the_field():
     from types import SimpleNamespace
 
     from experiment.folder import FolderError
-    from experiment.train.runner import _gpu_choice
+    from experiment.train.build import gpu_choice
 
     with pytest.raises(FolderError) as err:
-        _gpu_choice(SimpleNamespace(fp8=True), ONE_B, 2048, 1)
+        gpu_choice(SimpleNamespace(fp8=True), ONE_B, 2048, 1)
     assert (err.value.file, err.value.field) == ("experiment.toml", "training.fp8")
     assert "fp8 = false" in err.value.fix

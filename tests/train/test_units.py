@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from experiment.train import checkpointing as ckpt
 from experiment import determinism
-from experiment.train import metrics
 from experiment.mixture.outputs import split_string
+from experiment.train import checkpointing as ckpt
+from experiment.train import integrity, metrics
 from experiment.train.data import BatchPlan
 from experiment.train.runner import train_iterations
 
@@ -39,7 +39,7 @@ def _fake_checkpoint(save_dir, it, files):
     d.mkdir(parents=True)
     for name, data in files.items():
         (d / name).write_bytes(data)
-    (d / ckpt.MANIFEST_NAME).write_text(json.dumps({"iteration": it, "files": ckpt._listing(d)}))
+    (d / integrity.MANIFEST_NAME).write_text(json.dumps({"iteration": it, "files": integrity.listing(d)}))
     return d
 
 
@@ -51,7 +51,7 @@ def test_incomplete_or_truncated_checkpoints_are_skipped(tmp_path):
     (newest / "a.distcp").write_bytes(b"x" * 3)  # truncated by a crash
     good, warnings = ckpt.usable_iterations(tmp_path)
     assert good == [4] and "iteration 8" in warnings[0] and "3 bytes" in warnings[0]
-    (newest / ckpt.MANIFEST_NAME).unlink()  # killed before the manifest
+    (newest / integrity.MANIFEST_NAME).unlink()  # killed before the manifest
     assert "did not finish" in ckpt.usable_iterations(tmp_path)[1][0]
     (tmp_path / "iter_0000012.partial").mkdir()
     assert ckpt.remove_stale_partials(tmp_path) == [tmp_path / "iter_0000012.partial"]
@@ -139,16 +139,16 @@ def test_inspect_names_the_damage_and_unresumable_refuses_only_when_none_is_comp
     import json
 
     folder = _fake_checkpoint(tmp_path, 4, {"a.distcp": b"x" * 1000, "common.pt": b"y"})
-    files = ckpt._listing(folder)
-    recorded = ckpt.file_hashes(folder, files)
-    (folder / ckpt.MANIFEST_NAME).write_text(json.dumps({"iteration": 4, "files": files, "hashes": recorded}))
-    assert ckpt.inspect(folder, recorded).ok
+    files = integrity.listing(folder)
+    recorded = integrity.file_hashes(folder, files)
+    (folder / integrity.MANIFEST_NAME).write_text(json.dumps({"iteration": 4, "files": files, "hashes": recorded}))
+    assert integrity.inspect(folder, recorded).ok
     data = bytearray((folder / "a.distcp").read_bytes())
     data[5] ^= 1
     (folder / "a.distcp").write_bytes(bytes(data))
-    flipped = ckpt.inspect(folder, recorded)
+    flipped = integrity.inspect(folder, recorded)
     assert flipped.damage == "hash" and flipped.known_damage and "a.distcp has blake3" in flipped.why
-    assert ckpt.inspect(folder, {**recorded, "a.distcp": "0" * 64}).damage == "record"
+    assert integrity.inspect(folder, {**recorded, "a.distcp": "0" * 64}).damage == "record"
     assert ckpt.unresumable(tmp_path) is None  # sizes still match: the run itself checks the hashes
     (folder / "common.pt").unlink()
     refusal = ckpt.unresumable(tmp_path)
