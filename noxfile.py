@@ -1,5 +1,5 @@
 """Sessions: `nox -s tests` (what CI runs), `nox -s demo` (the embedded default run), plus the
-maintenance sessions other features add (lock, build_image, bench). Each session installs the locked
+maintenance sessions other features add (lint, lock, build_image, bench). Each session installs the locked
 dependencies (env/*.lock.txt, with hashes) into its own virtual environment and then the kit itself
 without dependencies, so a fresh machine needs only nox and runs the versions the image runs."""
 
@@ -64,6 +64,14 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (pinned with hashes in env/lint.lock.txt; rules in pyproject.toml's [tool.ruff]) over the kit, its
+    tests, benches, CI scripts and this file. `nox -s lint -- --fix` applies ruff's safe fixes."""
+    session.install("--require-hashes", "--no-deps", "-r", envlock.LINT_LOCK)
+    session.run("ruff", "check", *session.posargs, ".")
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The embedded default run (training/demo): corpus -> shards -> mixture -> SmolLM2 import -> torchrun
     training -> HF export + logits check -> lockfile -> reproduce. `nox -s demo -- --container` trains
@@ -91,7 +99,8 @@ def lock(session: nox.Session) -> None:
         if flavor == "gpu":
             path = ROOT / spec["lock"]
             path.write_text(envlock.drop_provided(path.read_text()))
-    session.run(*envlock.nodeps_command(), env=env)
+    for source, lock in envlock.NODEPS_LOCKS:
+        session.run(*envlock.nodeps_command(source, lock), env=env)
     problems = envlock.all_disagreements(ROOT)
     if problems:
         session.error("\n".join(problems))

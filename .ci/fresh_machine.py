@@ -156,6 +156,18 @@ def demo_checks(clone: Path) -> list[tuple[str, bool, str]]:
                                      ", ".join(f"{d} {r:+.4f}{' (>= +0.1)' if d in bad else ''}"
                                                for d, r in rises.items()))
 
+    def readme_output():
+        """README.md's "What it printed here" block shows the demo's held-out losses: the demo is
+        deterministic, so a reader comparing must find the same numbers (4 decimals, as printed)."""
+        block = (clone / "README.md").read_text().split("What it printed here", 1)[1].split("```")[1]
+        shown = {d: (a, b) for d, a, b in re.findall(r"valid loss (\S+)\s+(\d+\.\d+) -> (\d+\.\d+)", block)}
+        loss, last = losses()
+        ran = {d: (f"{loss[(d, 0)]:.4f}", f"{loss[(d, last)]:.4f}") for d, it in sorted(loss) if it == 0}
+        differ = [f"{d}: README {shown.get(d, ('-', '-'))[0]} -> {shown.get(d, ('-', '-'))[1]}, "
+                  f"the run {a} -> {b}" for d, (a, b) in ran.items() if shown.get(d) != (a, b)]
+        differ += [f"{d}: in README, not in the run" for d in shown if d not in ran]
+        return bool(shown) and not differ, "; ".join(differ) or f"{len(shown)} domains as the run printed them"
+
     def lm_eval_rows():
         ev, (_, last) = read(f"{DEMO}/logs/eval/eval.json"), losses()
         base, trained = ev["rows"][0], ev["rows"][-1]
@@ -183,6 +195,7 @@ def demo_checks(clone: Path) -> list[tuple[str, bool, str]]:
     check("the re-run's outputs equal the lock's", reproduced)
     check("eval loss: ja/manual (the new language) improves", target_improves)
     check("eval loss: no English domain rises by 0.1 or more", replay_holds)
+    check("README.md's demo output is what the demo printed", readme_output)
     check("lm-eval: base and the last checkpoint, target ja/manual", lm_eval_rows)
     check("lm-eval: ja/manual perplexity falls, gain > 0", lm_eval_gain)
     check("report.html shows the lm-eval section", report)

@@ -37,7 +37,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-
 from experiment.data.signature import DataSignature  # noqa: E402
 from experiment.folder import TrainingFolder, TrainingFolderConfig  # noqa: E402
 from experiment.hashing import hash_paths  # noqa: E402

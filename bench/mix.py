@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import sys  # noqa: I001  -- first: `python bench/mix.py` puts bench/ on sys.path, where a sibling script
+
 sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # (bench/tokenize.py) shadows the stdlib module
 
 import argparse
@@ -73,10 +74,10 @@ def run_anchor(files: dict) -> list:
 
 
 def run_kit(path: Path):
+    import tomllib
+
     from experiment.folder import TrainingFolder, TrainingFolderConfig
     from experiment.mixture.checks import check_plan, signature_problems
-
-    import tomllib
 
     cfg = TrainingFolderConfig.model_validate(tomllib.loads((path / "experiment.toml").read_text()))
     tf = TrainingFolder(path.resolve(), cfg)
@@ -154,7 +155,7 @@ def bench_index(n: int, samples: int, seq: int) -> None:
     import numpy
     from tqdm import tqdm
 
-    from experiment.mixture.checks import check
+    from experiment.mixture.checks import check_all
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -173,7 +174,7 @@ def bench_index(n: int, samples: int, seq: int) -> None:
                       sig=signature(shards, sizes=sizes), seq_length=seq,
                       training=f"train_iters = {samples // 8}\nglobal_batch_size = 8")
         t = time.perf_counter()
-        loaded, problems = check(path)  # schema + every mixture check, the file stats included
+        loaded, problems = check_all(path)  # schema + every mixture check, the file stats included
         t_check = time.perf_counter() - t
         # each build in its own process, as a restart would be (Megatron keeps every shard's files open, so
         # builds in one process would also run out of file descriptors)
@@ -219,11 +220,11 @@ def build_one(folder_path: str, cache: str, samples: int) -> None:
 
     import torch.distributed as dist
 
-    from experiment.mixture.checks import check
+    from experiment.mixture.checks import check_all
     from experiment.mixture.plan import plan_folder
 
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    loaded, _ = check(folder_path)
+    loaded, _ = check_all(folder_path)
     plan = plan_folder(loaded)
     prefixes, weights = plan.megatron_blend()
     seq = loaded.config.model.seq_length

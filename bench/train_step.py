@@ -41,7 +41,8 @@ def _free_port() -> str:
 def make_folder(root: Path, args) -> Path:
     import mistral_common
 
-    from tests.train.corpus import build_corpus, make_folder as make
+    from tests.train.corpus import build_corpus
+    from tests.train.corpus import make_folder as make
 
     sp = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     sig = build_corpus(root / "corpus", sp, chars_per_domain=args.chars)
@@ -74,15 +75,19 @@ def bare_round(folder_path: Path, iters: int) -> list[float]:
 
     import torch
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
     from experiment.mixture.checks import load_checked
-    from experiment.train import data as train_data
     from experiment.model import parallel as distributed
-    from experiment.train.attention import layer_spec
     from experiment.model.build import ParallelLayout, build_gpt_model, padded_vocab_size
+    from experiment.train import data as train_data
+    from experiment.train.attention import layer_spec
     from experiment.train.optim import build_optimizer, build_scheduler
 
     folder = load_checked(folder_path)

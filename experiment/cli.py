@@ -27,16 +27,15 @@ console = Console(stderr=True)
 # Feature modules that add commands, each with the top-level names its register(app) adds (a test checks
 # them against what it registers). Explicit list, no discovery magic.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "experiment.data.cli": ("data",),              # experiment data tokenize|count|merge|dedup|signature|sample
+    "experiment.data.cli": ("data",),              # experiment data tokenize|count|merge|dedup|signature
     "experiment.mixture.cli": ("mix",),            # experiment mix
     "experiment.ckpt.cli": ("ckpt",),              # experiment ckpt import|export|check
-    "experiment.train.cli": ("run",),              # experiment run
-    "experiment.launch.cli": ("status",),          # experiment status
-    "experiment.lock.cli": ("reproduce", "lock"),  # experiment reproduce, experiment lock ...
+    "experiment.launch.cli": ("run", "status", "lock"),  # experiment run, status, lock write
+    "experiment.lock.cli": ("reproduce",),         # experiment reproduce LOCK
     "experiment.compare": ("compare",),            # experiment compare A B
     "experiment.report": ("report",),              # experiment report FOLDER
     "experiment.evaluate.cli": ("eval",),          # experiment eval FOLDER
-    "experiment.demo": ("demo",),                  # experiment demo
+    "experiment.demo.cli": ("demo",),              # experiment demo [corpus|data]
 }
 _registered: set[str] = set()
 
@@ -54,12 +53,12 @@ def _root(version: bool = typer.Option(False, "--version", help="print the kit's
         raise typer.Exit()
 
 
-@_app.command()
-def check(folder: Path = typer.Argument(..., help="training folder, e.g. training/demo")) -> None:
+@_app.command("check")
+def check_command(folder: Path = typer.Argument(..., help="training folder, e.g. training/demo")) -> None:
     """Validate a training folder and print every problem at once (file, field, fix)."""
-    from experiment.mixture.checks import check as check_folder
+    from experiment.mixture.checks import check_all
 
-    loaded, problems = check_folder(folder)
+    loaded, problems = check_all(folder)
     if problems:
         table = Table(title=f"{len(problems)} problem(s) in {folder}", show_lines=True)
         for col in ("file", "field", "kind", "problem", "fix"):
@@ -108,7 +107,6 @@ def main() -> None:
     """The one error handler: any ``KitError`` (bad input, unusable place) becomes one message naming file,
     field and fix, and exit code 1; never a traceback."""
     from experiment.errors import KitError, disk_full, print_error
-
     from experiment.summary import start_command
 
     start_command(from_process_start=True)

@@ -10,16 +10,14 @@ the same within ``--rtol``", which is what a non-deterministic run (bf16 on GPUs
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiment import runlog
 from experiment.errors import KitError
 from experiment.lock import lockfile
 from experiment.lock.verify import NUMERIC_ENV, dict_diff
-
-LOSSES = Path("logs") / "losses.jsonl"
 
 
 class CompareError(KitError):
@@ -113,10 +111,7 @@ def _from_lock(lock, label: str, losses: list[tuple[int, float]] | None = None) 
 
 
 def _folder_losses(folder: Path) -> list[tuple[int, float]]:
-    path = folder / LOSSES
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = runlog.read_losses(folder / runlog.LOGS)
     return [(r["iteration"], _unhex(r["loss"])) for r in rows if r.get("loss") is not None]
 
 
@@ -127,7 +122,7 @@ def load_run(path: str | Path) -> RunRecord:
     path = Path(path)
     if path.is_file():
         try:
-            return _from_lock(lockfile.read(path), str(path))
+            return _from_lock(lockfile.read_lock(path), str(path))
         except lockfile.LockError as err:
             raise CompareError(f"{err}; fix: give a training folder or its run.lock.json") from err
     if not (path / CONFIG_NAME).is_file():
@@ -136,7 +131,7 @@ def load_run(path: str | Path) -> RunRecord:
     lock_path = path / lockfile.LOCK_NAME
     if lock_path.is_file():  # the lock's config and data, the folder's logs (a stopped run has no final lock)
         losses = _folder_losses(path)
-        return _from_lock(lockfile.read(lock_path), str(path), losses or None)
+        return _from_lock(lockfile.read_lock(lock_path), str(path), losses or None)
     try:
         folder = load_schema(path, require_artifacts=False)
     except FolderError as err:

@@ -16,20 +16,19 @@ Paths inside ``experiment.toml`` are relative to the folder. Loading never half-
 
 from __future__ import annotations
 
-from experiment.errors import KitError
 import json
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experiment.errors import KitError
+from experiment.launcher_names import LAUNCHER_NAMES
 from experiment.model.layout import ParallelLayout, layout_mismatches
 from experiment.model.presets import PRESETS, ModelShape
-from experiment.launcher_names import LAUNCHER_NAMES
 
 CONFIG_NAME = "experiment.toml"
 
@@ -299,7 +298,7 @@ class TrainingFolder:
         return json.loads(self.resolve(relative).read_text())
 
 
-# A semantic check: owned by a higher layer (the mixture's is ``experiment.mixture.checks.check_folder``),
+# A semantic check: owned by a higher layer (the mixture's is ``experiment.mixture.checks.mixture_problems``),
 # run after the schema passes, returning every problem it finds. Callers pass them in; this module
 # imports nothing above itself.
 SemanticCheck = Callable[["TrainingFolder"], list[Problem]]
@@ -417,13 +416,13 @@ def apply_overrides(raw: dict, overrides: tuple[str, ...] | list[str]) -> tuple[
     return out, problems
 
 
-def check(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
-          semantic: Sequence[SemanticCheck] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+def check_schema(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+                 semantic: Sequence[SemanticCheck] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
     """Validate a training folder (with ``--set`` overrides applied); returns the folder (None if the
     schema failed) and all problems.
 
     ``semantic`` checks run once the schema holds and the signatures exist; the full validation of the
-    kit is ``experiment.mixture.checks.check``, which passes the mixture's."""
+    kit is ``experiment.mixture.checks.check_all``, which passes the mixture's."""
     path = Path(path)
     raw, problems = _read_config(path)
     if raw is None:
@@ -457,7 +456,7 @@ def load_schema(path: str | Path, *, require_artifacts: bool = True, overrides: 
     ``require_artifacts=True`` (what a run needs) also refuses a folder whose base checkpoint or shards
     are not present; ``False`` accepts a well-formed recipe whose artifacts live elsewhere.
     """
-    folder, problems = check(path, overrides, semantic)
+    folder, problems = check_schema(path, overrides, semantic)
     blocking = problems if require_artifacts else errors(problems)
     if blocking or folder is None:
         raise FolderError(blocking or problems)

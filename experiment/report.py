@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from experiment import runlog
 from experiment.atomic import write_atomic
 from experiment.folder import TrainingFolder, load_schema
 
@@ -57,7 +58,7 @@ def _mixture(folder: TrainingFolder) -> str:
     except Exception as err:  # noqa: BLE001 -- the report shows what it can
         return f"<p>The mixture cannot be planned here: {html.escape(str(err).splitlines()[0])}</p>"
     parts = [_img(mreport.chart_png(plan, folder.config.name), "mixture chart")]
-    for title, key in (("domain", mreport._domain), ("language", mreport._language)):
+    for title, key in (("domain", mreport.domain_of), ("language", mreport.language_of)):
         rows = mreport.group(plan, key)
         parts.append(_table([title, "shards", "tokens available", "tokens seen", "source %", "mix %", "epochs"],
                             [[r.key, r.shards, f"{r.available:,}", f"{r.seen:,}", f"{r.source_pct:.1f}",
@@ -71,12 +72,12 @@ def _curves(folder: TrainingFolder) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiment.train.metrics import EVALS, read_losses, unhex
+    from experiment.train.metrics import unhex
 
-    logs = folder.path / "logs"
-    train = read_losses(logs)
+    logs = folder.path / runlog.LOGS
+    train = runlog.read_losses(logs)
     if not train:
-        return "<p>No losses logged yet (logs/losses.jsonl).</p>"
+        return f"<p>No losses logged yet ({runlog.LOGS}/{runlog.LOSSES}).</p>"
     parts = []
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     ax.plot([r["iteration"] for r in train], [unhex(r["loss"]) for r in train], lw=1)
@@ -84,11 +85,8 @@ def _curves(folder: TrainingFolder) -> str:
     ax.grid(alpha=0.3)
     parts.append(_img(_png(fig), "training loss"))
     evals: dict[str, list[tuple[int, float]]] = {}
-    if (logs / EVALS).is_file():
-        for line in (logs / EVALS).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                evals.setdefault(r["domain"], []).append((r["iteration"], unhex(r["loss"])))
+    for r in runlog.read_evals(logs):
+        evals.setdefault(r["domain"], []).append((r["iteration"], unhex(r["loss"])))
     if evals:
         fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
         for domain, points in sorted(evals.items()):
@@ -164,7 +162,7 @@ def _lock(folder: TrainingFolder) -> str:
     path = folder.path / lockfile.LOCK_NAME
     if not path.is_file():
         return "<p>No run.lock.json: the run has not finished, or ran without the lock module.</p>"
-    lock = lockfile.read(path)
+    lock = lockfile.read_lock(path)
     lock = lock.model_dump(mode="json") if hasattr(lock, "model_dump") else lock
     env, kit = lock["environment"], lock["kit"]
     base = lock.get("base_checkpoint")
@@ -195,8 +193,7 @@ def _reproduce(folder: TrainingFolder) -> str:
 
 def build(folder: TrainingFolder) -> str:
     cfg = folder.config
-    status_file = folder.path / "logs" / "run_status.json"
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    status = runlog.read_status(folder.path / runlog.LOGS)
     head = [["state", status.get("state", "not run")],
             ["iterations", f"{status.get('iteration', 0)}/{status.get('train_iters', '?')}"],
             ["final train loss", f"{float.fromhex(status['final_loss']):.4f}" if status.get("final_loss") else "-"],

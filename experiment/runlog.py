@@ -1,7 +1,9 @@
-"""The run's log files as the runner writes them and the lockfile reads them: names and one reader.
+"""The run's log records (status, saves, chain, losses, evals, aside): their names, one reader and writer each.
 
 Kept below both ``experiment.train`` (which writes the logs) and ``experiment.lock`` (which records them),
-so neither reaches into the other.
+so neither reaches into the other. No other module names these files: ``tests/test_records.py`` fails when one
+does, so a record's format changes in one place (two readers of ``run_status.json`` drifting apart is how a
+lock once described a run that did not train).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ LOGS = "logs"
 LOSSES = "losses.jsonl"
 EVALS = "eval.jsonl"
 STATUS = "run_status.json"  # the runner's live status, rewritten atomically every few seconds and at the end
+CHAIN = "chain.jsonl"  # a scheduled run's submissions and segment begin/first_step/end records
 SAVES = "saves.jsonl"  # one record per checkpoint save: time taken, and each file's hash (outlives retention)
 ASIDE = "aside.jsonl"  # every checkpoint and log record a resume moved aside (never deleted), and why
 ASIDE_DIR = "aside"  # under logs/: the log lines a resume cut, kept
+LOCK = "run.lock.json"  # in the training folder: written by launch.finish, read by lock.lockfile
 
 
 class RunLogError(KitError, ValueError):
@@ -40,9 +44,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def read_saves(log_dir: str | Path) -> list[dict]:
-    """The records of ``log_dir/saves.jsonl`` in order; a torn line (a kill mid-append) is skipped."""
-    path = Path(log_dir) / SAVES
+def _read_tolerant(path: Path) -> list[dict]:
+    """The records of an append-only log, in order; a torn line (a kill mid-append) is skipped."""
     out = []
     for line in (path.read_text().splitlines() if path.is_file() else []):
         try:
@@ -52,31 +55,88 @@ def read_saves(log_dir: str | Path) -> list[dict]:
     return out
 
 
-def read_losses(log_dir: str | Path) -> list[dict]:
-    """The per-step records of ``log_dir/losses.jsonl``, in order."""
-    return read_jsonl(Path(log_dir) / LOSSES)
+def _append(path: Path, record: dict, *, sync: bool = False) -> None:
+    """One JSON line appended (``sync``: fsync'ed, for records a crash must not lose)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
-def read_status(log_dir: str | Path) -> dict:
-    """``log_dir/run_status.json`` ({} when the run has not written one); a damaged file names itself."""
-    path = Path(log_dir) / STATUS
-    if not path.is_file():
+def read_saves(log_dir: str | Path) -> list[dict]:
+    """The records of ``log_dir/saves.jsonl`` in order; a torn line (a kill mid-append) is skipped."""
+    return _read_tolerant(Path(log_dir) / SAVES)
+
+
+def append_save(log_dir: str | Path, record: dict) -> None:
+    """One checkpoint save's record (iteration, seconds, folder, time, file hashes) appended to saves.jsonl."""
+    _append(Path(log_dir) / SAVES, record)
+
+
+def read_chain(log_dir: str | Path) -> list[dict]:
+    """The events of ``log_dir/chain.jsonl`` in order; a torn line is skipped."""
+    return _read_tolerant(Path(log_dir) / CHAIN)
+
+
+def append_chain(log_dir: str | Path, event: dict) -> None:
+    """One chain event appended to chain.jsonl with its time, fsync'ed (one writer at a time: the CLI, then
+    each job)."""
+    import time
+
+    _append(Path(log_dir) / CHAIN, {**event, "time": round(time.time(), 3)}, sync=True)
+
+
+def read_losses(log_dir: str | Path, *, strict: bool = True) -> list[dict]:
+    """The per-step records of ``log_dir/losses.jsonl``, in order (``strict=False``: a torn line, as a kill
+    mid-append leaves, is skipped instead of named)."""
+    path = Path(log_dir) / LOSSES
+    return read_jsonl(path) if strict else _read_tolerant(path)
+
+
+def read_evals(log_dir: str | Path) -> list[dict]:
+    """The held-out evaluation records of ``log_dir/eval.jsonl``, in order."""
+    return read_jsonl(Path(log_dir) / EVALS)
+
+
+def status_path(log_dir: str | Path) -> Path:
+    """Where the run's status lives (for messages; read and write it with ``read_status``/``write_status``)."""
+    return Path(log_dir) / STATUS
+
+
+def read_status(log_dir: str | Path, *, strict: bool = True) -> dict:
+    """``log_dir/run_status.json`` ({} when the run has not written one); a damaged file names itself
+    (``strict=False``: {} instead, for the live views that show what they can)."""
+    path = status_path(log_dir)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        if strict:
+            raise
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as err:
+        if not strict:
+            return {}
         raise RunLogError(f"{path}: not JSON ({err.msg}); the run's status file is damaged") from err
+
+
+def write_status(log_dir: str | Path, status: dict) -> None:
+    """Replace ``log_dir/run_status.json`` atomically (a reader never sees half of it)."""
+    from experiment.atomic import write_atomic
+
+    write_atomic(status_path(log_dir), json.dumps(status, indent=1, sort_keys=True) + "\n")
 
 
 def note_aside(log_dir: str | Path, entry: dict) -> None:
     """Append one record to ``logs/aside.jsonl``: what was moved aside, where to, and why (the lock lists them)."""
-    import os
-
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(log_dir) / ASIDE, "a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    _append(Path(log_dir) / ASIDE, entry, sync=True)
 
 
 def read_aside(log_dir: str | Path) -> list[dict]:

@@ -64,3 +64,24 @@ def project(_project_template, tmp_path) -> Path:
     dest = tmp_path / "project"
     shutil.copytree(_project_template, dest, symlinks=True)
     return dest
+
+
+# the sample corpus and its shards: shared by the data tests and the Slurm data tests (session-scoped, built once)
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """~0.4 MB of real Debian text over 8 sources (en/ja; code-docs, manual, dictionary, legal)."""
+    from experiment.demo.corpus import build_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    build_sample(out, mb=0.4)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sp_shards(sample_dir, sp_model_path, tmp_path_factory) -> Path:
+    """The sample tokenized with the Mistral SentencePiece model (auto backend)."""
+    from experiment.data.tokenize import TokenizeConfig, run
+
+    out = tmp_path_factory.mktemp("sp_shards")
+    run(TokenizeConfig(inputs=[sample_dir], output=out, tokenizer=sp_model_path, progress=False))
+    return out

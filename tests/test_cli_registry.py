@@ -24,7 +24,8 @@ def test_command_modules_table_matches_what_each_module_registers():
 
 def test_modules_for_a_command_line():
     assert cli.modules_for(["data", "tokenize", "x"]) == ["experiment.data.cli"]
-    assert cli.modules_for(["lock", "verify"]) == ["experiment.lock.cli"]
+    assert cli.modules_for(["lock", "write"]) == ["experiment.launch.cli"]
+    assert cli.modules_for(["reproduce", "x"]) == ["experiment.lock.cli"]
     assert cli.modules_for(["check", "training/demo"]) == []
     assert cli.modules_for(["--help"]) == list(cli.COMMAND_MODULES)
     assert cli.modules_for(["no-such-command"]) == list(cli.COMMAND_MODULES)

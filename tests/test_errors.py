@@ -78,7 +78,7 @@ CASES = {  # command -> (argv with {bad} for the folder, the file the message mu
     "data dedup: non-string text": (["data", "dedup", "{bad}/shards", "-o", "{bad}/out-dedup"], "a.jsonl"),
     "data signature: no tokenizer record": (["data", "signature", "{bad}/empty", "--name", "x",
                                              "--out-dir", "{bad}/out-sig"], "tokenizer_info.json"),
-    "data sample: a file as the folder": (["data", "sample", "{bad}/text.txt"], "text.txt"),
+    "demo corpus: a file as the folder": (["demo", "corpus", "{bad}/text.txt"], "text.txt"),
 }
 
 

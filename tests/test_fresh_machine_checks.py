@@ -29,6 +29,7 @@ NAMES = {
     "reproduced": "the re-run's outputs equal the lock's",
     "target": "eval loss: ja/manual (the new language) improves",
     "replay": "eval loss: no English domain rises by 0.1 or more",
+    "readme": "README.md's demo output is what the demo printed",
     "rows": "lm-eval: base and the last checkpoint, target ja/manual",
     "gain": "lm-eval: ja/manual perplexity falls, gain > 0",
     "report": "report.html shows the lm-eval section",
@@ -65,9 +66,16 @@ OUTPUTS = {"losses": {"steps": [[i, "0x1.0p+1"] for i in range(1, 9)]},
 LOSSES = {"ja/manual": (4.0, 3.5), **{d: (3.0, 3.05) for d in ENGLISH}}
 
 
+def _readme(losses: dict[str, tuple[float, float]]) -> str:
+    """README.md's demo block as the README writes it (one line per domain, 4 decimals)."""
+    rows = "".join(f"  valid loss {d:<18} {a:.4f} -> {b:.4f}\n" for d, (a, b) in sorted(losses.items()))
+    return f"# kit\n\nWhat it printed here (2 cores):\n\n```\nrun demo: finished\n{rows}```\n\n## next\n"
+
+
 def _demo(root: Path) -> Path:
     """A minimal finished demo under ``root``: what the checks read, and nothing else."""
     demo = root / DEMO
+    _write(root / "README.md", _readme(LOSSES))
     _write(demo / "run.lock.json", _lock(OUTPUTS))
     _write(demo / ".reproduce" / DEMO / "run.lock.json", _lock(OUTPUTS))
     _write(demo / "logs" / "eval.jsonl", _evals(LOSSES))
@@ -86,7 +94,7 @@ def test_every_check_holds_on_a_finished_demo(tmp_path, capsys):
     assert fm.main(["--check-only", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(f"PASS  {name}" in out for name in NAMES.values())
-    assert "fresh-machine test: PASS: 9 of 9 checks hold" in out
+    assert f"fresh-machine test: PASS: {len(NAMES)} of {len(NAMES)} checks hold" in out
 
 
 def _rerun_differs(root):
@@ -103,8 +111,11 @@ EVALS, EVAL_JSON = DEMO / "logs" / "eval.jsonl", DEMO / "logs" / "eval" / "eval.
 BREAKS = {
     "checkpoints": _no_checkpoints,
     "reproduced": _rerun_differs,
-    "target": lambda root: _write(root / EVALS, _evals({**LOSSES, "ja/manual": (4.0, 4.0)})),
-    "replay": lambda root: _write(root / EVALS, _evals({**LOSSES, "en/legal": (3.0, 3.1)})),
+    "target": lambda root: (_write(root / EVALS, _evals({**LOSSES, "ja/manual": (4.0, 4.0)})),
+                            _write(root / "README.md", _readme({**LOSSES, "ja/manual": (4.0, 4.0)}))),
+    "replay": lambda root: (_write(root / EVALS, _evals({**LOSSES, "en/legal": (3.0, 3.1)})),
+                            _write(root / "README.md", _readme({**LOSSES, "en/legal": (3.0, 3.1)}))),
+    "readme": lambda root: _write(root / "README.md", _readme({**LOSSES, "en/legal": (3.0, 3.0501)})),
     "rows": lambda root: _write(root / EVAL_JSON, _eval_json(60.0, 45.0, 0.29, iteration=4)),
     "gain": lambda root: _write(root / EVAL_JSON, _eval_json(60.0, 61.0, -0.01)),
     "report": lambda root: _write(root / DEMO / "report.html", "<html><h2>Losses</h2></html>"),
@@ -122,7 +133,7 @@ def test_each_broken_output_fails_its_own_check_by_name(tmp_path, broken, capsys
     assert fm.main(["--check-only", str(root)]) == 1
     out = capsys.readouterr().out
     assert f"FAIL  {NAMES[broken]}" in out
-    assert f"fresh-machine test: FAIL: 8 of 9 checks hold; failed: {NAMES[broken]}" in out
+    assert f"fresh-machine test: FAIL: {len(NAMES) - 1} of {len(NAMES)} checks hold; failed: {NAMES[broken]}" in out
 
 
 def test_english_rising_by_0_1_fails_and_a_demo_without_english_domains_fails(tmp_path):

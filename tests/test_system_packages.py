@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from experiment import system_packages
-from experiment.demo.corpus import Source, build_sample, default_sources
 from experiment.data.errors import DataError
+from experiment.demo.corpus import Source, build_sample, default_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSENT = system_packages.SystemPackage("midtrain-kit-no-such-package", "corpus", "a test's missing package")

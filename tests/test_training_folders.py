@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiment.folder import errors
-from experiment.mixture.checks import check
+from experiment.mixture.checks import check_all
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = sorted(p.parent for p in (ROOT / "training").glob("*/experiment.toml"))
@@ -22,7 +22,7 @@ def test_the_seed_workflows_and_the_demo_are_shipped():
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_folder_passes_check(folder):
-    loaded, problems = check(folder)
+    loaded, problems = check_all(folder)
     assert loaded is not None
     assert errors(problems) == []
     # what may be absent is only what a user makes on their machine: base weights and tokenized shards
@@ -42,7 +42,7 @@ def test_job_scripts_render(folder, launcher):
     assert script.is_file()
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)], timeout=60).returncode == 0
-    loaded, _ = check(folder)
+    loaded, _ = check_all(folder)
     nproc = loaded.config.launch.nproc_per_node
     # torchrun, as the job's Python runs it (`python -m torch.distributed.run`, the same entry point)
     assert f"-m torch.distributed.run --nnodes={loaded.config.launch.nnodes} --nproc-per-node={nproc}" in text

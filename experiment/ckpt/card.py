@@ -10,10 +10,10 @@ written: files are named relative to the training folder, sources by their file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from experiment import runlog
 from experiment.ckpt.meta import CheckpointMeta
 
 CARD_NAME = "README.md"
@@ -69,7 +69,7 @@ def _datasets(folder) -> tuple[list[str], list[tuple[str, str, str, int, int]]]:
     for path in folder.signature_paths:
         if not path.is_file():
             continue
-        sig = sigmod.read(path)
+        sig = sigmod.read_signature(path)
         names.append(sig.name)
         agg: dict[tuple[str, str], list[int]] = {}
         for s in sig.shards:
@@ -134,20 +134,15 @@ def _run_rows(folder) -> list[str]:
     from experiment.lock.hashing import hash_file
 
     rows: list[str] = []
-    status = folder.path / "logs" / "run_status.json"
-    if status.is_file():
-        s: dict[str, Any] = json.loads(status.read_text())
-        if s.get("final_loss"):
-            rows.append(f"| final train loss | {float.fromhex(s['final_loss']):.4f} |")
-    evals = folder.path / "logs" / "eval.jsonl"
-    if evals.is_file():
-        last: dict[str, tuple[int, float]] = {}
-        for line in evals.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                last[r["domain"]] = (r["iteration"], float.fromhex(r["loss"]))
-        rows += [f"| held-out loss {d} (iteration {it}) | {v:.4f} |" for d, (it, v) in sorted(last.items())]
-    lock = folder.path / "run.lock.json"
+    logs = folder.path / runlog.LOGS
+    s: dict[str, Any] = runlog.read_status(logs)
+    if s.get("final_loss"):
+        rows.append(f"| final train loss | {float.fromhex(s['final_loss']):.4f} |")
+    last: dict[str, tuple[int, float]] = {}
+    for r in runlog.read_evals(logs):
+        last[r["domain"]] = (r["iteration"], float.fromhex(r["loss"]))
+    rows += [f"| held-out loss {d} (iteration {it}) | {v:.4f} |" for d, (it, v) in sorted(last.items())]
+    lock = folder.path / runlog.LOCK
     if lock.is_file():
-        rows.append(f"| lockfile | `run.lock.json` blake3 `{hash_file(lock, 'blake3')}` |")
+        rows.append(f"| lockfile | `{runlog.LOCK}` blake3 `{hash_file(lock, 'blake3')}` |")
     return rows

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import typer
@@ -115,9 +114,10 @@ def import_cmd(
     except CheckpointError as err:
         _fail(err)
     if tp * pp > 1 and not under_torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp * pp),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
-               "-m", "experiment.cli", "ckpt", "import", str(source), str(out_dir), "--tp", str(tp), "--pp", str(pp)]
+        from experiment import torchrun
+
+        cmd = torchrun.command("experiment.cli", ("ckpt", "import", str(source), str(out_dir), "--tp", str(tp),
+                                                  "--pp", str(pp)), nproc_per_node=tp * pp, torchrun=torchrun.HERE)
         console.print(f"starting {tp * pp} ranks: {' '.join(cmd[2:])}")
         raise typer.Exit(subprocess.call(cmd))
 
@@ -147,9 +147,9 @@ def import_cmd(
 
 
 def _padded(ckpt_dir: Path) -> int:
-    from experiment.ckpt.meta import read
+    from experiment.ckpt.meta import read_meta
 
-    return read(ckpt_dir).padded_vocab_size
+    return read_meta(ckpt_dir).padded_vocab_size
 
 
 @ckpt_app.command("export")

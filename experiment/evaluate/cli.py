@@ -81,7 +81,9 @@ def recorded_overrides(folder_path: Path) -> list[str]:
     for the run reaches the same trackers here)."""
     import json
 
-    lock = folder_path / "run.lock.json"
+    from experiment.lock import lockfile
+
+    lock = folder_path / lockfile.LOCK_NAME
     try:
         return list(json.loads(lock.read_text())["config"]["overrides"]) if lock.is_file() else []
     except (ValueError, KeyError, TypeError):

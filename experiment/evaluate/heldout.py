@@ -48,7 +48,9 @@ def targets(plan, override: list[str] | None = None) -> set[str]:
 def valid_documents(prefix: str, valid_fraction: float) -> range:
     """Document indices of megatron's valid split of one shard (megatron's own split arithmetic)."""
     from megatron.core.datasets.blended_megatron_dataset_config import (
-        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from experiment.mixture.outputs import split_string
@@ -69,7 +71,7 @@ def write_documents(folder, tokenizer, out_dir: Path, max_docs: int) -> dict[str
     from experiment.mixture.plan import plan_folder
 
     plan = plan_folder(folder)
-    eod = sig.read(folder.signature_paths[0]).tokenizer.eod_id
+    eod = sig.read_signature(folder.signature_paths[0]).tokenizer.eod_id
     vf = folder.config.data.valid_fraction
     out: dict[str, Path] = {}
     for key, prefixes in sorted(plan.sources().items()):

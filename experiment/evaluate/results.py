@@ -59,7 +59,8 @@ def add_gains(rows: list[Row], targets: set[str]) -> None:
 
 def emit(rows: list[Row], targets: set[str], out_dir: Path, as_json: bool, extra: dict) -> dict:
     """The table on stdout (``experiment.summary``) and ``eval.json``; returns the JSON payload."""
-    from experiment.summary import Column, Summary, emit as emit_summary
+    from experiment.summary import Column, Summary
+    from experiment.summary import emit as emit_summary
 
     domains = sorted({d for r in rows for d in r.ppl})
     langs = sorted({lang for r in rows for lang in r.mc})

@@ -22,14 +22,13 @@ The ``--set`` overrides are the run's own (the job script passes them to every s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from experiment.launch.launchers import read_chain, record
+from experiment import runlog
 from experiment.launcher_names import current_job, job_nodes, job_restarts
-from experiment.train.walltime import STATUS_NAME, WALLTIME_STATE
+from experiment.train.walltime import WALLTIME_STATE
 from experiment.train.watchdog import HUNG_STATE  # the runner's watchdog ended the segment
 
 CLEAN_STOPS = (WALLTIME_STATE, "interrupted")
@@ -49,15 +48,8 @@ def _complete_iteration(folder) -> int:
 
 def _reached_iteration(folder) -> int:
     """The last iteration the runner logged (it may be past the last complete checkpoint)."""
-    path = folder.path / "logs" / "losses.jsonl"
-    last = 0
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                last = max(last, int(json.loads(line)["iteration"]))
-            except (ValueError, KeyError):
-                continue
-    return last
+    records = runlog.read_losses(folder.path / runlog.LOGS, strict=False)
+    return max((int(r["iteration"]) for r in records if "iteration" in r), default=0)
 
 
 def _image_digest() -> str | None:
@@ -70,19 +62,11 @@ def _image_digest() -> str | None:
     return getattr(image, "digest", None) if image else None
 
 
-def _status(folder) -> dict:
-    path = folder.path / "logs" / STATUS_NAME
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
     """One row per segment from the chain records (and ``pending`` ones not written yet): job id, nodes,
     iterations start -> end, image digest, lost iterations, how it ended."""
     rows: list[dict] = []
-    for e in [*read_chain(folder_path), *pending]:
+    for e in [*runlog.read_chain(Path(folder_path) / runlog.LOGS), *pending]:
         if e.get("event") == "begin":
             rows.append({"job_id": e["job_id"], "nodes": e.get("nodes", 1), "start_iteration": e["start_iteration"],
                          "end_iteration": None, "image_digest": e.get("image_digest"),
@@ -94,7 +78,7 @@ def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
 
 def begin(folder) -> int:
     scheduler, job = _job()
-    events = read_chain(folder.path)
+    events = runlog.read_chain(folder.path / runlog.LOGS)
     done = [e for e in events if e.get("event") == "begin"]
     if len(done) >= folder.config.launch.max_segments:
         print(f"[chain] launch.max_segments={folder.config.launch.max_segments} segments already ran; not "
@@ -104,14 +88,14 @@ def begin(folder) -> int:
 
     problems = segment_problems(folder)  # changed shards; checkpoints none of which would resume
     if problems:
-        record(folder.path, {"event": "stopped", "job_id": job, "why": "; ".join(p.splitlines()[0] for p in problems)})
+        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "; ".join(p.splitlines()[0] for p in problems)})
         print(f"[chain] refusing to start segment {len(done) + 1}:\n  " + "\n  ".join(problems),
               file=sys.stderr, flush=True)
         return 2
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
-    record(folder.path, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
+    runlog.append_chain(folder.path / runlog.LOGS, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
                          "restart": job_restarts(),
                          "start_iteration": start, "image_digest": _image_digest(), "lost_iterations": lost,
                          "segment": len(done) + 1})
@@ -126,9 +110,9 @@ def end(folder, rc: int, script: Path | None) -> int:
     scheduler, job = _job()
     cfg = folder.config
     iters = train_iterations(cfg.training, cfg.model.seq_length)
-    status = _status(folder)
+    status = runlog.read_status(folder.path / runlog.LOGS, strict=False)
     complete, reached = _complete_iteration(folder), _reached_iteration(folder)
-    events = read_chain(folder.path)
+    events = runlog.read_chain(folder.path / runlog.LOGS)
     begins = [e for e in events if e.get("event") == "begin" and e["job_id"] == job]
     start = begins[-1]["start_iteration"] if begins else 0
     state = status.get("state", "unknown")
@@ -142,21 +126,21 @@ def end(folder, rc: int, script: Path | None) -> int:
              "complete_iteration": complete, "reached_iteration": reached, "progress": progress}
     if finished:  # the lock first: a finished record means the lockfile is there
         path = write_lock(folder, scheduler, event)
-        record(folder.path, event)
+        runlog.append_chain(folder.path / runlog.LOGS, event)
         print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
         return 0
-    record(folder.path, event)
+    runlog.append_chain(folder.path / runlog.LOGS, event)
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
     if not progress and (state in CLEAN_STOPS or stalled_before):
-        record(folder.path, {"event": "stopped", "job_id": job, "why": "no progress"})
+        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "no progress"})
         print(f"[chain] segment {job} ended ({state}, exit {rc}) without completing a checkpoint past iteration "
               f"{start}; stopping the chain. See logs/slurm-{job}.out; fix the cause (or raise launch.walltime) and "
               f"run `experiment run {folder.path} --launcher {scheduler}` again", file=sys.stderr, flush=True)
         return 1
     n = len([e for e in events if e.get("event") == "begin"])
     if n >= cfg.launch.max_segments:
-        record(folder.path, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
+        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
         print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
               "stopping", file=sys.stderr)
         return 1
@@ -187,7 +171,7 @@ def write_lock(folder, scheduler: str, last_end: dict) -> Path:
     if path is None:
         from experiment.launch.launchers import LaunchError
 
-        raise LaunchError(f"{folder.path / 'logs' / 'run_status.json'}: the run reached its length but the runner "
+        raise LaunchError(f"{runlog.status_path(folder.path / runlog.LOGS)}: the run reached its length but the runner "
                           "did not record it as finished; fix: run `experiment lock write "
                           f"{folder.path}` after checking its logs")
     return path
@@ -199,7 +183,7 @@ def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
-        events = read_chain(folder_path)
+        events = runlog.read_chain(Path(folder_path) / runlog.LOGS)
         last = events[-1] if events else {}
         if last.get("event") == "end" and last.get("state") in ("finished", "failed"):
             return last["state"]

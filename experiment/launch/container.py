@@ -22,8 +22,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiment.errors import KitError
 from experiment.engine import engine_env
+from experiment.errors import KitError
 from experiment.folder import TrainingFolder
 from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR, RUN_IMAGE_PATH
 
@@ -95,7 +95,7 @@ def folder_mounts(folder: TrainingFolder) -> tuple[Mount, ...]:
     for path in folder.signature_paths:
         wanted.setdefault(path.parent, True)
         try:
-            wanted.setdefault(sigmod.read(path).root_path(path), True)
+            wanted.setdefault(sigmod.read_signature(path).root_path(path), True)
         except (OSError, ValueError):
             pass  # a broken signature is reported by `experiment check`; mount what exists
     if base:

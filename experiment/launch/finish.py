@@ -52,7 +52,7 @@ def finish_run(folder_path: Path, *, launcher: str, overrides: Sequence[str] | N
     are the runner's own record where it made one.
     """
     from experiment.lock.lockfile import write_run_lock
-    from experiment.lock.reproduce import determinism_now
+    from experiment.lock.verify import determinism_now
     from experiment.mixture.checks import load_checked
 
     folder_path = Path(folder_path)
@@ -65,7 +65,7 @@ def finish_run(folder_path: Path, *, launcher: str, overrides: Sequence[str] | N
     elif recorded is not None and tuple(overrides) != recorded:
         raise FinishError(
             f"the run trained with --set {list(recorded)} but the lock was asked for --set {list(overrides)}",
-            file=folder_path / runlog.LOGS / runlog.STATUS, field="overrides",
+            file=runlog.status_path(folder_path / runlog.LOGS), field="overrides",
             fix="pass the overrides the run used (or none: the runner's record is taken)")
     loaded = load_checked(folder_path, overrides=tuple(overrides))
     lc = loaded.config.launch

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiment import torchrun
 from experiment.launch.finish import overrides_of
 from experiment.launch.local import Launch, torchrun_argv
 from experiment.launcher_names import SCHEDULERS
@@ -63,7 +64,7 @@ def render(launch: Launch, settings: ClusterSettings) -> str:
 
     python = _python(settings)
     command = torchrun_line(launch, settings.kind, ("torchrun",) if settings.container_prefix else
-                            (*python, "-m", "torch.distributed.run"))
+                            torchrun.via(python))
     chain = shlex.join([*python, "-m", "experiment.launch.chain"])
     if settings.container_prefix:
         command = f"{settings.container_prefix} {command}"

@@ -18,22 +18,20 @@ the CLI offer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from experiment import runlog
 from experiment.errors import KitError
 from experiment.launch import jobscript
 from experiment.launch.local import Launch, command_line, local_argv, run_local
 from experiment.launcher_names import LAUNCHER_NAMES
 
-CHAIN_LOG = "chain.jsonl"  # under logs/: submissions and segment begin/end records of a scheduled run
 STARTUP_GUESS_S = 10.0  # a segment's start (interpreter, model build, resume) before it is measured
 
 
@@ -216,8 +214,8 @@ class SlurmLauncher(ClusterLauncher):
 
     def submit(self, prepared: Prepared, dependency: str | None = None, by: str = "cli") -> Submitted:
         job = sbatch(prepared.script, dependency)
-        record(prepared.request.folder.path, {"event": "submitted", "job_id": job, "by": by,
-                                              "after": dependency})
+        runlog.append_chain(prepared.request.folder.path / runlog.LOGS,
+                            {"event": "submitted", "job_id": job, "by": by, "after": dependency})
         return Submitted(0, job, f"submitted job {job}")
 
 
@@ -226,13 +224,14 @@ class PbsLauncher(ClusterLauncher):
     submit_tool = "qsub"
 
     def submit(self, prepared: Prepared, dependency: str | None = None, by: str = "cli") -> Submitted:
-        argv = ["qsub", *([f"-W", f"depend=afterany:{dependency}"] if dependency else []), os.fspath(prepared.script)]
+        argv = ["qsub", *(["-W", f"depend=afterany:{dependency}"] if dependency else []), os.fspath(prepared.script)]
         res = subprocess.run(argv, capture_output=True, text=True, cwd=prepared.script.parent)
         if res.returncode:
             raise LaunchError(f"qsub {prepared.script} failed: {res.stderr.strip()}; fix launch.partition "
                               "(the queue) or launch.account in experiment.toml")
         job = res.stdout.strip()
-        record(prepared.request.folder.path, {"event": "submitted", "job_id": job, "by": by, "after": dependency})
+        runlog.append_chain(prepared.request.folder.path / runlog.LOGS,
+                            {"event": "submitted", "job_id": job, "by": by, "after": dependency})
         return Submitted(0, job, f"submitted job {job}")
 
 
@@ -297,16 +296,13 @@ def _measured(folder) -> tuple[float | None, float | None, float]:
     logs = folder.path / "logs"
     save = last_save_seconds(logs) or 0.0
     step = None
-    status = logs / "run_status.json"
-    if status.is_file():
-        try:
-            data = json.loads(status.read_text())
-            tps = data.get("tokens_per_s")
-            t = folder.config.training
-            step = t.global_batch_size * folder.config.model.seq_length / tps if tps else None
-        except (ValueError, TypeError):
-            pass
-    events = read_chain(folder.path)
+    try:
+        tps = runlog.read_status(logs, strict=False).get("tokens_per_s")
+        t = folder.config.training
+        step = t.global_batch_size * folder.config.model.seq_length / tps if tps else None
+    except (ValueError, TypeError):
+        pass
+    events = runlog.read_chain(logs)
     begins = {e["job_id"]: e["time"] for e in events if e.get("event") == "begin"}
     measured = [e["time"] - begins[e["job_id"]] for e in events if e.get("event") == "first_step" and e["job_id"] in begins]
     return (max(measured) if measured else None), step, save
@@ -343,29 +339,6 @@ def _clock(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def record(folder: Path, event: dict) -> None:
-    """Append one event to ``logs/chain.jsonl`` (single writer at a time: the CLI, then one job after another)."""
-    path = Path(folder) / "logs" / CHAIN_LOG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps({**event, "time": round(time.time(), 3)}, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_chain(folder: Path) -> list[dict]:
-    path = Path(folder) / "logs" / CHAIN_LOG
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def queue_states(env: dict | None = None) -> dict[str, tuple[str, str]]:
     """{job id: (state, reason)} of every job squeue knows (the local Slurm keeps ended ones for MinJobAge)."""
     if shutil.which("squeue") is None:
@@ -383,7 +356,7 @@ ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZI
 
 
 def active_jobs(folder: Path) -> list[tuple[str, str]]:
-    jobs = [e["job_id"] for e in read_chain(folder) if e.get("event") == "submitted"]
+    jobs = [e["job_id"] for e in runlog.read_chain(Path(folder) / runlog.LOGS) if e.get("event") == "submitted"]
     states = queue_states() if jobs else {}
     return [(j, states[j][0]) for j in jobs if j in states and states[j][0] in ACTIVE]
 

@@ -10,9 +10,10 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from experiment.torchrun import HERE, command
 
 RUNNER_MODULE = "experiment.train.runner"
 
@@ -30,19 +31,15 @@ class Launch:
 
 def torchrun_argv(launch: Launch, *, rdzv_endpoint: str = "localhost:0", rdzv_id: str | None = None,
                   torchrun: tuple[str, ...] = ("torchrun",)) -> list[str]:
-    """``torchrun ... -m experiment.train.runner FOLDER``; c10d rendezvous, so no fixed port is needed
-    locally (``localhost:0`` picks a free one) and nodes find each other through one endpoint."""
-    argv = [*torchrun, f"--nnodes={launch.nnodes}", f"--nproc-per-node={launch.nproc_per_node}"]
-    if rdzv_id is not None:
-        argv.append(f"--rdzv-id={rdzv_id}")
-    argv += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "-m", RUNNER_MODULE,
-             os.fspath(launch.folder), *launch.runner_args]
-    return argv
+    """``torchrun ... -m experiment.train.runner FOLDER RUNNER_ARGS`` for one launch (``experiment.torchrun``)."""
+    return command(RUNNER_MODULE, (os.fspath(launch.folder), *launch.runner_args), nnodes=launch.nnodes,
+                   nproc_per_node=launch.nproc_per_node, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
+                   torchrun=torchrun)
 
 
 def local_argv(launch: Launch) -> list[str]:
     """The local command: this interpreter's torch.distributed.run (no reliance on PATH)."""
-    return torchrun_argv(launch, torchrun=(sys.executable, "-m", "torch.distributed.run"))
+    return torchrun_argv(launch, torchrun=HERE)
 
 
 def command_line(argv: list[str]) -> str:

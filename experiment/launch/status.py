@@ -8,14 +8,14 @@ tokens/s, ETA and, where the runner measured it, MFU (``logs/run_status.json``).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiment.launch.launchers import queue_states, read_chain
+from experiment import runlog
+from experiment.launch.launchers import queue_states
 
 LOG_TAIL_LINES = 12
 _QUEUE_WORDS = {"PENDING": "queued", "RUNNING": "running", "CONFIGURING": "running", "COMPLETING": "running",
@@ -54,7 +54,7 @@ def log_tail(folder: Path, job: str, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def job_rows(folder: Path) -> list[JobRow]:
-    events = read_chain(folder)
+    events = runlog.read_chain(Path(folder) / runlog.LOGS)
     queue = queue_states()
     rows: list[JobRow] = []
     for e in events:
@@ -96,11 +96,9 @@ def job_rows(folder: Path) -> list[JobRow]:
 
 
 def run_line(folder: Path) -> str:
-    path = folder / "logs" / "run_status.json"
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "run: no iteration yet (logs/run_status.json not written)"
+    status = runlog.read_status(Path(folder) / runlog.LOGS, strict=False)
+    if not status:
+        return f"run: no iteration yet ({runlog.status_path(runlog.LOGS)} not written)"
     parts = [f"run: {status.get('state', '?')}, iteration {status.get('iteration', '?')}/{status.get('train_iters', '?')}"]
     if status.get("tokens_per_s"):
         parts.append(f"{status['tokens_per_s']:,.0f} tokens/s")

@@ -1,4 +1,7 @@
-"""``experiment reproduce LOCK`` and ``experiment lock write FOLDER``: the lockfile commands."""
+"""``experiment reproduce LOCK``: check a lockfile against the present, re-run, compare.
+
+(``experiment lock write`` lives with the launchers, ``launch/cli.py``: writing a lock is how a run ends.)
+"""
 
 from __future__ import annotations
 
@@ -18,30 +21,6 @@ def _cache_path(no_cache: bool) -> Path | None:
 
 
 def register(app: typer.Typer) -> None:
-    lock_app = typer.Typer(help="the reproducibility lockfile (run.lock.json)", no_args_is_help=True)
-    app.add_typer(lock_app, name="lock")
-
-    @lock_app.command("write")
-    def write(folder: Path = typer.Argument(..., help="training folder whose run finished"),
-              no_cache: bool = typer.Option(False, "--no-cache", help="hash every file again"),
-              launcher: str | None = typer.Option(None, "--launcher", help="how the run was started (default: "
-                                                  "the folder's launch.launcher)"),
-              overrides: list[str] | None = typer.Option(None, "--set", help="the run's --set overrides (default: "
-                                                         "the ones the runner recorded)")) -> None:
-        """Write run.lock.json for a finished run (what `experiment run` does at its end)."""
-        from experiment.folder import load_schema
-        from experiment.launch.finish import finish_run
-
-        kind = launcher or load_schema(folder, require_artifacts=False, overrides=tuple(overrides or ())
-                                       ).config.launch.launcher
-        path = finish_run(folder, launcher=kind, overrides=tuple(overrides) if overrides else None,
-                          hash_cache=_cache_path(no_cache), say=lambda m: None)
-        if path is None:
-            console.print(f"[red]error[/red] {folder}/logs/run_status.json: the run has not finished; fix: "
-                          f"`experiment run {folder}` to finish it (it resumes), then write the lock")
-            raise typer.Exit(1)
-        console.print(f"[green]wrote[/green] {path}")
-
     @app.command()
     def reproduce(
         lockfile: Path = typer.Argument(..., help="run.lock.json of the run to reproduce"),

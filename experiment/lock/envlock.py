@@ -36,6 +36,8 @@ FLAVORS = {
                  "extras": (*RUNTIME_EXTRAS, "test"), "constrained_by": "cpu"},
 }
 NODEPS_IN, NODEPS_LOCK = "env/nodeps.in", "env/nodeps.lock.txt"
+LINT_IN, LINT_LOCK = "env/lint.in", "env/lint.lock.txt"  # ruff for `nox -s lint`: one binary wheel, no dependencies
+NODEPS_LOCKS = ((NODEPS_IN, NODEPS_LOCK), (LINT_IN, LINT_LOCK))  # requirement lists locked without dependencies
 FIX = "nox -s lock"  # the command that rewrites every lock from pyproject.toml
 
 
@@ -64,9 +66,9 @@ def compile_command(flavor: str, output: str, find_links: str | None = "/opt/whe
     return cmd
 
 
-def nodeps_command(output: str = NODEPS_LOCK) -> list[str]:
-    """The argv that locks ``env/nodeps.in`` (hashes, no dependencies)."""
-    return ["uv", "pip", "compile", NODEPS_IN, "--no-deps", "--generate-hashes", "--python-version", "3.11",
+def nodeps_command(source: str = NODEPS_IN, output: str = NODEPS_LOCK) -> list[str]:
+    """The argv that locks a requirement list such as ``env/nodeps.in`` (hashes, no dependencies)."""
+    return ["uv", "pip", "compile", source, "--no-deps", "--generate-hashes", "--python-version", "3.11",
             "--python-platform", "x86_64-manylinux_2_28", "--custom-compile-command", FIX, "-q", "-o", output]
 
 
@@ -139,7 +141,8 @@ def disagreements(pyproject: Path, lock_text: str, flavor: str) -> list[str]:
 
 def all_disagreements(root: Path) -> list[str]:
     """Every lock under ``root/env`` checked against ``root/pyproject.toml``, the test lock against the cpu
-    lock's versions, and the no-deps lock against ``env/nodeps.in``; empty when all agree."""
+    lock's versions, and each no-deps lock against its list (``env/nodeps.in``, ``env/lint.in``); empty when all
+    agree."""
     out = []
     texts = {}
     for flavor, spec in FLAVORS.items():
@@ -157,14 +160,22 @@ def all_disagreements(root: Path) -> list[str]:
                     for name, version in pins(texts[flavor]).items() if name in theirs and theirs[name] != version]
             out += [f"{name}: in the {base} lock, not in the {flavor} lock" for name in theirs
                     if name not in pins(texts[flavor])]
-    nodeps = root / NODEPS_LOCK
-    wanted = [Requirement(line) for line in (root / NODEPS_IN).read_text().splitlines()
+    for source, lock in NODEPS_LOCKS:
+        out += nodeps_disagreements(root, source, lock)
+    return out
+
+
+def nodeps_disagreements(root: Path, source: str, lock: str) -> list[str]:
+    """A no-deps lock against the list it was made from: every requirement pinned, with hashes."""
+    out = []
+    path = root / lock
+    wanted = [Requirement(line) for line in (root / source).read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    have = pins(nodeps.read_text()) if nodeps.is_file() else {}
+    have = pins(path.read_text()) if path.is_file() else {}
     for req in wanted:
         name = canonicalize_name(req.name)
         if name not in have or not req.specifier.contains(Version(have[name]), prereleases=True):
-            out.append(f"{req}: wanted by {NODEPS_IN}, {NODEPS_LOCK} pins {have.get(name, 'nothing')}")
-    if nodeps.is_file() and not hashed(nodeps.read_text()):
-        out.append(f"{NODEPS_LOCK} has entries without --hash")
+            out.append(f"{req}: wanted by {source}, {lock} pins {have.get(name, 'nothing')}")
+    if path.is_file() and not hashed(path.read_text()):
+        out.append(f"{lock} has entries without --hash")
     return out

@@ -22,10 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiment.errors import KitError
 from experiment.atomic import write_atomic
 from experiment.engine import SOURCE_DATE_EPOCH as EPOCH
 from experiment.engine import engine_env as _engine_env
+from experiment.errors import KitError
 from experiment.lock.environment import IMAGE_INFO_PATH, environment_hash, git_state, source_hash
 from experiment.lock.hashing import hash_file
 

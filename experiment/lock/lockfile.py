@@ -37,15 +37,15 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
+from experiment import runlog
+from experiment.atomic import write_atomic
 from experiment.errors import KitError
 from experiment.folder import TrainingFolder
-from experiment import runlog
 from experiment.lock import environment
-from experiment.lock.records import Record, RunLock
 from experiment.lock.hashing import HashCache, hash_bytes, hash_file, hash_files, normalize_algorithm
-from experiment.atomic import write_atomic
+from experiment.lock.records import Record, RunLock
 
-LOCK_NAME = "run.lock.json"
+LOCK_NAME = runlog.LOCK
 LOCK_VERSION = 1
 FILE_HASH = "blake3"
 # Folder content that a run writes (outputs), never part of the folder's identity.
@@ -80,7 +80,7 @@ def dumps(lock: RunLock | Mapping) -> str:
     return json.dumps(_canonical(lock), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def read(path: str | Path) -> RunLock:
+def read_lock(path: str | Path) -> RunLock:
     """The typed lock; a file that is not a lock of this version names the field and the fix."""
     path = Path(path)
     try:
@@ -101,7 +101,7 @@ def read(path: str | Path) -> RunLock:
     return parse(lock, str(path))
 
 
-def parse(lock: Mapping, where: str = "run.lock.json") -> RunLock:
+def parse(lock: Mapping, where: str = LOCK_NAME) -> RunLock:
     """A lock dict as the typed record, or ``LockError`` naming the first field that does not fit."""
     try:
         return RunLock.model_validate(lock)
@@ -165,7 +165,7 @@ def signatures_section(folder: TrainingFolder) -> dict:
 
     out = {}
     for written, path in signature_entries(folder):
-        sig = sigmod.read(path)
+        sig = sigmod.read_signature(path)
         out[written] = {
             "name": sig.name,
             "file_hash": hash_file(path, FILE_HASH),
@@ -179,7 +179,7 @@ def signatures_section(folder: TrainingFolder) -> dict:
 def tokenizer_section(folder: TrainingFolder) -> dict:
     from experiment.data import signature as sigmod
 
-    return {written: sigmod.read(path).tokenizer.model_dump() for written, path in signature_entries(folder)}
+    return {written: sigmod.read_signature(path).tokenizer.model_dump() for written, path in signature_entries(folder)}
 
 
 def shard_files(folder: TrainingFolder, data_root: Path | None = None) -> dict[str, dict]:
@@ -189,7 +189,7 @@ def shard_files(folder: TrainingFolder, data_root: Path | None = None) -> dict[s
 
     out = {}
     for written, path in signature_entries(folder):
-        sig = sigmod.read(path)
+        sig = sigmod.read_signature(path)
         root = data_root if data_root is not None else sig.root_path(path)
         for s in sig.shards:
             out[f"{written}::{s.prefix}"] = {
@@ -330,20 +330,20 @@ def outputs_section(folder: TrainingFolder, cache: HashCache | None = None, tens
             found = [d for d in found if d.name == last] or found[-1:]
         for d in found:
             checkpoints[d.name] = checkpoint_hashes(d, cache, tensors)
-    logs = folder.path / "logs"
-    losses_file = logs / "losses.jsonl"
-    eval_file = logs / "eval.jsonl"
+    logs = folder.path / runlog.LOGS
+    losses_file = logs / runlog.LOSSES
+    eval_file = logs / runlog.EVALS
     top = sorted(p for p in save.glob("*") if p.is_file()) if save.is_dir() else []
     return {
         "latest_iteration": latest,
         "checkpoint_files": {p.name: hash_file(p, FILE_HASH) for p in top},
         "checkpoints": checkpoints,
         "losses": {
-            "file": "logs/losses.jsonl",
+            "file": f"{runlog.LOGS}/{runlog.LOSSES}",
             "hash": hash_file(losses_file, FILE_HASH) if losses_file.is_file() else None,
             "steps": loss_steps(losses_file) if losses_file.is_file() else [],
         },
-        "eval": {"file": "logs/eval.jsonl",
+        "eval": {"file": f"{runlog.LOGS}/{runlog.EVALS}",
                  "hash": hash_file(eval_file, FILE_HASH) if eval_file.is_file() else None},
     }
 

@@ -24,7 +24,6 @@ from experiment.folder import TrainingFolder
 from experiment.lock import environment, lockfile
 from experiment.lock.hashing import HashCache
 from experiment.lock.records import OutputsRecord, RunLock
-from experiment.lock.verify import determinism_now as determinism_now  # launch/finish.py imports it from here
 from experiment.lock.verify import load_folder, locked_overrides, print_findings, verify
 from experiment.mixture.checks import load_checked
 
@@ -106,7 +105,7 @@ def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None,
         for written in cfg.data.signatures:
             leaf = Path(os.path.normpath(dest / written))
             leaf.parent.mkdir(parents=True, exist_ok=True)
-            sig = sigmod.read(folder.resolve(written))
+            sig = sigmod.read_signature(folder.resolve(written))
             leaf.write_text(sig.model_copy(update={"root": os.fspath(data_root.resolve())}).to_json())
     if base is not None and base_ref:
         leaf = Path(os.path.normpath(dest / base_ref))
@@ -205,7 +204,7 @@ def reproduce_run(options: ReproduceOptions, console) -> int:
     3 re-run failed."""
     from rich.table import Table
 
-    lock = lockfile.read(options.lockfile)
+    lock = lockfile.read_lock(options.lockfile)
     folder_path = options.folder or Path(options.lockfile).resolve().parent
     options = replace(options, overrides=locked_overrides(lock))
     folder = load_folder(folder_path, options.overrides)
@@ -243,7 +242,7 @@ def reproduce_run(options: ReproduceOptions, console) -> int:
     have = OutputsRecord.model_validate(lockfile.outputs_section(load_checked(mirror, overrides=options.overrides), cache))
     div = compare_outputs(lock.outputs, have, options.steps)
     relock = mirror / lockfile.LOCK_NAME
-    sections = differing_sections(lock, lockfile.read(relock)) if relock.is_file() else None
+    sections = differing_sections(lock, lockfile.read_lock(relock)) if relock.is_file() else None
     rows = [(f"{div.compared_steps} step(s) of losses", "identical" if div.step is None else
              f"[red]first divergence at step {div.step}[/red] ({div.field}): expected {div.expected}, "
              f"found {div.found}")]

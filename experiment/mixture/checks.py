@@ -1,6 +1,6 @@
 """Everything about the data mixture that must hold before a run starts, each failure naming file and entry.
 
-Run by ``experiment check`` (passed to ``experiment.folder.check`` as its semantic check) and before ``experiment mix``:
+Run by ``experiment check`` (passed to ``experiment.folder.check_schema`` as its semantic check) and before ``experiment mix``:
 
 * every data signature parses; no shard is listed twice; a count in a shard's name agrees with its signature;
 * every kept shard's ``.bin``/``.idx`` exists (else: an artifact not made yet) and has the signature's size;
@@ -31,7 +31,7 @@ def signature_problems(folder: TrainingFolder) -> tuple[ShardTable, list[Problem
     problems: list[Problem] = []
     for path in folder.signature_paths:
         if not path.is_file():
-            continue  # folder.check already reports it
+            continue  # folder.check_schema already reports it
         try:
             listed = read_signature_shards(path)
         except (ValidationError, ValueError) as err:
@@ -115,19 +115,19 @@ def check_plan(folder: TrainingFolder, shards: ShardTable) -> tuple[MixturePlan 
         return getattr(err, "plan", None), list(err.problems)
 
 
-def check(path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
+def check_all(path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[TrainingFolder | None, list[Problem]]:
     """The kit's full validation of a training folder (``--set`` overrides applied): schema, files, then
     the mixture, every problem at once."""
-    return folder_module.check(path, overrides, semantic=(check_folder,))
+    return folder_module.check_schema(path, overrides, semantic=(mixture_problems,))
 
 
 def load_checked(path, *, require_artifacts: bool = True, overrides: tuple[str, ...] | list[str] = ()) -> TrainingFolder:
     """The folder as a run needs it: schema, files and mixture all checked, or ``FolderError`` listing every problem."""
     return folder_module.load_schema(path, require_artifacts=require_artifacts, overrides=overrides,
-                                     semantic=(check_folder,))
+                                     semantic=(mixture_problems,))
 
 
-def check_folder(folder: TrainingFolder) -> list[Problem]:
+def mixture_problems(folder: TrainingFolder) -> list[Problem]:
     """All mixture problems of a folder at once (schema problems are ``experiment.folder``'s)."""
     shards, problems = signature_problems(folder)
     if problems:

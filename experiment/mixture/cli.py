@@ -47,11 +47,11 @@ def mix(
 ) -> None:
     """Plan the data mixture: Megatron --data-path, DATA_PATH bash, per-split JSON, train_data.sh, report, PNG."""
     from experiment.folder import errors
-    from experiment.mixture.checks import check
+    from experiment.mixture.checks import check_all
     from experiment.mixture.datatypes import MixtureError
     from experiment.mixture.report import group
 
-    loaded, problems = check(folder)
+    loaded, problems = check_all(folder)
     blocking = errors(problems)
     if loaded is None or blocking:
         console.print(_problems_table(f"{len(blocking or problems)} problem(s) in {folder}", blocking or problems))

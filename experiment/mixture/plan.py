@@ -40,7 +40,7 @@ def read_signature_shards(path: Path) -> ShardTable:
     and signs column-wise (several times faster than a full pydantic validation of a 100,000-shard
     signature); if anything is off, the full ``experiment.data.signature.read`` runs, whose error names the
     entry and the field."""
-    from experiment.data.signature import DataSignature, read
+    from experiment.data.signature import DataSignature, read_signature
 
     try:
         with no_gc():
@@ -53,7 +53,7 @@ def read_signature_shards(path: Path) -> ShardTable:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         ok = False
     if not ok:
-        read(path)  # raises pydantic's ValidationError, naming the entry and the field
+        read_signature(path)  # raises pydantic's ValidationError, naming the entry and the field
         raise ValueError(f"{path}: not a data signature the planner can read")
     root = DataSignature.model_construct(root=raw["root"]).root_path(path)
     head = str(root).rstrip("/") + "/"

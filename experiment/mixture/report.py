@@ -41,17 +41,19 @@ def group(plan: MixturePlan, key: Callable[[MixtureEntry], str]) -> list[Row]:
     rows = []
     for k in sorted(acc):
         members = acc[k]
-        target = plan.target_proportions.get(k) if plan.target_proportions and key is _domain else None
+        target = plan.target_proportions.get(k) if plan.target_proportions and key is domain_of else None
         rows.append(Row(k, len(members), sum(e.tokens for e in members),
                         sum(whole_tokens(e.tokens_seen) for e in members), sum(e.weight for e in members), target))
     return rows
 
 
-def _domain(e: MixtureEntry) -> str:
+def domain_of(e: MixtureEntry) -> str:
+    """An entry's domain: a grouping key of the tables (and of the HTML report's)."""
     return e.domain
 
 
-def _language(e: MixtureEntry) -> str:
+def language_of(e: MixtureEntry) -> str:
+    """An entry's language: a grouping key of the tables (and of the HTML report's)."""
     return e.language
 
 
@@ -95,9 +97,9 @@ def markdown(plan: MixturePlan, folder_name: str, fingerprint: str, valid_fracti
         "## How the weights were derived\n",
         _derivation(plan, valid_fraction),
         "## By language\n",
-        _table("language", group(plan, _language), False),
+        _table("language", group(plan, language_of), False),
         "## By domain\n",
-        _table("domain", group(plan, _domain), with_target),
+        _table("domain", group(plan, domain_of), with_target),
     ]
     if plan.notes:
         parts += ["## Notes\n", "\n".join(f"- {n}" for n in plan.notes) + "\n"]
@@ -147,7 +149,7 @@ def chart_png(plan: MixturePlan, folder_name: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = group(plan, _domain)
+    rows = group(plan, domain_of)
     total_avail = sum(r.available for r in rows) or 1
     labels = [r.key for r in rows]
     avail = [100 * r.available / total_avail for r in rows]

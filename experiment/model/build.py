@@ -6,8 +6,6 @@ model that is trained is exactly the model that was converted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from experiment import megatron_import

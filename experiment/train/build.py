@@ -101,7 +101,7 @@ def model_vocab(folder, shape, layout) -> tuple[int, Path | None]:
     if ck.from_scratch or ck.base is None:
         return padded_vocab_size(shape.vocab_size, layout.tensor_parallel), None
     base = folder.resolve(ck.base)
-    meta = ckpt_meta.read(base)
+    meta = ckpt_meta.read_meta(base)
     diff = meta.shape.differences(shape)
     if diff:
         raise ValueError(

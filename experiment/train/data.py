@@ -58,10 +58,10 @@ def blend_from_folder(folder) -> Blend:
 
     plan = plan_folder(folder)
     prefixes, weights = plan.megatron_blend()
-    tokenizers = {sig.read(p).tokenizer.model_dump_json() for p in folder.signature_paths}
+    tokenizers = {sig.read_signature(p).tokenizer.model_dump_json() for p in folder.signature_paths}
     if len(tokenizers) != 1:
         raise ValueError(f"{folder.path}: the signatures use {len(tokenizers)} different tokenizers; use one")
-    tok = sig.read(folder.signature_paths[0]).tokenizer
+    tok = sig.read_signature(folder.signature_paths[0]).tokenizer
     return Blend([str(p) for p in prefixes], [float(w) for w in weights],
                  {d: [str(p) for p in ps] for d, ps in plan.sources().items()}, tok.eod_id, tok.vocab_size, plan)
 

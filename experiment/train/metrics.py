@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 
 from experiment.atomic import write_atomic
-
 from experiment.runlog import EVALS, LOSSES, keep_aside, read_evals, read_losses
+
 PLOT = "loss.png"
 
 

@@ -50,7 +50,7 @@ def checkpoint_meta(folder, shape, padded_vocab: int, base_dir: Path | None, bf1
     from experiment.ckpt import meta as ckpt_meta
 
     if base_dir is not None:
-        meta = ckpt_meta.read(base_dir)
+        meta = ckpt_meta.read_meta(base_dir)
     else:
         meta = ckpt_meta.CheckpointMeta(
             shape=shape, vocab_size=shape.vocab_size, padded_vocab_size=padded_vocab, family="llama",

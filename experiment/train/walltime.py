@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,8 @@ from datetime import datetime
 from pathlib import Path
 
 from experiment import runlog
-from experiment.atomic import write_atomic
-from experiment.launcher_names import current_job
 from experiment.duration import parse_duration  # noqa: F401  (re-exported: the runner's callers use it here)
+from experiment.launcher_names import current_job
 
 END_TIME_VAR = "MIDTRAIN_JOB_END_TIME"  # epoch seconds; set by tests or a scheduler without squeue
 WALLTIME_STATE = "walltime"

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from transformers import GenerationConfig, PreTrainedModel
 
 from experiment.ckpt import card, hf_export, hf_import
-from experiment.ckpt.meta import read
+from experiment.ckpt.meta import read_meta
 from experiment.folder import load_schema
 from experiment.lock import lockfile
 from experiment.lock.hashing import hash_file
@@ -35,7 +35,7 @@ def test_export_writes_a_generation_config_and_a_card_that_parse(tmp_path, llama
     hf_export.export_checkpoint(ckpt, back, show_progress=False)
     assert sorted(p.name for p in back.glob("*.safetensors")) == ["model.safetensors"]  # one 50GB-bounded shard
     gen = GenerationConfig.from_pretrained(back)
-    meta = read(ckpt)
+    meta = read_meta(ckpt)
     assert gen.bos_token_id == meta.hf_config["bos_token_id"] and gen.eos_token_id == meta.hf_config["eos_token_id"]
     parsed = ModelCard.load(back / "README.md")
     assert parsed.data.base_model == "hf" and parsed.data.library_name == "transformers"
@@ -48,7 +48,7 @@ def test_card_of_a_training_folder_names_data_tokens_and_lock(project, tmp_path,
     ckpt = tmp_path / "ckpt"
     hf_import.import_checkpoint(hf_import.plan_import(hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
                                 show_progress=False)
-    meta = read(ckpt)
+    meta = read_meta(ckpt)
     tiny = project / "training" / "tiny"
     lock = lockfile.write_run_lock(load_schema(tiny, require_artifacts=False))
     text = card.model_card(meta, tiny / "checkpoints", 4)

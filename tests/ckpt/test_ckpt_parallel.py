@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from experiment.ckpt import compare, hf_export, hf_import
-from experiment.ckpt.meta import read
+from experiment.ckpt.meta import read_meta
 from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import make_hf, real_text
 
@@ -49,7 +49,7 @@ def test_parallel_import_matches_tp1(family, tp, pp, tmp_path, llama_tokenizer_d
         tp_logits = torch.load(out_file, weights_only=True)
     else:  # through the command line, which starts torchrun itself
         _cli_import(hf, par_ckpt, tp, pp)
-    meta = read(par_ckpt)
+    meta = read_meta(par_ckpt)
     assert meta.saved_layout == {"tensor_parallel": tp, "pipeline_parallel": pp}
     assert meta.padded_vocab_size % (128 * tp) == 0
     assert len(list((par_ckpt / "iter_0000001").glob("*.distcp"))) == tp * pp  # each rank wrote its shards

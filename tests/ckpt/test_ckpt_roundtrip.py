@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from experiment.ckpt import compare, hf_export, hf_import
-from experiment.ckpt.meta import read
+from experiment.ckpt.meta import read_meta
 from experiment.model.build import ParallelLayout
 from tests.ckpt.tiny import FAMILIES, make_hf, real_text
 
@@ -30,7 +30,7 @@ def test_import_export_bit_identical_and_logits_match(family, tmp_path, llama_to
     hf = make_hf(family, tmp_path / "hf", llama_tokenizer_dir)
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
     _import(hf, ckpt)
-    meta = read(ckpt)
+    meta = read_meta(ckpt)
     assert meta.padded_vocab_size % 128 == 0 and meta.vocab_size == 32000
     assert (ckpt / "iter_0000001").is_dir() and (ckpt / "latest_checkpointed_iteration.txt").read_text() == "1\n"
     assert (ckpt / "tokenizer" / "tokenizer.json").is_file()
@@ -67,7 +67,7 @@ def test_bf16_weights_stay_bf16(tmp_path, llama_tokenizer_dir, dist1):
     hf = make_hf("qwen2", tmp_path / "hf", llama_tokenizer_dir, dtype="bfloat16")
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
     _import(hf, ckpt)
-    assert read(ckpt).dtype == "bfloat16"
+    assert read_meta(ckpt).dtype == "bfloat16"
     hf_export.export_checkpoint(ckpt, back, show_progress=False)
     orig, got = _tensors(hf), _tensors(back)
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], v) for k, v in orig.items())

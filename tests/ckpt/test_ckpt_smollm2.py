@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from experiment.ckpt import hf_export, hf_import
-from experiment.ckpt.meta import read
+from experiment.ckpt.meta import read_meta
 from experiment.cli import app
 from experiment.demo import smollm2
 from experiment.model.build import ParallelLayout
@@ -40,7 +40,7 @@ def test_smollm2_import_check_export(smollm2_hf, tmp_path, dist1):
     ckpt, back = tmp_path / "ckpt", tmp_path / "hf"
     hf_import.import_checkpoint(hf_import.plan_import(smollm2_hf, ckpt, ParallelLayout()), ckpt, ParallelLayout(),
                                 show_progress=False)
-    meta = read(ckpt)
+    meta = read_meta(ckpt)
     assert (meta.shape.num_layers, meta.shape.hidden_size, meta.shape.num_query_groups) == (30, 576, 3)
     assert meta.shape.tie_embeddings and meta.vocab_size == 49152 and meta.shape.rope_theta == 100000.0
 

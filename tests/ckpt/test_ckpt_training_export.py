@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from experiment.ckpt import compare, hf_export, hf_import
-from experiment.ckpt.meta import read
+from experiment.ckpt.meta import read_meta
 from experiment.model.build import ParallelLayout, build_gpt_model
 from tests.ckpt.tiny import make_hf, real_text
 
@@ -27,7 +27,7 @@ def test_export_of_a_training_checkpoint(tmp_path, llama_tokenizer_dir, dist1):
     base = tmp_path / "base"
     hf_import.import_checkpoint(hf_import.plan_import(hf, base, ParallelLayout()), base, ParallelLayout(),
                                 show_progress=False)
-    meta = read(base)
+    meta = read_meta(base)
 
     # the runner's way: its layer spec, weights from the base, DDP + distributed optimizer
     gpt = build_gpt_model(meta.shape, 96, padded_vocab_size=meta.padded_vocab_size, layer_spec=layer_spec("sdpa"))
@@ -53,7 +53,7 @@ def test_export_of_a_training_checkpoint(tmp_path, llama_tokenizer_dir, dist1):
     gpt.eval()
     runs = tmp_path / "run"
     checkpointing.save(runs, gpt, optimizer, scheduler, checkpointing.TrainState(7, 56), meta_json=meta.to_json())
-    assert (runs / "iter_0000007").is_dir() and read(runs).padded_vocab_size == meta.padded_vocab_size
+    assert (runs / "iter_0000007").is_dir() and read_meta(runs).padded_vocab_size == meta.padded_vocab_size
 
     back = tmp_path / "back"
     hf_export.export_checkpoint(runs, back, show_progress=False)  # latest: iteration 7

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +71,7 @@ def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeyp
     host = subprocess.run([*cli, "run", str(folder), "--set", "training.lr=0.002"], capture_output=True, text=True,
                           timeout=900)
     assert host.returncode == 0, host.stdout[-3000:] + host.stderr[-3000:]
-    lock = lockfile.read(folder / "run.lock.json").dump()
+    lock = lockfile.read_lock(folder / "run.lock.json").dump()
     assert lock["environment"]["containerized"] is False and lock["config"]["overrides"] == ["training.lr=0.002"]
 
     rep = subprocess.run([*cli, "reproduce", str(folder / "run.lock.json"), "--container", "--image", TAG,

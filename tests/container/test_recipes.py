@@ -138,5 +138,6 @@ def test_a_lock_that_disagrees_is_caught(repo_root, tmp_path):
     problems = envlock.disagreements(pyproject, (repo_root / "env/cpu.lock.txt").read_text(), "cpu")
     assert any(p.startswith("rich: pyproject.toml wants >=99") for p in problems)
     assert any(p.startswith("left-pad-nowhere: required") for p in problems)
-    unhashed = "\n".join(l for l in (repo_root / "env/cpu.lock.txt").read_text().splitlines() if "--hash" not in l)
+    unhashed = "\n".join(line for line in (repo_root / "env/cpu.lock.txt").read_text().splitlines()
+                         if "--hash" not in line)
     assert any("without --hash" in p for p in envlock.disagreements(repo_root / "pyproject.toml", unhashed, "cpu"))

@@ -63,7 +63,7 @@ def test_signature_is_canonical_and_hashes_the_bytes(sp_shards, tmp_path):
     first = signature.write(signature.build(sp_shards, "s", tmp_path / "a", info), tmp_path / "a")
     second = signature.write(signature.build(sp_shards, "s", tmp_path / "a", info), tmp_path / "a")
     assert first.read_bytes() == second.read_bytes()
-    sig = signature.read(first)
+    sig = signature.read_signature(first)
     assert sig.root_path(first) == sp_shards.resolve()
     assert [s.prefix for s in sig.shards] == sorted(p.stem for p in sp_shards.glob("*.idx"))
     for s in sig.shards:

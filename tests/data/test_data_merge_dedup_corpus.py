@@ -68,8 +68,8 @@ def test_dedup_removes_near_duplicates_across_shards(sample_dir, tmp_path):
 
     src = tmp_path / "in"
     src.mkdir()
-    docs_a = [json.loads(l) for l in (sample_dir / "en_dictionary_gcide_split_0000.jsonl").read_text().splitlines()]
-    docs_b = [json.loads(l) for l in (sample_dir / "ja_manual_man_split_0000.jsonl").read_text().splitlines()]
+    docs_a = [json.loads(line) for line in (sample_dir / "en_dictionary_gcide_split_0000.jsonl").read_text().splitlines()]
+    docs_b = [json.loads(line) for line in (sample_dir / "ja_manual_man_split_0000.jsonl").read_text().splitlines()]
     words = docs_a[0]["text"].split(" ")
     words[len(words) // 2] = "CHANGED"  # one word differs: Jaccard of 5-gram shingles stays far above 0.85
     near = dict(docs_a[0], text=" ".join(words), source="near-copy")
@@ -79,6 +79,6 @@ def test_dedup_removes_near_duplicates_across_shards(sample_dir, tmp_path):
     report = dedup(src, tmp_path / "out", workers=1)  # in-process: no worker pool to start
     assert (report.bands, report.rows) == (4, 15)
     assert report.removed == 2 and report.kept == len(docs_a) + len(docs_b)
-    kept = [json.loads(l) for p in sorted((tmp_path / "out").glob("*.jsonl")) for l in p.read_text().splitlines()]
+    kept = [json.loads(line) for p in sorted((tmp_path / "out").glob("*.jsonl")) for line in p.read_text().splitlines()]
     assert sorted(d["source"] for d in kept) == sorted(d["source"] for d in docs_a + docs_b)
     assert kept[: len(docs_a)] == docs_a  # untouched records come out unchanged, in order

@@ -70,7 +70,7 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
     assert "NumCPUs=2" in info and "MinCPUsNode=2" in info, info  # the ranks' CPUs, not Slurm's default 1
     events = [e for e in _wait_chain_end(folder, 180) if e["event"] == "end"]
     assert events[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
-    lock = lockfile.read(folder / "run.lock.json")  # written by the job (the chain's last segment)
+    lock = lockfile.read_lock(folder / "run.lock.json")  # written by the job (the chain's last segment)
     assert lock.config.overrides == ["training.lr=0.002"] and lock.config.experiment["training"]["lr"] == 0.002
     assert lock.config.resolved["runner_args"] == ["--set", "training.lr=0.002"]
     segs = lock.launch.launcher["segments"]
@@ -88,7 +88,7 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
                "--launcher", "slurm", *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0 and "4 step(s) of losses" in out and "identical" in out, out[-4000:]
-    relock = lockfile.read(project / "rerun-slurm" / "training" / "tiny" / "run.lock.json")
+    relock = lockfile.read_lock(project / "rerun-slurm" / "training" / "tiny" / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]
     assert [s["job_id"] for s in relock.launch.launcher["segments"]] != [job]  # a new job ran it
     assert relock.config.overrides == ["training.lr=0.002"]
@@ -144,7 +144,7 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     assert {e["state"] for e in ends[1:-1]} <= {"walltime", "interrupted"}, ends
     saves = [json.loads(line)["iteration"] for line in (folder / "logs" / "saves.jsonl").read_text().splitlines()]
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
-    lock = lockfile.read(folder / "run.lock.json")
+    lock = lockfile.read_lock(folder / "run.lock.json")
     segs = lock.launch.launcher["segments"]
     assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 24
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
@@ -154,7 +154,7 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
     assert "24 step(s) of losses" in out and "identical" in out
-    relock = lockfile.read(project / "rerun" / "training" / "tiny" / "run.lock.json")
+    relock = lockfile.read_lock(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
     fault_matrix.record("slurm", "SIGTERM during a save", survived=f"every checkpoint (the save of iteration {signalled} "
                         "in progress finished); logs", resumed=f"the next job, from iteration {hit['complete_iteration']}"
@@ -231,7 +231,7 @@ def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_c
     second = [e for e in events if e["event"] == "begin"][1]
     assert second["start_iteration"] == ends[0]["complete_iteration"]
     assert second["lost_iterations"] == ends[0]["reached_iteration"] - ends[0]["complete_iteration"] > 0
-    segs = lockfile.read(folder / "run.lock.json").launch.launcher["segments"]
+    segs = lockfile.read_lock(folder / "run.lock.json").launch.launcher["segments"]
     assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 120
     steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
     assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again
@@ -239,7 +239,7 @@ def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_c
     assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000040", "iter_0000080", "iter_0000120"]
     aside = [json.loads(line) for line in (folder / "logs" / "aside.jsonl").read_text().splitlines()]
     assert any(e["what"] == "log" and e["from"] == "losses.jsonl" for e in aside), aside  # the cut lines, kept
-    lock = lockfile.read(folder / "run.lock.json")
+    lock = lockfile.read_lock(folder / "run.lock.json")
     assert lock.checkpoint_record.aside == aside  # the lock lists what was kept aside
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
                *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))

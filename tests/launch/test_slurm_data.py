@@ -15,7 +15,6 @@ from experiment.data import tokenize_tasks
 from experiment.data.tokenize import TokenizeConfig
 from experiment.data.tokenize_tasks import SlurmOptions, run_tasks
 from experiment.launch.slurm_local import PARTITION
-from tests.data.conftest import sample_dir, sp_shards  # noqa: F401  (the data tests' session fixtures)
 
 pytestmark = pytest.mark.slow
 

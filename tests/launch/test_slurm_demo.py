@@ -48,7 +48,7 @@ def test_demo_folder_trains_as_a_slurm_job_and_reproduces_locally(slurm, tmp_pat
     ends = [e for e in _wait_chain_end(folder, 900) if e["event"] == "end"]
     assert ends[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
 
-    lock = lockfile.read(folder / "run.lock.json")  # written by the job
+    lock = lockfile.read_lock(folder / "run.lock.json")  # written by the job
     assert lock.launch.world_size == 2 and lock.launch.launcher["launcher"] == "slurm"
     assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in lock.launch.launcher["segments"]] \
         == [(job, 0, 8)]
@@ -64,5 +64,5 @@ def test_demo_folder_trains_as_a_slurm_job_and_reproduces_locally(slurm, tmp_pat
                *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0 and "8 step(s) of losses" in out and "identical" in out, out[-4000:]
-    relock = lockfile.read(tmp_path / "rerun-local" / demo.DEMO_FOLDER / "run.lock.json")
+    relock = lockfile.read_lock(tmp_path / "rerun-local" / demo.DEMO_FOLDER / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]

@@ -33,7 +33,7 @@ def test_same_size_same_mtime_edits_of_a_shard_and_base_file_block(project, tmp_
 
     folder = verify.load_folder(folder_dir)
     cache_path = tmp_path / "hashes.sqlite"
-    lock = lockfile.read(lockfile.write_run_lock(folder, determinism_env=verify.determinism_now(folder),
+    lock = lockfile.read_lock(lockfile.write_run_lock(folder, determinism_env=verify.determinism_now(folder),
                                                  hash_cache=cache_path))
     assert lock.base_checkpoint.files["iter_0000001/model_weights.bin"]
 

@@ -22,13 +22,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.mark.parametrize("name", ["tiny.run.lock.v1.json", "trained.run.lock.v1.json"])
 def test_v1_lock_reads_and_reserialises_byte_identically(name):
     path = FIXTURES / name
-    lock = lockfile.read(path)
+    lock = lockfile.read_lock(path)
     assert isinstance(lock, RunLock) and lock.lock_version == 1
     assert lockfile.dumps(lock) == path.read_text()
 
 
 def test_v1_trained_lock_is_typed_down_to_the_tensors():
-    lock = lockfile.read(FIXTURES / "trained.run.lock.v1.json")
+    lock = lockfile.read_lock(FIXTURES / "trained.run.lock.v1.json")
     assert [row[0] for row in lock.outputs.losses.steps] == list(range(1, 9))
     assert all(isinstance(row[1], str) and float.fromhex(row[1]) > 0 for row in lock.outputs.losses.steps)
     ckpt = lock.outputs.checkpoints["iter_0000008"]
@@ -40,7 +40,7 @@ def test_v1_trained_lock_is_typed_down_to_the_tensors():
 
 def test_v1_lock_verifies_against_a_fresh_project(project):
     """Everything but the kit's own source (which this change edits) matches the old lock."""
-    lock = lockfile.read(FIXTURES / "tiny.run.lock.v1.json")
+    lock = lockfile.read_lock(FIXTURES / "tiny.run.lock.v1.json")
     folder = verify.load_folder(project / "training" / "tiny")
     findings = verify.verify(lock, folder, cache=HashCache(None), environ={})
     blocking = [f for f in findings if f.blocking and f.area not in ("code", "environment")]
@@ -52,4 +52,4 @@ def test_a_damaged_lock_names_the_field(tmp_path):
     bad = tmp_path / "run.lock.json"
     bad.write_text(text)
     with pytest.raises(lockfile.LockError, match=r"field environment\.containerized"):
-        lockfile.read(bad)
+        lockfile.read_lock(bad)

@@ -19,7 +19,7 @@ def test_overrides_round_trip_through_the_lockfile(project):
     assert folder.config.training.lr == 1e-4 and folder.config.data.token_budget == "2B"
     assert folder.config.model.shape.num_layers == 2
     written = lockfile.write_run_lock(folder, determinism_env=verify.determinism_now(folder))
-    lock = lockfile.read(written)
+    lock = lockfile.read_lock(written)
     assert lock.config.overrides == list(sets)
     assert lock.config.experiment["training"]["lr"] == 1e-4
     assert lock.config.model_shape["num_layers"] == 2
@@ -42,9 +42,9 @@ def test_overrides_round_trip_through_the_lockfile(project):
 
 def test_a_lock_without_overrides_reads_as_none(project):
     folder = load_schema(project / "training" / "tiny", require_artifacts=False)
-    lock = lockfile.read(lockfile.write_run_lock(folder))
+    lock = lockfile.read_lock(lockfile.write_run_lock(folder))
     assert lock.config.overrides == []
-    old = lockfile.read(Path(__file__).parent / "fixtures" / "tiny.run.lock.v1.json")  # written before --set
+    old = lockfile.read_lock(Path(__file__).parent / "fixtures" / "tiny.run.lock.v1.json")  # written before --set
     assert "overrides" not in old.config.dump() and verify.locked_overrides(old) == ()
 
 

@@ -25,7 +25,7 @@ def test_run_then_reproduce_is_byte_identical(project):
     run = _cli("run", str(folder))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lock_path = folder / "run.lock.json"
-    lock = lockfile.read(lock_path)
+    lock = lockfile.read_lock(lock_path)
     assert [s[0] for s in lock.outputs.losses.steps] == [1, 2, 3, 4]
     assert set(lock.outputs.checkpoints) == {"iter_0000004"}  # the last one by default
     assert lock.outputs.checkpoints["iter_0000004"].tensors

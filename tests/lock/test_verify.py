@@ -20,7 +20,7 @@ def _lock(project: Path) -> RunLock:
     folder = _folder(project)
     det = verify.determinism_now(folder)
     path = lockfile.write_run_lock(folder, determinism_env=det, launch={"launcher": "local"})
-    return lockfile.read(path)
+    return lockfile.read_lock(path)
 
 
 def _verify(project: Path, lock: RunLock, environ=None, **kw) -> list[verify.Finding]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiment.folder import errors
-from experiment.mixture.checks import check
+from experiment.mixture.checks import check_all
 from experiment.mixture.datatypes import MixtureError, MixtureSpec, Shard
 from experiment.mixture.rules import MAX_BLEND_DATASETS
 from experiment.mixture.weights import plan
@@ -35,7 +35,7 @@ def _real_folder(tmp_path: Path, **kw) -> Path:
 
 
 def _problems(path: Path):
-    loaded, problems = check(path)
+    loaded, problems = check_all(path)
     assert loaded is not None
     return problems
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracking.conftest import run_cli
 from tests.tracking import wandb_offline
+from tests.tracking.conftest import run_cli
 
 
 def _hf_tokenizer(sp_model: Path, dest: Path) -> Path:

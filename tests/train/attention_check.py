@@ -10,10 +10,10 @@ import torch
 
 
 def main() -> None:
-    from experiment.model.presets import PRESETS
     from experiment.model import parallel as distributed
-    from experiment.train.attention import layer_spec
     from experiment.model.build import build_gpt_model
+    from experiment.model.presets import PRESETS
+    from experiment.train.attention import layer_spec
 
     distributed.initialize(seed=7)
     shape = PRESETS["tiny"]

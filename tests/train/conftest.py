@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.launch.local import Launch, local_argv
 from experiment import determinism
+from experiment.launch.local import Launch, local_argv
 from tests.train.corpus import build_corpus
 
 

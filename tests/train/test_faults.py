@@ -6,7 +6,6 @@ reproduce` re-runs to the byte when its config differs. Each records its cell of
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -41,8 +40,8 @@ def _without(tree: dict[str, bytes], prefix: str) -> dict[str, bytes]:
 
 def _outputs_equal(folder: Path, reference: Path) -> bool:
     """Equal output hashes (per-step losses, the last checkpoint's files and tensors) in the two locks."""
-    return lockfile.read(folder / "run.lock.json").dump()["outputs"] == \
-        lockfile.read(reference / "run.lock.json").dump()["outputs"]
+    return lockfile.read_lock(folder / "run.lock.json").dump()["outputs"] == \
+        lockfile.read_lock(reference / "run.lock.json").dump()["outputs"]
 
 
 def test_unloadable_checkpoints_stop_the_run_then_restart_with_a_set_override_reproduces(reference, corpus, tmp_path):
@@ -74,7 +73,7 @@ def test_unloadable_checkpoints_stop_the_run_then_restart_with_a_set_override_re
                                  and (k.startswith("checkpoints/iter_") or k.endswith("latest_checkpointed_iteration.txt"))}
     old_logs = folder / "logs" / "aside" / "restart-1"
     assert (old_logs / "losses.jsonl").read_bytes() == before["logs/losses.jsonl"]
-    lock = lockfile.read(folder / "run.lock.json")
+    lock = lockfile.read_lock(folder / "run.lock.json")
     assert lock.config.overrides == ["training.lr=0.002"]
     assert lock.config.resolved["runner_args"] == ["--set", "training.lr=0.002"]
     assert {e["what"] for e in lock.checkpoint_record.aside} == {"checkpoints", "logs"}
@@ -114,7 +113,7 @@ def test_a_bit_flip_in_the_latest_checkpoint_is_refused_by_name(reference, corpu
     res = torchrun(folder)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    line = next(l for l in out.splitlines() if "is damaged" in l)
+    line = next(text for text in out.splitlines() if "is damaged" in text)
     assert f"{victim.name} has blake3" in line and "resuming from iteration 4" in line, line
     assert tree_bytes(folder / "checkpoints" / "damaged" / "iter_0000008") == flipped
     assert _without(tree_bytes(folder / "checkpoints"), "damaged/") == tree_bytes(reference / "checkpoints")
@@ -147,7 +146,7 @@ def test_a_shard_changed_between_segments_is_refused_by_name(reference, corpus, 
     out = res.stdout + res.stderr
     assert res.returncode == 2 and f"{shard.stem}.bin: differs from the hash its signature" in out, out[-3000:]
     assert tree_bytes(folder) == before
-    line = next(l for l in out.splitlines() if "differs from the hash" in l)
+    line = next(text for text in out.splitlines() if "differs from the hash" in text)
     shard.write_bytes(original)
     res = _cli("run", str(folder))
     assert res.returncode == 0 and "resumed from" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]

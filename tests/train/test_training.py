@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -55,7 +54,7 @@ def test_dp2_loss_falls_and_outputs_are_written(reference):
     if importlib.util.find_spec("experiment.lock.lockfile"):  # `experiment run` wrote the lockfile
         from experiment.lock import lockfile
 
-        launch = lockfile.read(reference / "run.lock.json").launch
+        launch = lockfile.read_lock(reference / "run.lock.json").launch
         assert (launch.layer_spec, launch.recompute) == ("local-sdpa", "none")  # recorded from run_status.json
 
 

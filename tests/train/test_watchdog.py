@@ -15,7 +15,6 @@ import pytest
 from experiment.train import watchdog
 from experiment.train.watchdog import HangRule, Watchdog, judge
 
-
 # ------------------------------------------------------------------------------------------ the decision
 
 def test_rule_leaves_out_the_first_step_and_waits_factor_times_the_median_step():
