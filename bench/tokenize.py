@@ -260,7 +260,7 @@ def raw_cli(corpus: Path, tok_json: Path, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=100.0, help="corpus size built by `experiment data sample`")
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size built by `experiment demo corpus`")
     ap.add_argument("--corpus", type=Path, default=None, help="folder of JSONL shards (default: build one)")
     ap.add_argument("--tokenizer", type=Path, default=None, help="SentencePiece .model (default: mistral-common's)")
     ap.add_argument("--megatron-lm", default=None, help="a Megatron-LM checkout, to time tools/preprocess_data.py")
