@@ -71,13 +71,6 @@ def read_signature(path: str | Path) -> DataSignature:
 
 # --- building a signature -------------------------------------------------------------------------
 
-def hash_file(path: str | Path, algorithm: str = "blake3") -> str:
-    """Content hash of one file (the kit's one hasher, ``experiment.hashing``): blake3 or xxh3_128."""
-    from experiment.hashing import hash_file as content
-
-    return content(path, algorithm)
-
-
 def build(shard_dir: str | Path, name: str, out_dir: str | Path, tokenizer: TokenizerInfo, algorithm: str = "blake3") -> DataSignature:
     """Describe every counted shard in ``shard_dir`` (counts from megatron.core, hashes of the bytes).
 
