@@ -157,9 +157,9 @@ def demo_checks(clone: Path) -> list[tuple[str, bool, str]]:
                                                for d, r in rises.items()))
 
     def readme_output():
-        """README.md's "What it printed here" block shows the demo's held-out losses: the demo is
+        """README.md's "What it printed ..." block shows the demo's held-out losses: the demo is
         deterministic, so a reader comparing must find the same numbers (4 decimals, as printed)."""
-        block = (clone / "README.md").read_text().split("What it printed here", 1)[1].split("```")[1]
+        block = (clone / "README.md").read_text().split("What it printed", 1)[1].split("```")[1]
         shown = {d: (a, b) for d, a, b in re.findall(r"valid loss (\S+)\s+(\d+\.\d+) -> (\d+\.\d+)", block)}
         loss, last = losses()
         ran = {d: (f"{loss[(d, 0)]:.4f}", f"{loss[(d, last)]:.4f}") for d, it in sorted(loss) if it == 0}

@@ -154,3 +154,22 @@ def test_a_folder_without_outputs_fails_every_check_naming_the_file(tmp_path):
     assert "run.lock.json" in details[NAMES["checkpoints"]] and "eval.jsonl" in details[NAMES["target"]]
     assert "eval.json" in details[NAMES["gain"]] and "report.html" in details[NAMES["report"]]
     assert "missing: work/demo/hf-out/config.json" in details[NAMES["export"]]
+
+
+def test_the_real_readme_block_is_read(tmp_path):
+    """The check reads this repository's README.md as written (its heading and block), not only the test's
+    own: an eval.jsonl made from the README's numbers passes it, one digit off fails it."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    shown = re.findall(r"valid loss (\S+)\s+(\d+\.\d+) -> (\d+\.\d+)", text.split("What it printed", 1)[1])
+    assert len(shown) == 5, shown
+    _write(tmp_path / "README.md", text)
+    losses = {d: (float(a), float(b)) for d, a, b in shown}
+    _write(tmp_path / EVALS, _evals(losses))
+    held = {name: (ok, d) for name, ok, d in fm.demo_checks(tmp_path)}[NAMES["readme"]]
+    assert held[0], held
+    d, (a, b) = next(iter(losses.items()))
+    _write(tmp_path / EVALS, _evals({**losses, d: (a, b + 0.0001)}))
+    held = {name: (ok, d) for name, ok, d in fm.demo_checks(tmp_path)}[NAMES["readme"]]
+    assert not held[0] and d in held[1], held
