@@ -90,11 +90,12 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "experiment":
             for alias in node.names:  # `from experiment.x import y` may name the module experiment.x.y
                 candidate = f"{node.module}.{alias.name}"
-                found.append((node.lineno, candidate if _exists(candidate, root) else node.module))
+                found.append((node.lineno, candidate if is_module(candidate, root) else node.module))
     return found
 
 
-def _exists(module: str, root: Path) -> bool:
+def is_module(module: str, root: Path = ROOT) -> bool:
+    """Whether a dotted name is a module or package of the tree under ``root`` (not a name inside one)."""
     rel = Path(*module.split("."))
     return (root / rel).with_suffix(".py").is_file() or (root / rel / "__init__.py").is_file()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.layers import LAYERS, graph, layer_of, package_of
+from experiment.layers import LAYERS, graph, is_module, layer_of, package_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,11 +67,12 @@ def test_no_cycle_between_packages():
 
 
 def test_the_contract_catches_what_it_should(tmp_path, monkeypatch):
-    """Guards the test itself: an upward import and a package cycle in a scratch tree are reported."""
+    """Guards the test itself: an upward import, a package cycle and a private name used from another module
+    in a scratch tree are reported."""
     pkg = tmp_path / "experiment"
     for name, text in {"__init__.py": "", "model/__init__.py": "", "train/__init__.py": "",
                        "model/build.py": "from experiment.train import runner\n",
-                       "train/runner.py": "from experiment.model import build\n"}.items():
+                       "train/runner.py": "from experiment.model import build\nbuild._shape()\n"}.items():
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text)
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
@@ -79,6 +80,8 @@ def test_the_contract_catches_what_it_should(tmp_path, monkeypatch):
         test_no_upward_import()
     with pytest.raises(AssertionError, match="experiment.model <-> experiment.train"):
         test_no_cycle_between_packages()
+    with pytest.raises(AssertionError, match="train/runner.py:2 uses build._shape"):
+        test_no_private_name_used_across_modules()
 
 
 def private_uses(root: Path) -> list[str]:
@@ -95,8 +98,7 @@ def private_uses(root: Path) -> list[str]:
                 for a in node.names:
                     if a.name.startswith("_") and not a.name.startswith("__"):
                         found.append(f"{path.relative_to(root)}:{node.lineno} imports {node.module}.{a.name}")
-                    elif (root / Path(*node.module.split("."), a.name)).with_suffix(".py").is_file() or \
-                            (root / Path(*node.module.split("."), a.name, "__init__.py")).is_file():
+                    elif is_module(f"{node.module}.{a.name}", root):
                         aliases.add(a.asname or a.name)
             elif isinstance(node, ast.Import):
                 aliases |= {a.asname for a in node.names if a.asname and a.name.startswith("experiment.")}

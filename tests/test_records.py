@@ -10,6 +10,7 @@ line and the module to go through instead.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ TORCHRUN_HOME = "experiment/torchrun.py"
 LOCK_WRITER = ("experiment/launch/finish.py", "experiment/lock/lockfile.py")  # finish_run calls write_run_lock
 
 
+@functools.cache
 def modules() -> list[tuple[str, ast.Module]]:
     return [(str(p.relative_to(ROOT)), ast.parse(p.read_text(), filename=str(p)))
             for p in sorted(PACKAGE.rglob("*.py"))]
@@ -39,6 +41,13 @@ def docstrings(tree: ast.Module) -> set[int]:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 out.add(id(body[0].value))
     return out
+
+
+def code_strings(tree: ast.Module):
+    """Every string constant of the code, docstrings left out (prose may name a file)."""
+    prose = docstrings(tree)
+    return (node for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose)
 
 
 def names_record(value: str) -> str | None:
@@ -56,13 +65,12 @@ def test_one_module_names_each_run_record():
     for path, tree in modules():
         if path == RECORD_HOME:
             continue
-        prose = docstrings(tree)
+        for node in code_strings(tree):
+            name = names_record(node.value)
+            if name:
+                found.append(f"{path}:{node.lineno} names {name!r}: read or write it through "
+                             "experiment/runlog.py (its name: runlog's constants)")
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
-                name = names_record(node.value)
-                if name:
-                    found.append(f"{path}:{node.lineno} names {name!r}: read or write it through "
-                                 "experiment/runlog.py (its name: runlog's constants)")
             if isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES and \
                     isinstance(node.value, ast.Name) and node.value.id == "runlog":
                 found.append(f"{path}:{node.lineno} uses runlog.{node.attr}: use runlog's reader/writer "
@@ -78,12 +86,10 @@ def test_one_builder_of_the_torchrun_command():
     for path, tree in modules():
         if path == TORCHRUN_HOME:
             continue
-        prose = docstrings(tree)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
-                if node.value == "torch.distributed.run" or node.value.startswith("--rdzv"):
-                    found.append(f"{path}:{node.lineno} spells the torchrun command ({node.value!r}): "
-                                 "build it with experiment.torchrun.command")
+        for node in code_strings(tree):
+            if node.value == "torch.distributed.run" or node.value.startswith("--rdzv"):
+                found.append(f"{path}:{node.lineno} spells the torchrun command ({node.value!r}): "
+                             "build it with experiment.torchrun.command")
     assert not found, "\n".join(found)
 
 
@@ -122,7 +128,5 @@ def test_the_rules_see_what_they_forbid():
     assert names_record("logs/chain.jsonl") == "chain.jsonl"
     assert names_record("the run's run_status.json is damaged") is None
     tree = ast.parse('"""a docstring naming run.lock.json"""\nx = folder / "run.lock.json"\n')
-    prose = docstrings(tree)
-    hits = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in prose
-            and names_record(n.value)]
+    hits = [n.value for n in code_strings(tree) if names_record(n.value)]
     assert hits == ["run.lock.json"]

@@ -24,8 +24,9 @@ def emit(result, as_json: bool) -> None:
     emit_summary(result, as_json)
 
 
-def _friendly(fn):
-    """Print DataError as file:line + fix instead of a traceback."""
+def friendly(fn):
+    """Print DataError as file:line + fix (exit 2) instead of a traceback: every data-handling command's
+    wrapper (``experiment data ...``, and ``experiment demo corpus|data``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,7 +44,7 @@ def _friendly(fn):
 
 
 @data_app.command()
-@_friendly
+@friendly
 def tokenize(
     inputs: list[Path] = typer.Argument(..., help="input files or folders (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the .bin/.idx shards"),
@@ -94,7 +95,7 @@ def tokenize(
 
 
 @data_app.command()
-@_friendly
+@friendly
 def count(
     paths: list[Path] = typer.Argument(..., help="folders or prefixes of .bin/.idx pairs (any tool's)"),
     language: str = typer.Option(None, help="for names outside the convention"),
@@ -120,7 +121,7 @@ def count(
 
 
 @data_app.command()
-@_friendly
+@friendly
 def merge(
     inputs: list[Path] = typer.Argument(..., help="JSONL shards or folders"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the merged shards"),
@@ -148,7 +149,7 @@ def merge(
 
 
 @data_app.command()
-@_friendly
+@friendly
 def dedup(
     input_dir: Path = typer.Argument(..., help="folder of .jsonl shards"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the deduplicated shards (same names)"),
@@ -173,7 +174,7 @@ def dedup(
 
 
 @data_app.command()
-@_friendly
+@friendly
 def signature(
     shard_dir: Path = typer.Argument(..., help="folder of counted .bin/.idx shards"),
     name: str = typer.Option(..., "--name", "-n", help="signature name: data_signatures/<name>.json"),

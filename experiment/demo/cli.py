@@ -11,21 +11,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from experiment.data.cli import friendly
+
 console = Console(stderr=True)
 demo_app = typer.Typer(help="The embedded default run on real text, and its parts.", no_args_is_help=False,
                        invoke_without_command=True)
-
-
-def _friendly(call) -> None:
-    """A DataError (a bad folder) printed as file + fix, exit 2, like ``experiment data``."""
-    from experiment.data.errors import DataError
-    from experiment.errors import print_error
-
-    try:
-        call()
-    except DataError as err:
-        print_error(err, console)
-        raise typer.Exit(2) from None
 
 
 @demo_app.callback()
@@ -42,6 +32,7 @@ def demo(
 
 
 @demo_app.command("corpus")
+@friendly
 def corpus(
     out: Path = typer.Argument(..., help="folder for the JSONL sample shards"),
     mb: float = typer.Option(1.0, "--mb", help="megabytes of text to collect"),
@@ -50,10 +41,11 @@ def corpus(
     """Build a real multi-language, multi-domain sample corpus from installed Debian packages."""
     from experiment.demo.corpus import build_sample
 
-    _friendly(lambda: build_sample(out, mb=mb, shard_mb=shard_mb, console=console))
+    build_sample(out, mb=mb, shard_mb=shard_mb, console=console)
 
 
 @demo_app.command("data")
+@friendly
 def data(
     work: Path = typer.Option(Path("work/data-demo"), help="folder for the raw sample and the shards"),
     signatures: Path = typer.Option(Path("data_signatures"), help="where the signature is written"),
@@ -64,7 +56,7 @@ def data(
     """The data half of the demo: corpus -> tokenize -> count -> signature (prints where outputs are)."""
     from experiment.demo.data import run_data_demo
 
-    _friendly(lambda: run_data_demo(work, signatures, tokenizer, mb, name, console=console))
+    run_data_demo(work, signatures, tokenizer, mb, name, console=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -78,7 +78,8 @@ def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
 
 def begin(folder) -> int:
     scheduler, job = _job()
-    events = runlog.read_chain(folder.path / runlog.LOGS)
+    logs = folder.path / runlog.LOGS
+    events = runlog.read_chain(logs)
     done = [e for e in events if e.get("event") == "begin"]
     if len(done) >= folder.config.launch.max_segments:
         print(f"[chain] launch.max_segments={folder.config.launch.max_segments} segments already ran; not "
@@ -88,17 +89,17 @@ def begin(folder) -> int:
 
     problems = segment_problems(folder)  # changed shards; checkpoints none of which would resume
     if problems:
-        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "; ".join(p.splitlines()[0] for p in problems)})
+        runlog.append_chain(logs, {"event": "stopped", "job_id": job,
+                                   "why": "; ".join(p.splitlines()[0] for p in problems)})
         print(f"[chain] refusing to start segment {len(done) + 1}:\n  " + "\n  ".join(problems),
               file=sys.stderr, flush=True)
         return 2
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
-    runlog.append_chain(folder.path / runlog.LOGS, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
-                         "restart": job_restarts(),
-                         "start_iteration": start, "image_digest": _image_digest(), "lost_iterations": lost,
-                         "segment": len(done) + 1})
+    runlog.append_chain(logs, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
+                               "restart": job_restarts(), "start_iteration": start, "image_digest": _image_digest(),
+                               "lost_iterations": lost, "segment": len(done) + 1})
     note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""
     print(f"[chain] segment {len(done) + 1} (job {job}) starts at iteration {start}{note}", flush=True)
     return 0
@@ -110,9 +111,10 @@ def end(folder, rc: int, script: Path | None) -> int:
     scheduler, job = _job()
     cfg = folder.config
     iters = train_iterations(cfg.training, cfg.model.seq_length)
-    status = runlog.read_status(folder.path / runlog.LOGS, strict=False)
+    logs = folder.path / runlog.LOGS
+    status = runlog.read_status(logs, strict=False)
     complete, reached = _complete_iteration(folder), _reached_iteration(folder)
-    events = runlog.read_chain(folder.path / runlog.LOGS)
+    events = runlog.read_chain(logs)
     begins = [e for e in events if e.get("event") == "begin" and e["job_id"] == job]
     start = begins[-1]["start_iteration"] if begins else 0
     state = status.get("state", "unknown")
@@ -126,21 +128,21 @@ def end(folder, rc: int, script: Path | None) -> int:
              "complete_iteration": complete, "reached_iteration": reached, "progress": progress}
     if finished:  # the lock first: a finished record means the lockfile is there
         path = write_lock(folder, scheduler, event)
-        runlog.append_chain(folder.path / runlog.LOGS, event)
+        runlog.append_chain(logs, event)
         print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
         return 0
-    runlog.append_chain(folder.path / runlog.LOGS, event)
+    runlog.append_chain(logs, event)
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
     if not progress and (state in CLEAN_STOPS or stalled_before):
-        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "no progress"})
+        runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "no progress"})
         print(f"[chain] segment {job} ended ({state}, exit {rc}) without completing a checkpoint past iteration "
               f"{start}; stopping the chain. See logs/slurm-{job}.out; fix the cause (or raise launch.walltime) and "
               f"run `experiment run {folder.path} --launcher {scheduler}` again", file=sys.stderr, flush=True)
         return 1
     n = len([e for e in events if e.get("event") == "begin"])
     if n >= cfg.launch.max_segments:
-        runlog.append_chain(folder.path / runlog.LOGS, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
+        runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
         print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
               "stopping", file=sys.stderr)
         return 1

@@ -143,12 +143,12 @@ def status(folder: Path = typer.Argument(..., help="training folder run with --l
     folder = folder.resolve()
     if not (folder / "experiment.toml").is_file():
         out.print(f"[red]error[/red] {folder}/experiment.toml: not a training folder; give the folder that "
-                      "was passed to `experiment run`")
+                  "was passed to `experiment run`")
         raise typer.Exit(2)
     rows = job_rows(folder)
     if not rows:
         out.print(f"{folder}: no job submitted (logs/chain.jsonl is empty); submit with "
-                      f"`experiment run {folder} --launcher slurm`")
+                  f"`experiment run {folder} --launcher slurm`")
     else:
         table = Table(title=f"jobs of {folder.name}")
         for col in ("job", "state", "iterations", "reason"):
