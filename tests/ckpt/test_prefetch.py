@@ -1,9 +1,17 @@
 """experiment.ckpt.prefetch: a conversion's inputs are read into the page cache in a background thread,
 within the budget, without copying what is cached already; the inputs listed are the ones the command
-reads; nothing there can fail the command."""
+reads; nothing there can fail the command.
+
+Residency is asked with this file's own ``mincore`` helper (not the module's ``cached_pages``), and every
+file the prefetch is to read is made cold first: a file just written is wholly in the page cache, so a
+check that it is cached after the prefetch would pass with no prefetch at all. Where the cache cannot be
+dropped (tmpfs keeps its pages whatever is advised) the tests fail and say so: run them with a
+disk-backed ``--basetemp``."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -17,24 +25,41 @@ def _file(path: Path, size: int) -> Path:
     return path
 
 
-def _drop(path: Path) -> None:
-    """Written, synced, then its clean pages dropped: the file as a cold input."""
+def _resident(path: Path) -> float:
+    """Share of the file's pages in the page cache: ``mincore`` on a shared read-only map (reads nothing)."""
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), f"mmap failed: {os.strerror(ctypes.get_errno())}"
+    finally:
+        os.close(fd)
+    try:
+        pages = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+        assert libc.mincore(address, size, pages) == 0, f"mincore failed: {os.strerror(ctypes.get_errno())}"
+    finally:
+        libc.munmap(address, size)
+    return sum(b & 1 for b in pages) / len(pages)
+
+
+def _cold(path: Path) -> Path:
+    """Synced, then its clean pages dropped (``POSIX_FADV_DONTNEED``): the file as a cold input. Asserts
+    the drop worked, so a test that then finds the file cached proves the prefetch read it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def _resident(path: Path) -> float:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pages = prefetch.cached_pages(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    assert pages is not None, "mincore must answer on Linux"
-    return pages.count(1) / len(pages)
+    share = _resident(path)
+    assert share < 0.1, (f"{path}: {share:.0%} of its pages still cached after fsync + POSIX_FADV_DONTNEED "
+                         "(tmpfs?): these tests need a disk-backed --basetemp")
+    return path
 
 
 def _bytes_read() -> int:
@@ -45,21 +70,17 @@ def _bytes_read() -> int:
     raise AssertionError("no rchar in /proc/self/io")
 
 
-def _memory_backed(path: Path) -> bool:
-    """tmpfs keeps its pages whatever is advised: there a cold file cannot be made."""
-    _drop(path)
-    return _resident(path) == 1.0
+def test_a_dropped_file_reads_as_cold_and_a_read_one_as_cached(tmp_path):
+    """The helpers themselves: without this, the residency checks below could pass for the wrong reason."""
+    path = _cold(_file(tmp_path / "x.safetensors", 4 * MB))
+    assert _resident(path) < 0.1
+    path.read_bytes()
+    assert _resident(path) == 1.0
 
 
 def test_cold_files_end_up_cached_in_order_within_the_budget(tmp_path):
-    first, second = _file(tmp_path / "a.safetensors", 12 * MB + 5), _file(tmp_path / "b.safetensors", 24 * MB)
-    if _memory_backed(first):
-        before = _bytes_read()
-        assert prefetch.read_ahead([first], budget=1 << 40) == first.stat().st_size
-        assert _bytes_read() - before < 1 * MB  # everything cached already: nothing copied
-        return
-    _drop(second)
-    assert _resident(first) < 0.1 and _resident(second) < 0.1
+    first = _cold(_file(tmp_path / "a.safetensors", 12 * MB + 5))
+    second = _cold(_file(tmp_path / "b.safetensors", 24 * MB))
 
     covered = prefetch.read_ahead([first, second], budget=first.stat().st_size)
 
@@ -84,12 +105,12 @@ def test_cached_chunks_are_not_copied_again(tmp_path):
 def test_thread_reads_and_unreadable_or_empty_files_are_skipped(tmp_path):
     empty = tmp_path / "empty.safetensors"
     empty.touch()
-    data = _file(tmp_path / "z.safetensors", 3 * MB)
+    data = _cold(_file(tmp_path / "z.safetensors", 3 * MB))
     thread = prefetch.start([tmp_path / "missing.safetensors", empty, tmp_path, data])
     assert thread is not None and thread.daemon
     thread.join(timeout=60)
     assert not thread.is_alive()
-    assert _resident(data) == 1.0
+    assert _resident(data) == 1.0  # cold before the thread: only its reads can have cached it
     assert prefetch.start([]) is None
 
 
