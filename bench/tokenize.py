@@ -1,6 +1,7 @@
 """Tokenization throughput: the kit end to end vs raw encoders on the same texts and threads.
 
-    python bench/tokenize.py [--mb 100] [--corpus DIR] [--tokenizer PATH] [--megatron-lm CHECKOUT]
+    python bench/tokenize.py [--mb 100] [--fill-mb MB] [--corpus DIR] [--tokenizer PATH] [--megatron-lm CHECKOUT]
+                             [--save results.json]
 
 Rows (each in its own process, so peak memory is its own):
   kit end to end   `experiment data tokenize`: read JSONL, encode, append EOD, write .bin/.idx, count, rename
@@ -24,7 +25,17 @@ time, which CPU torch lacks: `pip install --no-deps --target DIR triton six` and
 CPU s (user+sys, children included) is the fairer column on a shared machine: wall time moves with the load. The ratio column is tokens/s over the
 fastest raw encoder whose ids are identical. The per-round lines pair each kit row with the gigatoken row run
 right after it; kit-cli / gigatoken-files is the whole-command goal (median >= 0.8); kit-cli / gigatoken-cli compares
-two whole commands.
+two whole commands. Each row's wall seconds are also given as median (range) over its rounds, and each pair's
+ratio of those medians with the two medians beside it.
+Peak MB is the measured thing's own peak RSS: for the whole-command rows (kit-cli, kit-1doc, gigatoken-cli,
+preprocess_data) the command's process, by GNU time's %M (/usr/bin/time; without it, the bench process's children,
+which count the bench's own RSS at fork), for the in-process rows the process right after the timed region
+(before the bench reads the ids back to compare them).
+--fill-mb N: the Debian packages `experiment demo corpus` reads hold about 100 MB of distinct text, so a larger
+corpus is the --mb sample's shards copied whole (each copy its own file, `..._split_0003-copy02.jsonl`) until it
+holds at least N MB; the table's title says how many copies. Repeated text can favour an encoder with a cache.
+--save PATH: every round of every row (seconds, CPU, peak, docs, tokens, ids digest) with the date, commit, load
+average and corpus, as JSON: the raw record of a run.
 """
 
 from __future__ import annotations
@@ -62,8 +73,8 @@ def _digest(flat: np.ndarray, lengths: np.ndarray) -> str:
     import blake3
 
     h = blake3.blake3()
-    h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(flat, dtype=np.uint32).tobytes())
+    h.update(np.ascontiguousarray(lengths, dtype=np.int64).view(np.uint8))  # the buffers themselves: no copy of 1 GB of ids
+    h.update(np.ascontiguousarray(flat, dtype=np.uint32).view(np.uint8))
     return h.hexdigest()
 
 
@@ -77,6 +88,54 @@ def _cpu() -> float:
     """CPU seconds of this process and its finished children (preprocess_data's workers)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _own_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _children_peak_mb() -> float:
+    """The largest finished child's peak RSS. Linux counts in it what the child shared with this process when it
+    was forked (ru_maxrss survives exec), so a whole command's own peak is taken with `_run` instead."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+_TIME = "/usr/bin/time"  # GNU time: its child's ru_maxrss starts from time's own few MB, not from this process
+_MARK = "BENCH_MAXRSS_KB"
+
+
+def _run(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Run a whole command; returns it and its own peak RSS in MB (None without GNU time)."""
+    if not os.access(_TIME, os.X_OK):
+        return subprocess.run(cmd, capture_output=True, text=True, env=env), None
+    proc = subprocess.run([_TIME, "-f", f"\n{_MARK} %M", *cmd], capture_output=True, text=True, env=env)
+    head, _, tail = proc.stderr.rpartition(_MARK)
+    proc.stderr = head.rstrip("\n")
+    try:
+        return proc, int(tail.split()[0]) / 1024
+    except (IndexError, ValueError):
+        return proc, None
+
+
+def fill_corpus(sample: Path, target: Path, mb: float) -> int:
+    """``target``: the sample's JSONL shards copied whole until it holds at least ``mb`` MB; returns the copies."""
+    shards = sorted(sample.glob("*.jsonl"))
+    size = sum(p.stat().st_size for p in shards)
+    copies = max(1, -(-int(mb * 1e6) // size))
+    if sum(p.stat().st_size for p in target.glob("*.jsonl")) != copies * size:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for k in range(copies):
+            for p in shards:
+                stem = p.name.removesuffix(".jsonl")
+                shutil.copyfile(p, target / (p.name if k == 0 else f"{stem}-copy{k:02d}.jsonl"))
+    return copies
 
 
 def _shards_ids(prefixes) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +186,13 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
         else:
             report = run(cfg)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+        command_mb = _own_peak_mb() if kind != "kit-tasks" else max(_own_peak_mb(), _children_peak_mb())
         if kind == "kit-tasks" and threads > 1:  # the tasks ran in datatrove's pool processes, not children of this one
             cpu += report.cpu_seconds
         flat, lens = _shards_ids([shard.prefix for shard in report.shards])
-        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens), "note": report.backend_note}
-    if kind in ("kit-cli", "kit-1doc"):
+        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens), "note": report.backend_note,
+                "command_mb": command_mb}
+    if kind in ("kit-cli", "kit-1doc"):  # whole commands: timed from outside, peak RSS their own
         source = corpus
         if kind == "kit-1doc":
             source = work / "one-doc"
@@ -145,27 +206,28 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
                "--cache-dir", str(work / "cache"), "--threads", str(threads), "--no-progress", "--json"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
         t0, c0 = time.perf_counter(), _cpu()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc, command_mb = _run(cmd, env)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         if proc.returncode:
             return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
         result = json.loads(proc.stdout)
         flat, lens = _shards_ids([out / row["shard"] for row in result["rows"]])
         return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(flat, lens),
-                "note": result["backend"], "wall_reported": result["wall_seconds"]}
+                "note": result["backend"], "wall_reported": result["wall_seconds"], "command_mb": command_mb}
     if kind == "gigatoken-cli":
         out = work / "kit-out"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, __file__, "--raw-cli", str(corpus), str(tok_json), str(out / "ids.bin")]
         t0, c0 = time.perf_counter(), _cpu()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc, command_mb = _run(cmd)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         if proc.returncode:
             return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
         lens = np.fromfile(out / "ids.bin.lens", dtype=np.int64)
         flat = np.fromfile(out / "ids.bin", dtype=np.uint16).astype(np.uint32)
         keep = lens > 0
-        return {"seconds": seconds, "cpu": cpu, "docs": int(keep.sum()), "tokens": int(lens.sum()), "digest": _digest(flat, lens[keep])}
+        return {"seconds": seconds, "cpu": cpu, "docs": int(keep.sum()), "tokens": int(lens.sum()), "digest": _digest(flat, lens[keep]),
+                "command_mb": command_mb}
     if kind == "gigatoken-files":
         import awkward as ak
         import gigatoken
@@ -178,12 +240,14 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
         t0, c0 = time.perf_counter(), _cpu()
         out = g.encode_files(gigatoken.JsonlFileSource(files, field="text"))
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+        command_mb = _own_peak_mb()
         layout = ak.to_layout(out)
         offsets = np.asarray(layout.offsets.data)
         lens = np.diff(offsets)
         flat = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
         keep = lens > 0  # the kit drops empty texts, as the in-memory rows do
-        return {"seconds": seconds, "cpu": cpu, "docs": int(keep.sum()), "tokens": int(lens.sum()), "digest": _digest(flat, lens[keep])}
+        return {"seconds": seconds, "cpu": cpu, "docs": int(keep.sum()), "tokens": int(lens.sum()), "digest": _digest(flat, lens[keep]),
+                "command_mb": command_mb}
     if kind == "preprocess_data":
         inp = work / "all.jsonl"
         if not inp.exists():
@@ -195,7 +259,7 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
                "--workers", str(threads), "--json-keys", "text"]
         env = dict(os.environ, PYTHONPATH=f"{megatron}:{os.environ.get('PYTHONPATH', '')}")
         t0, c0 = time.perf_counter(), _cpu()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc, command_mb = _run(cmd, env)  # the largest process of the command (its workers are processes)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
         if proc.returncode:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -203,7 +267,8 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
 
         ds = IndexedDataset(str(work / "mlm_text_document"))
         rows = [ds[i].tolist()[:-1] for i in range(len(ds))]
-        return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+        return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows),
+                "command_mb": command_mb}
     texts = _texts(corpus)
     if kind == "sentencepiece":
         import sentencepiece as spm
@@ -232,13 +297,16 @@ def child(kind: str, corpus: Path, tokenizer: Path, tok_json: Path, work: Path, 
         t0, c0 = time.perf_counter(), _cpu()
         out = g.encode_batch(texts)
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+        command_mb = _own_peak_mb()
         layout = ak.to_layout(out)
         offsets = np.asarray(layout.offsets.data)
         lens = np.diff(offsets)
-        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(np.asarray(layout.content.data)[: offsets[-1]], lens)}
+        return {"seconds": seconds, "cpu": cpu, "docs": len(lens), "tokens": int(lens.sum()), "digest": _digest(np.asarray(layout.content.data)[: offsets[-1]], lens),
+                "command_mb": command_mb}
     else:
         raise SystemExit(f"unknown kind {kind}")
-    return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows)}
+    return {"seconds": seconds, "cpu": cpu, "docs": len(rows), "tokens": sum(map(len, rows)), "digest": _rows_digest(rows),
+            "command_mb": _own_peak_mb()}
 
 
 def raw_cli(corpus: Path, tok_json: Path, out: Path) -> None:
@@ -261,7 +329,10 @@ def raw_cli(corpus: Path, tok_json: Path, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size built by `experiment demo corpus`")
+    ap.add_argument("--fill-mb", type=float, default=None,
+                    help="copy the --mb sample's shards whole until the corpus holds at least this many MB (see above)")
     ap.add_argument("--corpus", type=Path, default=None, help="folder of JSONL shards (default: build one)")
+    ap.add_argument("--save", type=Path, default=None, help="write every round of every row, with date, commit and load, as JSON")
     ap.add_argument("--tokenizer", type=Path, default=None, help="SentencePiece .model (default: mistral-common's)")
     ap.add_argument("--megatron-lm", default=None, help="a Megatron-LM checkout, to time tools/preprocess_data.py")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -285,6 +356,7 @@ def main() -> None:
     from rich.table import Table
 
     console = Console(width=160)
+    started, load_start = time.time(), os.getloadavg()
     tokenizer = args.tokenizer
     if tokenizer is None:
         import mistral_common
@@ -297,6 +369,11 @@ def main() -> None:
             from experiment.demo.corpus import build_sample
 
             build_sample(corpus, mb=args.mb, console=console)
+    copies = 1
+    if args.fill_mb:
+        sample = corpus
+        corpus = sample.parent / f"{sample.name}-filled-{args.fill_mb:g}mb"
+        copies = fill_corpus(sample, corpus, args.fill_mb)
     size = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
@@ -340,8 +417,9 @@ def main() -> None:
     fastest = max(raw, key=lambda k: results[k]["tokens"] / results[k]["seconds"]) if raw else None
     anchor = results[fastest]["tokens"] / results[fastest]["seconds"] if fastest else None
     cpu_anchor = results[fastest]["tokens"] / results[fastest]["cpu"] if fastest else None
-    table = Table(title=f"tokenize {size / 1e6:.0f} MB ({len(list(corpus.glob('*.jsonl')))} JSONL shards), {args.threads} threads, "
-                        f"{tokenizer.name}; ratios vs {fastest}")
+    made_of = f", {copies} copies of a {size / copies / 1e6:.0f} MB sample" if copies > 1 else ""
+    table = Table(title=f"tokenize {size / 1e6:.0f} MB ({len(list(corpus.glob('*.jsonl')))} JSONL shards{made_of}), {args.threads} threads, "
+                        f"{tokenizer.name}; best round of each row; ratios vs {fastest}")
     for col in ("row", "timed", "wall s", "docs/s", "Mtok/s", "CPU s", "Mtok/CPU-s", "peak MB", f"ids == {ref_row[:5]}", "ratio wall", "ratio CPU"):
         table.add_column(col, justify="left" if col in ("row", "timed") else "right")
     what = {"kit": "read+encode+write+count", "kit-warm": "same, tokenizer loaded first", "kit-blocks": "same, block reader (no whole files)",
@@ -353,7 +431,7 @@ def main() -> None:
         r = results[kind]
         if kind == "kit-1doc" and "error" not in r:
             times = sorted(x["seconds"] for x in rounds[kind] if "seconds" in x)
-            table.add_row(kind, what[kind], f"{r['seconds']:.2f}", "-", "-", f"{r['cpu']:.2f}", "-", f"{r['peak_mb']:.0f}", "-",
+            table.add_row(kind, what[kind], f"{r['seconds']:.2f}", "-", "-", f"{r['cpu']:.2f}", "-", f"{r.get('command_mb') or r['peak_mb']:.0f}", "-",
                           f"median {times[len(times) // 2]:.2f} s", "")
             continue
         if "error" in r:
@@ -361,9 +439,19 @@ def main() -> None:
             continue
         rate, cpu_rate = r["tokens"] / r["seconds"], r["tokens"] / max(r["cpu"], 1e-9)
         table.add_row(kind, what[kind], f"{r['seconds']:.2f}", f"{r['docs'] / r['seconds']:,.0f}", f"{rate / 1e6:.2f}",
-                      f"{r['cpu']:.2f}", f"{cpu_rate / 1e6:.2f}", f"{r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO",
+                      f"{r['cpu']:.2f}", f"{cpu_rate / 1e6:.2f}", f"{r.get('command_mb') or r['peak_mb']:.0f}", "yes" if identical.get(kind) else "NO",
                       f"{rate / anchor:.2f}" if anchor else "-", f"{cpu_rate / cpu_anchor:.2f}" if cpu_anchor else "-")
     console.print(table)
+    medians: dict[str, float] = {}
+    for kind in kinds:
+        runs = [x for x in rounds.get(kind, []) if "seconds" in x]
+        if runs:
+            wall, cpu_s = sorted(x["seconds"] for x in runs), sorted(x["cpu"] for x in runs)
+            peaks = sorted(x.get("command_mb") or x["peak_mb"] for x in runs)
+            medians[kind] = _median(wall)
+            console.print(f"{kind}, {len(runs)} rounds: wall {_median(wall):.2f} s median ({wall[0]:.2f}-{wall[-1]:.2f}), "
+                          f"CPU {_median(cpu_s):.2f} s ({cpu_s[0]:.2f}-{cpu_s[-1]:.2f}), peak {_median(peaks):.0f} MB "
+                          f"({peaks[0]:.0f}-{peaks[-1]:.0f})")
     # Per round, each kit row against the gigatoken run right after it: on a VM whose speed drifts by
     # tens of percent within a minute, the spread of these side-by-side ratios is the honest figure.
     for kit_row, raw_row in (("kit", "gigatoken"), ("kit-warm", "gigatoken"), ("kit-blocks", "gigatoken"), ("kit-tasks", "gigatoken"),
@@ -375,8 +463,9 @@ def main() -> None:
             cpu = sorted(gc / kc for _, _, kc, gc in pairs)
             best = min(k for k, _, _, _ in pairs), min(g for _, g, _, _ in pairs)
             console.print(f"{kit_row} / {raw_row}, per round ({len(pairs)}): wall ratio min {wall[0]:.2f} median "
-                          f"{wall[len(wall) // 2]:.2f} max {wall[-1]:.2f} (best-of {best[1] / best[0]:.2f}); CPU ratio min {cpu[0]:.2f} "
-                          f"median {cpu[len(cpu) // 2]:.2f} max {cpu[-1]:.2f}")
+                          f"{_median(wall):.2f} max {wall[-1]:.2f} (best-of {best[1]:.2f} / {best[0]:.2f} = {best[1] / best[0]:.2f}; "
+                          f"medians {medians[raw_row]:.2f} / {medians[kit_row]:.2f} = {medians[raw_row] / medians[kit_row]:.2f}); "
+                          f"CPU ratio min {cpu[0]:.2f} median {_median(cpu):.2f} max {cpu[-1]:.2f}")
     if "kit-1doc" in rounds:
         times = sorted(x["seconds"] for x in rounds["kit-1doc"] if "seconds" in x)
         if times:
@@ -384,6 +473,17 @@ def main() -> None:
                           f"min {times[0]:.2f}, max {times[-1]:.2f} (goal <= 0.5 s)")
     if "kit" in results and "note" in results["kit"]:
         console.print(f"kit backend: {results['kit']['note']}")
+    if args.save:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        record = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "commit": commit,
+                  "load_average_start": load_start, "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
+                  "threads": args.threads, "tokenizer": str(tokenizer), "corpus_bytes": size, "corpus_shards": len(list(corpus.glob("*.jsonl"))),
+                  "copies_of_sample": copies, "ids_reference_row": ref_row, "ids_identical": identical, "rounds": rounds}
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(record, indent=1) + "\n")
+        console.print(f"record: {args.save}")
+    shutil.rmtree(work, ignore_errors=True)  # the rows' outputs (a 1 GB corpus leaves ~0.7 GB of shards)
 
 
 if __name__ == "__main__":
