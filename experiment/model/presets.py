@@ -68,6 +68,12 @@ PRESETS: dict[str, ModelShape] = {
         vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0, rope_scaling="llama3",
         rope_scaling_factor=32.0, tie_embeddings=True,
     ),
+    # meta-llama/Llama-3.2-3B: the size that fills one 80-141 GB GPU (bench/gpu/check.py part 2)
+    "llama3.2-3b": ModelShape(
+        num_layers=28, hidden_size=3072, ffn_hidden_size=8192, num_attention_heads=24, num_query_groups=8,
+        vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0, rope_scaling="llama3",
+        rope_scaling_factor=32.0, tie_embeddings=True,
+    ),
     # meta-llama/Llama-3.1-8B
     "llama3.1-8b": ModelShape(
         num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32, num_query_groups=8,
