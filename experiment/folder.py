@@ -117,7 +117,11 @@ class TrainingSection(_Section):
 
     tensor_parallel: int = Field(default=1, ge=1, description="tensor-parallel size (divides heads, KV groups, FFN)")
     pipeline_parallel: int = Field(default=1, ge=1, description="pipeline-parallel size (divides the layers)")
-    micro_batch_size: int = Field(default=1, ge=1, description="samples per forward/backward on one rank")
+    micro_batch_size: int | Literal["auto"] = Field(
+        default=1, description="samples per forward/backward on one rank; \"auto\": on a GPU, each micro-batch "
+        "that fits the memory estimate and divides the per-rank batch is timed over a few steps and the fastest "
+        "kept (run_status.json and run.lock.json record the number, which `experiment reproduce` passes again); "
+        "on a CPU 1")
     global_batch_size: int = Field(default=8, ge=1, description="samples per optimizer step, over all data-parallel ranks")
     train_iters: int | None = Field(default=None, ge=1, description="optimizer steps to train (or train_tokens)")
     train_tokens: str | None = Field(default=None, description="alternative to train_iters, e.g. '50B'")
@@ -140,8 +144,15 @@ class TrainingSection(_Section):
     attention: Literal["sdpa", "local"] = Field(
         default="sdpa", description="core attention without Transformer Engine: torch SDPA kernels or "
         "megatron's local unfused DotProductAttention (same weights, same math)")
-    fp8: bool = Field(default=False, description="FP8 (hybrid E4M3/E5M2, delayed scaling) through Transformer "
-                      "Engine; refused where transformer_engine does not import")
+    fp8: bool = Field(default=False, description="FP8 matmuls in the decoder layers' linears: through Transformer "
+                      "Engine (hybrid E4M3/E5M2, delayed scaling) where transformer_engine imports, else the kit's "
+                      "own FP8 linear (torch._scaled_mm, dynamic per-tensor scales, E4M3 forward, E5M2 gradients; "
+                      "the output layer stays bf16); needs precision = \"bf16\" and a GPU with FP8 (compute "
+                      "capability 8.9 or later: L4/L40S, H100/H200, B200), refused elsewhere")
+    fusions: list[Literal["rmsnorm", "rope", "cross-entropy"]] = Field(
+        default_factory=list, description="fused or compiled kernels without Transformer Engine or Apex, GPU only: "
+        "rmsnorm (torch.compile'd RMSNorm), rope (torch.compile'd rotary embedding), cross-entropy (megatron's "
+        "native fused vocab-parallel cross-entropy); off by default until bench/gpu/check.py part 2 measures them")
     recompute: Literal["auto", "none", "selective", "full"] = Field(
         default="auto", description="activation recompute; auto: chosen per preset and GPU memory "
         "(experiment.train.gpu.choose)")
@@ -153,12 +164,23 @@ class TrainingSection(_Section):
         "to logs/hang/, the rank whose heartbeat stopped is named, and the run exits non-zero so the job chain "
         "resumes from the last checkpoint; 0: off")
 
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro_batch(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+            return int(value)  # `--set training.micro_batch_size=8` arrives as a string
+        raise ValueError(f"micro_batch_size must be a whole number >= 1 or \"auto\", not {value!r}")
+
     @model_validator(mode="after")
     def _length(self) -> "TrainingSection":
         if (self.train_iters is None) == (self.train_tokens is None):
             raise ValueError("set exactly one of train_iters or train_tokens")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        if self.fp8 and self.precision != "bf16":
+            raise ValueError("fp8 = true needs precision = \"bf16\" (FP8 matmuls keep bf16 weights and outputs)")
         return self
 
 
@@ -267,11 +289,13 @@ class TrainingFolderConfig(_Section):
         model_parallel = t.tensor_parallel * t.pipeline_parallel
         if world % model_parallel:
             errors.append(f"{world} processes are not a multiple of tensor x pipeline parallel = {model_parallel}")
-        elif t.global_batch_size % (t.micro_batch_size * (world // model_parallel)):
-            errors.append(
-                f"training.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x "
-                f"data-parallel size = {t.micro_batch_size * (world // model_parallel)}"
-            )
+        else:
+            mbs = 1 if t.micro_batch_size == "auto" else t.micro_batch_size  # auto picks a divisor
+            if t.global_batch_size % (mbs * (world // model_parallel)):
+                errors.append(
+                    f"training.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x "
+                    f"data-parallel size = {mbs * (world // model_parallel)}"
+                )
         if self.model.seq_length > shape.max_position_embeddings:
             errors.append(f"model.seq_length exceeds the preset's {shape.max_position_embeddings} positions")
         if errors:

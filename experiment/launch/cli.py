@@ -48,9 +48,10 @@ def _check_world(loaded, nnodes: int, nproc: int) -> None:
         _fail(f"{nnodes} node(s) x {nproc} processes is not a multiple of tensor x pipeline parallel = {mp}; "
               "fix: change --nproc or launch.nproc_per_node")
     dp = world // mp
-    if t.global_batch_size % (t.micro_batch_size * dp):
+    mbs = 1 if t.micro_batch_size == "auto" else t.micro_batch_size  # auto picks a divisor of the per-rank batch
+    if t.global_batch_size % (mbs * dp):
         _fail(f"training.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x "
-              f"data-parallel size {t.micro_batch_size * dp}; fix: change --nproc or the batch sizes")
+              f"data-parallel size {mbs * dp}; fix: change --nproc or the batch sizes")
 
 
 def run(

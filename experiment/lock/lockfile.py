@@ -398,13 +398,16 @@ def launch_section(folder: TrainingFolder, launch: Mapping | None) -> dict:
         "pipeline_parallel": t.pipeline_parallel,
         "data_parallel": world // (t.tensor_parallel * t.pipeline_parallel),
         "world_size": world,
-        "micro_batch_size": t.micro_batch_size,
+        # "auto": the number the runner measured and used (run_status.json), which reproduce passes again
+        "micro_batch_size": (t.micro_batch_size if t.micro_batch_size != "auto"
+                             else status.get("micro_batch_size") or 1),
         "global_batch_size": t.global_batch_size,
         "seed": t.seed,
         "launcher": dict(launch or {}),
         # what the runner built (logs/run_status.json): the spec differs between a CPU, a GPU and the TE image
         "layer_spec": status.get("layer_spec"),
         "recompute": status.get("recompute"),
+        "fp8": status.get("fp8"),  # te-delayed | local-tensorwise | None (bf16)
     }
 
 

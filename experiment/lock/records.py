@@ -143,6 +143,7 @@ class LaunchRecord(Record):
     launcher: dict[str, Any] = Field(default_factory=dict)
     layer_spec: str | None = None  # the spec the runner built: te, te-fp8, local-sdpa, local (absent: older locks)
     recompute: str | None = None  # activation recompute the runner used: none, selective, full
+    fp8: str | None = None  # the FP8 recipe the runner used: te-delayed, local-tensorwise (None: bf16, older locks)
 
 
 class CheckpointRecord(Record):

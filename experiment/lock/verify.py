@@ -56,8 +56,17 @@ def load_folder(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Trai
 
 
 def locked_overrides(lock: RunLock) -> tuple[str, ...]:
-    """The ``experiment run --set`` overrides a locked run was started with (none for older locks)."""
-    return tuple(lock.config.overrides)
+    """The ``experiment run --set`` overrides a locked run was started with (none for older locks), and, where the
+    folder says ``micro_batch_size = "auto"``, the micro-batch the run measured and used (a re-run uses it
+    instead of measuring again: another machine's timings may pick another size, and another size changes
+    the bits)."""
+    overrides = tuple(lock.config.overrides)
+    training = lock.config.experiment.get("training", {})
+    launch = getattr(lock, "launch", None)
+    if training.get("micro_batch_size") == "auto" and launch is not None:  # the resolved config: after any --set
+        overrides = tuple(o for o in overrides if o.partition("=")[0].strip() != "training.micro_batch_size")
+        overrides += (f"training.micro_batch_size={launch.micro_batch_size}",)
+    return overrides
 
 
 def check_code(lock: RunLock) -> list[Finding]:

@@ -23,7 +23,11 @@ class DeviceSetup:
     flops_per_token: float
     peak: float | None
     layer_spec: str  # recorded in run_status.json, and from there in the lock
-    extra: dict  # TransformerConfig extras: recompute, FP8
+    extra: dict  # TransformerConfig extras: recompute, FP8, fusions
+    micro_batch_size: int = 1  # the folder's, or auto's pick (replaced once measured: runner._pick_micro_batch)
+    fp8: str | None = None  # "te-delayed" | "local-tensorwise" | None: recorded in run_status.json and the lock
+    fusions: tuple[str, ...] = ()  # training.fusions in force (none on CPU)
+    micro_batch_timings: dict | None = None  # "auto": seconds per global batch of each candidate (autobatch.pick)
 
 
 def seed_host_rngs(seed: int) -> None:
@@ -54,12 +58,17 @@ def gpu_choice(t, shape, seq: int, world: int):
 
     from experiment.train import gpu
 
-    if t.fp8 and not (torch.cuda.is_available() and gpu.te_available()):
-        from experiment.folder import FolderError, Problem
+    if t.fp8:
+        from experiment.model.fp8 import fp8_problem
 
-        raise FolderError([Problem(file="experiment.toml", field="training.fp8",
-                                   message="FP8 needs a GPU with Transformer Engine, and this host has none",
-                                   fix="set fp8 = false, or run in the GPU image (transformer_engine installed)")])
+        on_gpu = torch.cuda.is_available()
+        problem = fp8_problem(torch.cuda.get_device_capability() if on_gpu else None,
+                              torch.cuda.get_device_name() if on_gpu else None)
+        if problem:
+            from experiment.folder import FolderError, Problem
+
+            raise FolderError([Problem(file="experiment.toml", field="training.fp8", message=problem,
+                                       fix="set fp8 = false (bf16), or run on an FP8 GPU (H100, H200, L40S, B200)")])
     if not torch.cuda.is_available():
         return None
     mem = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
@@ -79,17 +88,29 @@ def device_setup(t, shape, seq: int, env) -> DeviceSetup:
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     flops_per_token = throughput.flops_per_token(shape, seq)
     peak = throughput.peak_flops(device_name, t.peak_tflops)
+    auto = t.micro_batch_size == "auto"
+    mbs = (choice.micro_batch_size if choice is not None else 1) if auto else t.micro_batch_size
     if env.rank == 0 and choice is not None:
         c = choice
         say(f"{device_name}: spec {c.spec}, recompute {c.recompute}, micro-batch {t.micro_batch_size} "
-            f"(suggested {c.micro_batch_size}: {c.reason}, ~{c.estimated_gib:.0f} GiB)")
-    extra = {}
-    if choice is not None:
-        extra.update(gpu.recompute_config(choice.recompute))
-        if choice.spec == "te-fp8":
-            extra.update(fp8="hybrid", fp8_recipe="delayed")
-    spec = choice.spec if choice is not None else ("local" if t.attention == "local" else "local-sdpa")
-    return DeviceSetup(choice, device_name, flops_per_token, peak, spec, extra)
+            f"(suggested {c.micro_batch_size}: {c.reason}, ~{c.estimated_gib:.0f} GiB)"
+            + (f"; auto: timing {', '.join(map(str, c.candidates))}" if auto and len(c.candidates) > 1 else ""))
+    if env.rank == 0 and choice is None:
+        if auto:
+            say("micro_batch_size = \"auto\" on CPU: 1 (the micro-batch is measured on a GPU only)")
+        if t.fusions:
+            say(f"training.fusions {list(t.fusions)}: GPU only, not applied on CPU")
+    if choice is None:
+        spec = "local" if t.attention == "local" else "local-sdpa"
+        return DeviceSetup(None, device_name, flops_per_token, peak, spec, {}, mbs)
+    fusions = tuple(t.fusions)
+    if "rope" in fusions:
+        from experiment.model import fused
+
+        fused.install_compiled_rope()
+    fp8 = None if not t.fp8 else ("te-delayed" if choice.spec == "te-fp8" else "local-tensorwise")
+    return DeviceSetup(choice, device_name, flops_per_token, peak, choice.spec, gpu.config_extra(choice, fusions),
+                       mbs, fp8, fusions)
 
 
 def model_vocab(folder, shape, layout) -> tuple[int, Path | None]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from experiment import runlog
 
+RECENT_STEPS = 256  # whole-iteration times kept in run_status.json
+
 
 def _peak_memory_gib() -> float | None:
     import torch
@@ -39,6 +41,11 @@ def write_final_status(log_dir: Path, result, *, train_iters: int, checkpoint: s
         "layer_spec": device.layer_spec,
         "recompute": "none" if device.choice is None else device.choice.recompute,
         "peak_memory_gib": _peak_memory_gib(),
+        # the micro-batch the run used (the folder's number, or what `auto` measured) and the FP8 recipe: the lock
+        "micro_batch_size": device.micro_batch_size, "fp8": device.fp8, "fusions": list(device.fusions),
+        "micro_batch_timings": device.micro_batch_timings,
+        # the last whole iterations (bench/gpu/check.py's windows; the first, with its warm-up, left out)
+        "recent_step_seconds": [round(x, 6) for x in result.step_seconds[1:][-RECENT_STEPS:]],
         # how this run was started, read back by the one lock writer (experiment.launch.finish)
         "overrides": list(overrides), **_world_record(world_size),
         **{k: None if v is None else round(v, 6) for k, v in speed.items()}})

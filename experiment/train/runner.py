@@ -68,7 +68,7 @@ class StepOutput:
     loss: float
     lr: float
     grad_norm: float | None
-    seconds: float  # compute only (forward, backward, optimizer, loss all-reduce): what tokens/s reports
+    seconds: float  # compute only (forward, backward, optimizer, loss all-reduce): the log line's tokens/s
 
 
 class Trainer:
@@ -113,9 +113,11 @@ class Trainer:
             prepare_folders(self.log_dir, self.save_dir, det_env)
 
         self.device = device_setup(t, self.shape, self.seq, self.env)
+        self.auto_micro_batch = t.micro_batch_size == "auto"
+        self._use_micro_batch(self.device.micro_batch_size)  # "auto": the estimate's, until measured
         self.padded_vocab, self.base_dir = model_vocab(self.folder, self.shape, self.layout)
         self.gpt = build_gpt_model(self.shape, self.seq, self.layout, padded_vocab_size=self.padded_vocab,
-                                   layer_spec=gpu.layer_spec_for(self.device.layer_spec),
+                                   layer_spec=gpu.layer_spec_for(self.device.layer_spec, self.device.fusions),
                                    params_dtype=torch.bfloat16 if self.bf16 else torch.float32, bf16=self.bf16,
                                    deterministic=t.deterministic, **self.device.extra)
         if torch.cuda.is_available():
@@ -131,6 +133,33 @@ class Trainer:
         config.grad_scale_func = self.optimizer.scale_loss
         config.no_sync_func = self.model.no_sync
         return self
+
+    def _use_micro_batch(self, mbs: int) -> None:
+        """The run from here on with ``mbs`` as its micro-batch (``micro_batch_size = "auto"`` resolved)."""
+        from dataclasses import replace
+
+        if self.t.micro_batch_size != mbs:
+            self.t = self.t.model_copy(update={"micro_batch_size": mbs})
+            self.cfg = self.cfg.model_copy(update={"training": self.t})
+            self.folder = replace(self.folder, config=self.cfg)
+        self.device = replace(self.device, micro_batch_size=mbs)
+        if hasattr(self, "plan"):
+            self.plan = replace(self.plan, micro_batch_size=mbs)
+
+    def _pick_micro_batch(self) -> None:
+        """``micro_batch_size = "auto"`` on a GPU: time the candidates that fit, keep the fastest."""
+        from dataclasses import replace
+
+        from experiment.train import autobatch
+
+        candidates = self.device.choice.candidates if self.device.choice is not None else ()
+        if not self.auto_micro_batch or len(candidates) < 2:
+            return
+        best, seconds = autobatch.pick(self, candidates)
+        self._use_micro_batch(best)
+        self.device = replace(self.device, micro_batch_timings={str(m): round(s, 4) for m, s in seconds.items()})
+        say("micro_batch_size auto: " + ", ".join(f"{m}: {s:.3f} s" for m, s in seconds.items())
+            + f" per global batch (forward + backward); using {best}")
 
     # ---------------------------------------------------------------- resume
     def resume(self) -> "Trainer":
@@ -160,8 +189,10 @@ class Trainer:
         self.logger = (metrics.MetricsLogger(self.log_dir, state.iteration, folder=self.folder)
                        if self.env.rank == 0 else metrics.NullLogger())
         self.fwd_bwd = get_forward_backward_func()
+        self._pick_micro_batch()
         self.domain_samples = self.count_domains(0, state.consumed_samples) if state.consumed_samples else {}
-        self._compute_seconds: list[float] = []
+        self._compute_seconds: list[float] = []  # forward..optimizer: the current step's log line
+        self._whole_seconds: list[float] = []  # whole iterations with every per-step bookkeeping: speed and MFU
 
     # ---------------------------------------------------------------- steps
     def _microbatches(self, dataset, start: int):
@@ -208,10 +239,15 @@ class Trainer:
         return StepOutput(state.iteration, loss, lr, grad_norm, dt)
 
     def throughput(self) -> dict:
-        """tokens/s/GPU, TFLOP/s/GPU, MFU and ETA from this process's recent steps (warm-up left out)."""
+        """tokens/s/GPU, TFLOP/s/GPU, MFU and ETA from this process's recent steps (warm-up left out).
+
+        The window is the whole iteration (``fit``'s ``step_seconds``: forward, backward, optimizer, loss
+        all-reduce, metrics files, TensorBoard, trackers, status, signal check; periodic eval and saves left
+        out), the same window bench/train_step.py's bare loop is timed over; before the first whole iteration
+        ends, the compute time of the step so far."""
         from experiment.train import throughput
 
-        secs = self._compute_seconds
+        secs = self._whole_seconds or self._compute_seconds
         recent = (secs[1:] if len(secs) > 1 else secs)[-20:]
         if not recent:
             return {"tokens_per_s_per_gpu": None, "tflops_per_gpu": None, "mfu": None, "eta_s": None}
@@ -301,6 +337,7 @@ class Trainer:
                 # evaluation and checkpoint: what bench/train_step.py compares with a bare loop
                 t_end = time.perf_counter()
                 result.step_seconds.append(t_end - t0 - eval_seconds)
+                self._whole_seconds.append(result.step_seconds[-1])
                 result.bookkeeping_seconds.append(t_end - self._t_book - eval_seconds)
                 if stopping:
                     result.state = "stopped"

@@ -43,15 +43,11 @@ def test_eta_leaves_out_the_first_step_and_formats():
 @pytest.mark.parametrize("te, fp8, attention, spec", [
     (False, False, "sdpa", "local-sdpa"), (False, False, "local", "local"),
     (True, False, "sdpa", "te"), (True, True, "sdpa", "te-fp8"),
+    (False, True, "sdpa", "local-sdpa-fp8"), (False, True, "local", "local-fp8"),  # the kit's FP8 linears
 ])
 def test_spec_choice(te, fp8, attention, spec):
     c = gpu.choose(ONE_B, 2048, 80, te_available=te, fp8=fp8, attention=attention, global_batch_size=8)
     assert c.spec == spec
-
-
-def test_fp8_without_te_is_refused_with_a_fix():
-    with pytest.raises(ValueError, match="fp8 = false"):
-        gpu.choose(ONE_B, 2048, 80, te_available=False, fp8=True)
 
 
 def test_1b_fits_an_h100_at_micro_batch_4_without_recompute():
@@ -80,7 +76,7 @@ def test_explicit_settings_are_kept():
     assert gpu.recompute_config("none") == {}
 
 
-def test_runner_refuses_fp8_without_transformer_engine_naming_the_field():
+def test_runner_refuses_fp8_without_an_fp8_gpu_naming_the_field():
     from types import SimpleNamespace
 
     from experiment.folder import FolderError
@@ -89,4 +85,4 @@ def test_runner_refuses_fp8_without_transformer_engine_naming_the_field():
     with pytest.raises(FolderError) as err:
         gpu_choice(SimpleNamespace(fp8=True), ONE_B, 2048, 1)
     assert (err.value.file, err.value.field) == ("experiment.toml", "training.fp8")
-    assert "fp8 = false" in err.value.fix
+    assert "fp8 = false" in err.value.fix and "no GPU" in str(err.value)
