@@ -1,35 +1,97 @@
-"""The one prepared GPU check (issue 19): the kit's runner on a 1B Llama folder against a bare megatron.core
-loop, deterministic mode, two runs compared bitwise, and a kill -9 + resume, in one call of a few minutes.
+"""The prepared GPU check (issues 19 and 31), in parts ranked by priority, each one call of the device tool:
 
-    python bench/gpu/check.py --out OUT [--dry-run] [--only a,b,c,d,e]
+    python bench/gpu/check.py --out OUT --part 1 [--dry-run] [--commit SHA] [--budget-s S] [--only k8,b8]
 
-Each measurement runs in its own process (a clean CUDA context; the deterministic environment set before CUDA
-starts), so one failing step does not stop the others. ``--dry-run`` does everything up to the first CUDA call:
-builds the folders and synthetic shards, loads them with the kit's folder loader, imports megatron.core and the
-runner, and prints the plan. The table goes to stdout and, as JSON and Markdown, to OUT.
+part 1 (first): like-for-like BF16 rows at 1B, kit and bare megatron.core over the same window (whole steps,
+  everything the kit does per step), at micro-batch 8 and 4; FP8 at 1B with its loss over the first 100 steps
+  against BF16's.
+part 2 (second): 3B (Llama-3.2-3B shapes, micro_batch_size = "auto") BF16 vs FP8; the fusions on and off at 1B;
+  deterministic mode at 1B.
+part repeat: issue 19's two runs bitwise and kill -9 + resume (135M preset).
+
+Every row is its own process (a clean CUDA context). Each row's raw record (micro-batch, global batch,
+sequence, every timed step, its 3 windows) and the machine's (commit, GPU, card, driver, CUDA, torch,
+megatron-core) go to OUT/gpu_check_part<N>.json after every row, so a call cut short still brings back what
+ran; rows that would start past --budget-s are skipped and say so. ``--dry-run`` does everything up to the first
+CUDA call: folders, synthetic shards, the kit's folder validation, the imports, every row's layer spec (the FP8
+and compiled-norm specs included) and the table from made-up rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() not in (REPO / "bench", REPO / "bench" / "gpu")]
 sys.path.insert(0, str(REPO))
 
-ANCHOR = 46_700  # tokens/s/GPU: Megatron-LM local spec + SDPA, 1B, seq 2048, mbs 4, one H100 (issue 19)
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+table = _load("gpu_table")
+repeat = _load("repeat")
+
 SEQ = 2048
-VOCAB = 128256
-EOD = 2  # ids below 32000, so the same shards also feed the CPU smoke run's tiny preset
+GBS = 16
+ONE_B, THREE_B = "llama3.2-1b", "llama3.2-3b"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    kind: str  # kit | bare
+    preset: str = ONE_B
+    mbs: int | str = 8  # a number, "auto", or "from:<key>" (the micro-batch another row used)
+    steps: int = 31  # steps run; the first (warm-up) is left out of the windows
+    fp8: bool = False
+    fusions: tuple[str, ...] = ()
+    deterministic: bool = False
+    losses: bool = False  # keep the per-step losses (the FP8 loss comparison)
+    folder: str = ""  # another row's folder (a bare row runs its kit twin's folder)
+
+    def estimate_s(self) -> float:
+        """Seconds of the row's process: start-up (imports, build, data index, compile) + steps. From the
+        2026-12-04 H200 rows (1B mbs 4: 34 s for 17 steps of 0.66 s); 3B and FP8 scaled by FLOPs, guessed."""
+        fp8 = 0.75 if self.fp8 else 1.0
+        per_step = {ONE_B: 0.66 * fp8, THREE_B: 1.7 * fp8}.get(self.preset, 0.5)
+        start = 50 if self.preset == THREE_B else 25
+        return start + 12 * bool(self.fusions) + self.steps * per_step
+
+
+PARTS = {
+    "1": [
+        Row("k8", "kit BF16 1B, mbs 8 (100 steps)", "kit", steps=100, losses=True),
+        Row("b8", "bare megatron.core BF16 1B, mbs 8", "bare", folder="k8"),
+        Row("f8", "kit FP8 (local, tensorwise) 1B, mbs 8 (100 steps)", "kit", steps=100, fp8=True, losses=True),
+        Row("k4", "kit BF16 1B, mbs 4", "kit", mbs=4),
+        Row("b4", "bare megatron.core BF16 1B, mbs 4", "bare", mbs=4, folder="k4"),
+    ],
+    "2": [
+        Row("k3", "kit BF16 3B, mbs auto", "kit", preset=THREE_B, mbs="auto", steps=16),
+        Row("f3", "kit FP8 (local) 3B, mbs as k3", "kit", preset=THREE_B, mbs="from:k3", steps=16, fp8=True),
+        Row("n0", "kit BF16 1B, mbs 8, fusions off", "kit", steps=13),
+        Row("d8", "kit BF16 1B, mbs 8, deterministic", "kit", steps=13, deterministic=True),
+        Row("nc", "cross-entropy fused", "kit", steps=13, fusions=("cross-entropy",)),
+        Row("nr", "RMSNorm compiled", "kit", steps=13, fusions=("rmsnorm",)),
+        Row("np", "RoPE compiled", "kit", steps=13, fusions=("rope",)),  # past the budget unless rows run fast:
+        Row("na", "all three fusions", "kit", steps=13, fusions=("rmsnorm", "rope", "cross-entropy")),  # --only
+    ],
+}
 FOLDER_TOML = """name = "{name}"
 [data]
 signatures = ["{signature}"]
@@ -46,10 +108,12 @@ lr = 3e-4
 min_lr = 3e-5
 lr_warmup_iters = 2
 precision = "{precision}"
-save_interval = {save_interval}
+fp8 = {fp8}
+fusions = {fusions}
+save_interval = 100000
 eval_interval = 100000
 eval_iters = 0
-log_interval = 1
+log_interval = 10
 seed = 1234
 deterministic = {deterministic}
 [checkpoint]
@@ -57,282 +121,186 @@ from_scratch = true
 """
 
 
-# ------------------------------------------------------------------------------------------ data + folders
-
-def write_shards(root: Path, tokens_per_domain: int = 3_000_000) -> Path:
-    """Synthetic shards (random ids, documents of 300-4000 tokens) through the kit's own shard writer."""
-    import numpy as np
-
-    from experiment.data.naming import make
-    from experiment.data.shards import ShardWriter
-    from experiment.data.signature import DataSignature, ShardEntry, TokenizerInfo
-
-    sig_path = root / "signature.json"
-    if sig_path.is_file():
-        return sig_path
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    shards = []
-    for domain in ("web", "code"):
-        lengths = rng.integers(300, 4000, size=tokens_per_domain // 2000)
-        flat = rng.integers(3, 32000, size=int(lengths.sum()), dtype=np.int32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        tmp = root / f".{domain}.partial"
-        writer = ShardWriter(tmp, np.int32, EOD)
-        writer.append(flat, offsets)
-        counts = writer.finish()
-        name = make("en", domain, "main", 0).with_counts(counts.docs, counts.sentences, counts.tokens).format()
-        for ext in (".bin", ".idx"):
-            os.replace(f"{tmp}{ext}", root / f"{name}{ext}")
-        shards.append(ShardEntry(prefix=name, language="en", domain=domain, subdomain="main", docs=counts.docs,
-                                 sentences=counts.sentences, tokens=counts.tokens,
-                                 bin_bytes=(root / f"{name}.bin").stat().st_size,
-                                 idx_bytes=(root / f"{name}.idx").stat().st_size, dtype="int32"))
-    sig = DataSignature(name="gpu-bench-synthetic", root=".", shards=shards,
-                        tokenizer=TokenizerInfo(kind="synthetic", name="random-ids", sha256="none",
-                                                vocab_size=VOCAB, eod_id=EOD))
-    sig_path.write_text(sig.to_json())
-    return sig_path
-
-
-def make_folder(path: Path, signature: Path, *, preset: str, mbs: int, gbs: int, iters: int,
-                deterministic: bool, save_interval: int = 100000, seq: int = SEQ,
-                precision: str = "bf16", name: str | None = None) -> Path:
+def make_folder(path: Path, signature: Path, row: Row, mbs: int | str, seq: int = SEQ, smoke: bool = False) -> Path:
+    """The row's training folder (``smoke``: the tiny preset in fp32, for a CPU run of the check's own code)."""
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / "experiment.toml").write_text(FOLDER_TOML.format(
-        name=name or path.name, signature=signature, preset=preset, seq=seq, precision=precision, mbs=mbs, gbs=gbs, iters=iters,
-        save_interval=save_interval, deterministic=str(deterministic).lower()))
+        name=path.name, signature=signature, preset=row.preset, seq=seq, gbs=GBS, iters=1000,
+        precision="fp32" if smoke else "bf16",
+        mbs=json.dumps(mbs), fp8=str(row.fp8).lower(), fusions=json.dumps(list(row.fusions)),
+        deterministic=str(row.deterministic).lower()))
     (path / "data_ratio.json").write_text(json.dumps({"web": 1.0, "code": 1.0}))
     return path
 
 
-# ------------------------------------------------------------------------------------------ runs
+def _counts(preset: str, seq: int) -> tuple[float, float | None]:
+    import torch
 
-def runner(folder: Path, log: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    """``python -m experiment.train.runner FOLDER`` as its own process (one GPU, no torchrun needed)."""
+    from experiment.model.presets import PRESETS
+    from experiment.train.throughput import flops_per_token, peak_flops
+
+    return flops_per_token(PRESETS[preset], seq), peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+
+
+def kit_row(row: Row, folder: Path, log: Path, seq: int) -> dict:
+    timeout = 2 * row.estimate_s() + 120
     with open(log, "w") as fh:
-        return subprocess.run([sys.executable, "-m", "experiment.train.runner", str(folder), *args],
-                              cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
+        rc = subprocess.run([sys.executable, "-m", "experiment.train.runner", str(folder), "--max-iterations",
+                             str(row.steps), "--no-save"], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                            timeout=timeout).returncode
+    if rc:
+        raise RuntimeError(f"runner exited {rc}; see logs/{log.name}")
+    st = json.loads((folder / "logs" / "run_status.json").read_text())
+    flops, peak = _counts(row.preset, seq)
+    mbs = st["micro_batch_size"]
+    rec = {"micro_batch_size": mbs, "step_seconds": st["recent_step_seconds"], "layer_spec": st["layer_spec"],
+           "recompute": st["recompute"], "peak_memory_gib": st["peak_memory_gib"], "fp8": st.get("fp8"),
+           "fusions": st.get("fusions"), "micro_batch_timings": st.get("micro_batch_timings"),
+           "status_tokens_per_s_per_gpu": st.get("tokens_per_s_per_gpu"), "flops_per_token": flops,
+           **table.speed(st["recent_step_seconds"], GBS * seq, flops, peak)}
+    if row.losses:
+        from experiment.runlog import read_losses
 
-
-def status(folder: Path) -> dict:
-    return json.loads((folder / "logs" / "run_status.json").read_text())
-
-
-def kit_row(name: str, folder: Path, log: Path, iters: int) -> dict:
-    proc = runner(folder, log, "--max-iterations", str(iters), "--no-save")
-    if proc.returncode:
-        raise RuntimeError(f"runner exited {proc.returncode}; see {log.name}")
-    st = status(folder)
-    return {"run": name, "tokens_per_s_per_gpu": st["tokens_per_s_per_gpu"], "mfu": st["mfu"],
-            "tflops_per_gpu": st["tflops_per_gpu"], "step_s": st["step_s"],
-            "peak_memory_gib": st["peak_memory_gib"], "layer_spec": st["layer_spec"], "recompute": st["recompute"]}
+        losses = [float.fromhex(r["loss"]) for r in read_losses(folder / "logs")][:100]
+        rec.update(losses=losses, mean_loss=sum(losses) / len(losses))
+    return rec
 
 
 def bare_main(folder: Path, iters: int, out: Path) -> None:
-    """(c) in its own process: bench/train_step.py's bare megatron.core loop on the same folder."""
-    import importlib.util
-    import statistics
-
+    """A bare row in its own process: bench/train_step.py's bare megatron.core loop on the kit row's folder."""
     import torch
 
     spec = importlib.util.spec_from_file_location("train_step", REPO / "bench" / "train_step.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from experiment.folder import load_schema
-    from experiment.train.throughput import flops_per_token, peak_flops
-
     times = mod.bare_round(folder, iters)
-    cfg = load_schema(folder).config
-    step = statistics.mean(times[1:][-20:])
-    seq = cfg.model.seq_length
-    tps = cfg.training.global_batch_size * seq / step
-    fpt = flops_per_token(cfg.model.shape, seq)
-    on_gpu = torch.cuda.is_available()
-    peak = peak_flops(torch.cuda.get_device_name()) if on_gpu else None
-    out.write_text(json.dumps({"run": "(c) bare megatron.core", "tokens_per_s_per_gpu": tps, "step_s": step,
-                               "tflops_per_gpu": tps * fpt / 1e12, "mfu": tps * fpt / peak if peak else None,
-                               "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0,
-                               "layer_spec": "local-sdpa", "recompute": "none"}))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    out.write_text(json.dumps({"step_seconds": times[1:], "peak_memory_gib": round(peak, 3)}))
 
 
-def tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of each checkpoint file and of losses.jsonl (what two identical runs must share byte for byte)."""
-    out = {}
-    for p in sorted((folder / "checkpoints").rglob("*")):
-        if p.is_file():
-            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    out["logs/losses.jsonl"] = hashlib.sha256((folder / "logs" / "losses.jsonl").read_bytes()).hexdigest()
-    return out
-
-
-def compare(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def kill_and_resume(folder: Path, log: Path, kill_after_iteration: int) -> None:
-    """Start the run, kill -9 it once the checkpoint is complete and a step past it was logged, resume."""
-    losses = folder / "logs" / "losses.jsonl"
-    ckpt = folder / "checkpoints" / f"iter_{kill_after_iteration:07d}"
+def bare_row(row: Row, folder: Path, log: Path, work: Path, seq: int) -> dict:
+    out = work / f"bare-{row.key}.json"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "experiment.train.runner", str(folder)], cwd=REPO,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 150
-        while time.time() < deadline and proc.poll() is None:
-            done = losses.is_file() and len(losses.read_text().splitlines()) > kill_after_iteration
-            if ckpt.is_dir() and done:
-                break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            raise RuntimeError(f"the run ended (rc {proc.returncode}) before it could be killed; see {log.name}")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    proc = runner(folder, log.with_name(log.stem + "-resume.log"))
-    if proc.returncode:
-        raise RuntimeError(f"resume exited {proc.returncode}")
+        rc = subprocess.run([sys.executable, __file__, "--out", str(work), "--bare", str(folder), str(row.steps),
+                             str(out)], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                            timeout=2 * row.estimate_s() + 120).returncode
+    if rc:
+        raise RuntimeError(f"bare loop exited {rc}; see logs/{log.name}")
+    raw = json.loads(out.read_text())
+    flops, peak = _counts(row.preset, seq)
+    return {"micro_batch_size": row.mbs, "step_seconds": raw["step_seconds"], "layer_spec": "local-sdpa",
+            "recompute": "none", "peak_memory_gib": raw["peak_memory_gib"], "flops_per_token": flops,
+            **table.speed(raw["step_seconds"], GBS * seq, flops, peak)}
 
 
-# ------------------------------------------------------------------------------------------ table
+def dry_run(rows: list[Row], folders: dict[str, Path], work: Path) -> None:
+    """Everything before CUDA: imports, each kit row's spec choice and layer spec, the table from made-up rows."""
+    import megatron.core  # noqa: F401
 
-def _f(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
+    from experiment.folder import load_schema
+    from experiment.train import gpu
+    from experiment.train import runner as _runner  # noqa: F401  (imports the whole training path)
 
-
-def table(rows: list[dict], title: str) -> str:
-    """One Markdown table: each timed run beside the bare loop (c) and the anchor; then the bitwise results."""
-    bare = next((r for r in rows if r["run"].startswith("(c)") and r.get("tokens_per_s_per_gpu")), None)
-    lines = [f"GPU check on {title}", "",
-             "| run | tokens/s/GPU | TFLOP/s/GPU | MFU | step s | peak GiB | vs (c) bare | vs 46.7k anchor | spec |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        t = r.get("tokens_per_s_per_gpu")
-        if t is None:
-            lines.append(f"| {r['run']} | {r.get('result', 'failed')} | | | | | | | |")
-            continue
-        ratio = t / bare["tokens_per_s_per_gpu"] if bare else None
-        lines.append(f"| {r['run']} | {t:,.0f} | {_f(r.get('tflops_per_gpu'), '.0f')} | {_f(r.get('mfu'), '.1%')} | "
-                     f"{_f(r.get('step_s'), '.3f')} | {_f(r.get('peak_memory_gib'), '.1f')} | {_f(ratio, '.3f')} | "
-                     f"{t / ANCHOR:.3f} | {r.get('layer_spec')}/{r.get('recompute')} |")
-    return "\n".join(lines)
+    for row in rows:
+        cfg = load_schema(folders[row.folder or row.key]).config
+        if row.kind == "kit":
+            c = gpu.choose(cfg.model.shape, cfg.model.seq_length, 80, te_available=False, fp8=cfg.training.fp8,
+                           micro_batch_size=cfg.training.micro_batch_size, global_batch_size=GBS)
+            gpu.layer_spec_for(c.spec, tuple(cfg.training.fusions))
+            print(f"  {row.key}: {row.label}: spec {c.spec}, recompute {c.recompute}, micro-batch "
+                  f"{cfg.training.micro_batch_size} (on 80 GiB: {c.micro_batch_size}, timed {c.candidates or '-'})")
+    md = table.render(table.fake_rows([r.key for r in rows]), table.machine(), "dry run (made-up numbers)")
+    (work / "dry_run_table.md").write_text(md + "\n")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "gpu-bench")
+    p.add_argument("--part", default="1", help="1, 2, repeat, or a comma list (the dry run: 1,2)")
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--only", default="a,b,c,d,e")
-    p.add_argument("--iters", type=int, default=16, help="timed steps per run (+1 warm-up, left out)")
-    p.add_argument("--mbs", type=int, default=4)
-    p.add_argument("--gbs", type=int, default=16)
-    p.add_argument("--preset", default="llama3.2-1b", help="the measured runs' preset (tiny: CPU smoke run)")
-    p.add_argument("--repeat-preset", default="smollm2-135m", help="preset of the bitwise and kill -9 runs")
+    p.add_argument("--only", default="", help="row keys to run (default: the part's rows)")
+    p.add_argument("--commit", default=None, help="the kit commit, where the tree has no .git")
+    p.add_argument("--budget-s", type=float, default=330, help="no row starts that would end past this")
     p.add_argument("--seq", type=int, default=SEQ)
-    p.add_argument("--precision", default="bf16")
+    p.add_argument("--smoke", action="store_true", help="CPU: every BF16 row on the tiny preset in fp32, 7 steps "
+                   "(FP8 rows skipped): the check's own code end to end, no numbers that mean anything")
     p.add_argument("--bare", nargs=3, metavar=("FOLDER", "ITERS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare:
         bare_main(Path(args.bare[0]), int(args.bare[1]), Path(args.bare[2]))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    only = set(args.only.split(","))
-    sig = write_shards(args.work / "shards")
-    iters = args.iters + 1
+    parts = args.part.split(",")
+    if "repeat" in parts:
+        return repeat.main(args)
+    rows = [r for part in parts for r in PARTS[part] if not args.only or r.key in args.only.split(",")]
+    sig = repeat.write_shards(args.work / "shards")
     train = args.work / "training"
-    folders = {
-        "a": make_folder(train / "gpu-bench-1b", sig, preset=args.preset, mbs=args.mbs, gbs=args.gbs,
-                         iters=1000, deterministic=False, seq=args.seq, precision=args.precision),
-        "b": make_folder(train / "gpu-bench-1b-det", sig, preset=args.preset, mbs=args.mbs, gbs=args.gbs,
-                         iters=1000, deterministic=True, seq=args.seq, precision=args.precision),
-    }
-    folders["c"] = folders["a"]
-    # (d)/(e) save checkpoints: 12 bytes of optimizer state per parameter make a 1B checkpoint 17 GB, too much
-    # disk and time for one short call, so they use the 135M preset (same code path, same seq, 2 saves each)
-    for key in ("d1", "d2", "e"):
-        folders[key] = make_folder(train / f"gpu-bench-repeat-{key}", sig, preset=args.repeat_preset, mbs=4, gbs=8,
-                                   iters=6, deterministic=True, save_interval=3, seq=args.seq, precision=args.precision,
-                                   name="gpu-bench-repeat")  # the name is recorded in kit_checkpoint.json
+    if args.smoke:
+        rows = [replace(r, preset="tiny", steps=min(r.steps, 7)) for r in rows if not r.fp8]
+    folders = {r.key: make_folder(train / f"gpu-{r.key}", sig, r, 8 if str(r.mbs).startswith("from:") else r.mbs,
+                                  args.seq, args.smoke) for r in rows if r.kind == "kit"}
     from experiment.folder import load_schema
 
-    for key, f in folders.items():
+    for f in folders.values():
         load_schema(f)  # the kit's own validation of every folder
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError as err:  # a dry run under a Python without torch (CI's 3.12 check of the wheels)
         if not args.dry_run:
             raise
         print(f"dry run: torch does not import here ({err}); folders, shards and wheels checked, the training "
               "path's imports not")
         return 0
-    import megatron.core  # noqa: F401
-
-    from experiment.train import runner as _runner  # noqa: F401  (imports the whole training path)
-
-    plan = {"a": "(a) kit runner", "b": "(b) kit runner, deterministic", "c": "(c) bare megatron.core",
-            "d": "(d) two runs bitwise", "e": "(e) kill -9 + resume"}
-    print(f"plan: {', '.join(plan[k] for k in sorted(only))}; {iters} steps each; folders under {train}", flush=True)
+    print(f"part {args.part}: {', '.join(r.key for r in rows)}; estimated {sum(r.estimate_s() for r in rows):.0f} s "
+          f"(budget {args.budget_s:.0f} s); folders under {train}", flush=True)
     if args.dry_run:
-        print("dry run: folders, shards and imports ready; stopping before the first CUDA call")
+        dry_run(rows, folders, args.work)
+        print("dry run: folders, shards, imports and layer specs ready; stopping before the first CUDA call")
         return 0
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    rows: list[dict] = []
-    t_start = time.time()
+    return run_rows(args, rows, folders, train)
 
-    def step(key: str, fn) -> None:
+
+def run_rows(args, rows: list[Row], folders: dict[str, Path], train: Path) -> int:
+    record = table.machine(args.commit)
+    print(json.dumps(record), flush=True)
+    done: list[dict] = []
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    t_start = time.time()
+    name = f"gpu_check_part{args.part.replace(',', '+')}"
+    for row in rows:
+        base = {"key": row.key, "label": row.label, "kind": row.kind, "preset": row.preset, "seq_length": args.seq,
+                "global_batch_size": GBS, "steps": row.steps, "row": asdict(row)}
+        elapsed = time.time() - t_start
+        if elapsed + row.estimate_s() > args.budget_s:
+            done.append({**base, "result": f"skipped: {elapsed:.0f} s + ~{row.estimate_s():.0f} s > budget "
+                                           f"{args.budget_s:.0f} s"})
+            continue
         t0 = time.time()
         try:
-            row = fn()
-        except Exception as err:  # noqa: BLE001 - one failing step must not stop the others
-            row = {"run": plan[key], "result": f"FAILED: {err}"}
-        row["seconds"] = round(time.time() - t0, 1)
-        rows.append(row)
-        print(f"[{time.time() - t_start:5.0f}s] {json.dumps(row)}", flush=True)
-
-    logs = args.out / "logs"  # the device tool brings back 8 files: the logs come back as one tarball
-    logs.mkdir(exist_ok=True)
-    if "a" in only:
-        step("a", lambda: kit_row(plan["a"], folders["a"], logs / "a.log", iters))
-    if "b" in only:
-        step("b", lambda: kit_row(plan["b"], folders["b"], logs / "b.log", iters))
-    if "c" in only:
-        def bare():
-            out = args.work / "bare.json"
-            with open(logs / "c.log", "w") as fh:
-                rc = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--bare", str(folders["c"]),
-                                     str(iters), str(out)], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                    timeout=150).returncode
-            if rc:
-                raise RuntimeError(f"bare loop exited {rc}; see c.log")
-            return json.loads(out.read_text())
-        step("c", bare)
-    if "d" in only or "e" in only:
-        def repeat():
-            for key in ("d1", "d2"):
-                if runner(folders[key], logs / f"{key}.log").returncode:
-                    raise RuntimeError(f"run {key} failed; see {key}.log")
-            diff = compare(tree_digest(folders["d1"]), tree_digest(folders["d2"]))
-            n = len(tree_digest(folders["d1"]))
-            return {"run": plan["d"], "result": f"{'EQUAL' if not diff else 'DIFFER'}: {n - len(diff)}/{n} files "
-                    f"byte-identical (losses.jsonl + 2 checkpoints){'' if not diff else ' ' + ', '.join(diff[:3])}"}
-        step("d", repeat)
-    if "e" in only:
-        def resume():
-            kill_and_resume(folders["e"], logs / "e.log", 3)
-            diff = compare(tree_digest(folders["d1"]), tree_digest(folders["e"]))
-            n = len(tree_digest(folders["d1"]))
-            return {"run": plan["e"], "result": f"{'EQUAL' if not diff else 'DIFFER'}: {n - len(diff)}/{n} files "
-                    f"byte-identical to the uninterrupted run{'' if not diff else ' ' + ', '.join(diff[:3])}"}
-        step("e", resume)
-    shutil.make_archive(str(args.out / "logs"), "gztar", logs)
+            if str(row.mbs).startswith("from:"):  # the micro-batch another row used (FP8 at BF16's pick)
+                src = next(r for r in done if r["key"] == row.mbs[5:])
+                make_folder(folders[row.key], repeat.write_shards(args.work / "shards"), row,
+                            src["micro_batch_size"], args.seq, args.smoke)
+            if row.kind == "kit":
+                rec = kit_row(row, folders[row.key], logs / f"{row.key}.log", args.seq)
+            else:
+                rec = bare_row(row, folders[row.folder], logs / f"{row.key}.log", args.work, args.seq)
+        except Exception as err:  # noqa: BLE001 - one failing row must not stop the others
+            rec = {"result": f"FAILED: {err}"}
+        done.append({**base, **rec, "seconds": round(time.time() - t0, 1)})
+        short = {k: v for k, v in done[-1].items() if k not in ("step_seconds", "losses", "windows", "row")}
+        print(f"[{time.time() - t_start:5.0f}s] {json.dumps(short)}", flush=True)
+        (args.out / f"{name}.json").write_text(json.dumps({"machine": record, "rows": done}, indent=1))
+    shutil.make_archive(str(args.out / f"logs_part{args.part}"), "gztar", logs)
     shutil.rmtree(logs)
-    md = table(rows, f"{device}: {args.preset} shapes, seq {args.seq}, micro-batch {args.mbs}, global batch "
-                     f"{args.gbs}, {args.precision}, {iters} steps (first left out)")
+    md = table.render(done, record, f"GPU check part {args.part}: seq {args.seq}, global batch {GBS}, bf16 weights")
     print(md)
-    (args.out / "gpu_check.md").write_text(md + "\n")
-    (args.out / "gpu_check.json").write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"),
-                                                         "anchor_tokens_per_s": ANCHOR, "rows": rows}, indent=1))
+    (args.out / f"{name}.md").write_text(md + "\n")
     return 0
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (issue 19). On the GPU machine, from the repository root:
-#   bash bench/gpu/check.sh OUT [--dry-run] [--only a,b,c,d,e]
+# The prepared GPU check (issues 19 and 31). On the GPU machine, from the repository root:
+#   bash bench/gpu/check.sh OUT --part 1 --commit SHA      (first: 1B BF16 kit vs bare, FP8 at 1B)
+#   bash bench/gpu/check.sh OUT --part 2 --commit SHA      (second: 3B BF16 vs FP8, fusions, deterministic)
 # installs bench/gpu/wheels/*.whl (bench/gpu/fetch_wheels.sh, run beforehand where there is network) into a
 # target folder on PYTHONPATH, then runs bench/gpu/check.py. --dry-run stops before the first CUDA call.
 set -euo pipefail
-out="${1:?usage: check.sh OUT [--dry-run] [--only a,b,c,d,e]}"; shift
+out="${1:?usage: check.sh OUT --part 1|2|repeat [--commit SHA] [--dry-run] [--only k8,b8]}"; shift
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 PY="${PYTHON:-python3}"
