@@ -54,7 +54,7 @@ ONE_B, THREE_B = "llama3.2-1b", "llama3.2-3b"
 class Row:
     key: str
     label: str
-    kind: str  # kit | bare
+    kind: str  # kit | bare | probe (bench/gpu/fp8_probe.py: the FP8 kernel's numbers asserted, then timed)
     preset: str = ONE_B
     mbs: int | str = 8  # a number, "auto", or "from:<key>" (the micro-batch another row used)
     steps: int = 31  # steps run; the first (warm-up) is left out of the windows
@@ -69,12 +69,15 @@ class Row:
         2026-12-04 H200 rows (1B mbs 4: 34 s for 17 steps of 0.66 s); 3B and FP8 scaled by FLOPs, guessed."""
         fp8 = 0.75 if self.fp8 else 1.0
         per_step = {ONE_B: 0.66 * fp8, THREE_B: 1.7 * fp8}.get(self.preset, 0.5)
+        if self.kind == "probe":
+            return 20
         start = 50 if self.preset == THREE_B else 25
         return start + 12 * bool(self.fusions) + self.steps * per_step
 
 
 PARTS = {
     "1": [
+        Row("p8", "FP8 linear on this GPU: kernel vs emulation and bf16, timed", "probe"),
         Row("k8", "kit BF16 1B, mbs 8 (100 steps)", "kit", steps=100, losses=True),
         Row("b8", "bare megatron.core BF16 1B, mbs 8", "bare", folder="k8"),
         Row("f8", "kit FP8 (local, tensorwise) 1B, mbs 8 (100 steps)", "kit", steps=100, fp8=True, losses=True),
@@ -195,6 +198,20 @@ def bare_row(row: Row, folder: Path, log: Path, work: Path, seq: int) -> dict:
             **table.speed(raw["step_seconds"], GBS * seq, flops, peak)}
 
 
+def probe_row(log: Path, work: Path) -> dict:
+    out = work / "fp8_probe.json"
+    with open(log, "w") as fh:
+        rc = subprocess.run([sys.executable, str(Path(__file__).with_name("fp8_probe.py")), str(out)], cwd=REPO,
+                            stdout=fh, stderr=subprocess.STDOUT, timeout=120).returncode
+    if not out.is_file():
+        raise RuntimeError(f"the FP8 probe exited {rc} without a result; see logs/{log.name}")
+    rec = json.loads(out.read_text())
+    bad = [k for k, c in rec["checks"].items() if not c["ok"]]
+    rec["result"] = (f"{'FAILED: ' + ', '.join(bad) if bad else 'kernel checks OK'}; fwd+bwd {rec['fp8_fwd_bwd_ms']} "
+                     f"ms FP8 vs {rec['bf16_fwd_bwd_ms']} ms bf16 = {rec['fp8_speedup']}x")
+    return rec
+
+
 def dry_run(rows: list[Row], folders: dict[str, Path], work: Path) -> None:
     """Everything before CUDA: imports, each kit row's spec choice and layer spec, the table from made-up rows."""
     import megatron.core  # noqa: F401
@@ -204,6 +221,10 @@ def dry_run(rows: list[Row], folders: dict[str, Path], work: Path) -> None:
     from experiment.train import runner as _runner  # noqa: F401  (imports the whole training path)
 
     for row in rows:
+        if row.kind == "probe":
+            _load("fp8_probe")  # imports; its kernel call needs CUDA
+            print(f"  {row.key}: {row.label}: imported")
+            continue
         cfg = load_schema(folders[row.folder or row.key]).config
         if row.kind == "kit":
             c = gpu.choose(cfg.model.shape, cfg.model.seq_length, 80, te_available=False, fp8=cfg.training.fp8,
@@ -240,7 +261,7 @@ def main() -> int:
     sig = repeat.write_shards(args.work / "shards")
     train = args.work / "training"
     if args.smoke:
-        rows = [replace(r, preset="tiny", steps=min(r.steps, 7)) for r in rows if not r.fp8]
+        rows = [replace(r, preset="tiny", steps=min(r.steps, 7)) for r in rows if not r.fp8 and r.kind != "probe"]
     folders = {r.key: make_folder(train / f"gpu-{r.key}", sig, r, 8 if str(r.mbs).startswith("from:") else r.mbs,
                                   args.seq, args.smoke) for r in rows if r.kind == "kit"}
     from experiment.folder import load_schema
@@ -286,7 +307,9 @@ def run_rows(args, rows: list[Row], folders: dict[str, Path], train: Path) -> in
                 src = next(r for r in done if r["key"] == row.mbs[5:])
                 make_folder(folders[row.key], repeat.write_shards(args.work / "shards"), row,
                             src["micro_batch_size"], args.seq, args.smoke)
-            if row.kind == "kit":
+            if row.kind == "probe":
+                rec = probe_row(logs / f"{row.key}.log", args.work)
+            elif row.kind == "kit":
                 rec = kit_row(row, folders[row.key], logs / f"{row.key}.log", args.seq)
             else:
                 rec = bare_row(row, folders[row.folder], logs / f"{row.key}.log", args.work, args.seq)

@@ -53,10 +53,23 @@ def _fits(*dims: int) -> bool:
     return all(d % 16 == 0 for d in dims)
 
 
-def _scaled_mm(a, b, sa, sb, out_dtype):
+def _scaled_mm(a, b, sa, sb, out_dtype, fast_accum: bool = False):
     import torch
 
-    return torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out_dtype)
+    return torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out_dtype, use_fast_accum=fast_accum)
+
+
+@functools.cache
+def _compiled_quantize():
+    import torch
+
+    return torch.compile(quantize, dynamic=True)
+
+
+def _quantize(x, dtype):
+    """``quantize``; on a GPU through ``torch.compile`` (amax, scale and cast fused into two kernels instead of
+    six passes over the tensor: torchao compiles the same step)."""
+    return _compiled_quantize()(x, dtype) if x.is_cuda else quantize(x, dtype)
 
 
 @functools.cache
@@ -69,10 +82,11 @@ def _matmul_function():
         @staticmethod
         def forward(ctx, x, weight):
             x2 = x.reshape(-1, x.shape[-1])
-            xq, xs = quantize(x2, torch.float8_e4m3fn)
-            wq, ws = quantize(weight, torch.float8_e4m3fn)
-            # _scaled_mm: the first operand row-major, the second column-major (wq.t() of a row-major wq is)
-            out = _scaled_mm(xq, wq.t(), xs, ws, x.dtype)
+            xq, xs = _quantize(x2, torch.float8_e4m3fn)
+            wq, ws = _quantize(weight, torch.float8_e4m3fn)
+            # _scaled_mm: the first operand row-major, the second column-major (wq.t() of a row-major wq is);
+            # fast accumulation in the forward matmul only, as torchao's tensorwise recipe
+            out = _scaled_mm(xq, wq.t(), xs, ws, x.dtype, fast_accum=True)
             ctx.save_for_backward(xq, xs, wq, ws)  # the FP8 copies: half the bytes of the bf16 input
             ctx.x_shape, ctx.w_dtype = x.shape, weight.dtype
             return out.view(*x.shape[:-1], weight.shape[0])
@@ -81,7 +95,7 @@ def _matmul_function():
         def backward(ctx, grad):
             xq, xs, wq, ws = ctx.saved_tensors
             g2 = grad.reshape(-1, grad.shape[-1])
-            gq, gs = quantize(g2, torch.float8_e5m2)
+            gq, gs = _quantize(g2, torch.float8_e5m2)
             dx = _scaled_mm(gq, wq.t().contiguous().t(), gs, ws, grad.dtype)  # [m, n] x [n, k]
             dw = _scaled_mm(gq.t().contiguous(), xq.t().contiguous().t(), gs, xs, ctx.w_dtype)  # [n, m] x [m, k]
             return dx.view(ctx.x_shape), dw
