@@ -304,9 +304,9 @@ def run_rows(args, rows: list[Row], folders: dict[str, Path], train: Path) -> in
         t0 = time.time()
         try:
             if str(row.mbs).startswith("from:"):  # the micro-batch another row used (FP8 at BF16's pick)
-                src = next(r for r in done if r["key"] == row.mbs[5:])
+                src = next((r for r in done if r["key"] == row.mbs[5:]), {})
                 make_folder(folders[row.key], repeat.write_shards(args.work / "shards"), row,
-                            src["micro_batch_size"], args.seq, args.smoke)
+                            src.get("micro_batch_size") or "auto", args.seq, args.smoke)
             if row.kind == "probe":
                 rec = probe_row(logs / f"{row.key}.log", args.work)
             elif row.kind == "kit":

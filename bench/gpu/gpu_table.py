@@ -6,10 +6,12 @@ Pure Python (no torch at import), so the dry run renders the same table from mad
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,9 +28,9 @@ GOALS = {"mfu": 0.45, "kit_vs_bare": 0.98, "fp8_speedup": 1.25, "fp8_loss": 0.01
 WINDOWS = 3
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], timeout: float = 20) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO).stdout.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -61,17 +63,28 @@ def machine(given_commit: str | None = None) -> dict:
     rec = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **commit(given_commit),
            "python": platform.python_version(), "torch": version("torch"),
            "megatron_core": version("megatron-core"), "transformer_engine": version("transformer-engine")}
+    # the GPU's details from a child process: a CUDA context in the check's own process would hold GPU memory
+    # through every row
+    probe = _run([sys.executable, str(Path(__file__).resolve()), "--device"], timeout=90)
+    try:
+        return {**rec, **json.loads(probe.splitlines()[-1])}
+    except (IndexError, ValueError):
+        return {**rec, "gpu": None, "card": "unknown (the device probe failed)"}
+
+
+def device() -> dict:
+    """This process's GPU: name, card, driver, CUDA, capability, memory (or the CPU)."""
     try:
         import torch
     except ImportError:
-        return {**rec, "gpu": None, "card": "CPU"}
+        return {"gpu": None, "card": "CPU"}
     if not torch.cuda.is_available():
-        return {**rec, "gpu": None, "card": f"CPU ({os.cpu_count()} cores)", "cuda": torch.version.cuda}
+        return {"gpu": None, "card": f"CPU ({os.cpu_count()} cores)", "cuda": torch.version.cuda}
     name = torch.cuda.get_device_name()
     props = torch.cuda.get_device_properties(0)
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines()
     card = next((c for c in ("GH200", "H200", "H100", "B200", "A100", "L40S") if c in name), name)
-    return {**rec, "gpu": name, "card": card, "driver": driver[0] if driver else "unknown",
+    return {"gpu": name, "card": card, "driver": driver[0] if driver else "unknown",
             "cuda": torch.version.cuda, "capability": ".".join(map(str, torch.cuda.get_device_capability())),
             "memory_gib": round(props.total_memory / 2**30, 1)}
 
@@ -198,3 +211,7 @@ def fake_rows(keys: list[str]) -> list[dict]:
         row.update(speed(steps, 16 * 2048, 7.8e9, PEAK_DENSE_BF16))
         out.append(row)
     return out
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--device"]:
+    print(json.dumps(device()))

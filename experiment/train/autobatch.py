@@ -18,6 +18,16 @@ from dataclasses import replace
 PROBE_PASSES = 2  # timed passes per candidate, after one untimed warm-up pass (kernel choice, compile)
 
 
+def kept(log_dir, iteration: int, candidates: tuple[int, ...]) -> int | None:
+    """On resume (``iteration`` > 0), the micro-batch this run's status records, if it is still a candidate."""
+    if iteration <= 0:
+        return None
+    from experiment import runlog
+
+    mbs = runlog.read_status(log_dir, strict=False).get("micro_batch_size")
+    return mbs if isinstance(mbs, int) and mbs in candidates else None
+
+
 def pick(trainer, candidates: tuple[int, ...]) -> tuple[int, dict[int, float]]:
     """The fastest micro-batch of ``candidates`` (seconds per global batch, forward and backward) and every
     candidate's time (``inf``: out of memory)."""

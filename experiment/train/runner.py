@@ -155,6 +155,11 @@ class Trainer:
         candidates = self.device.choice.candidates if self.device.choice is not None else ()
         if not self.auto_micro_batch or len(candidates) < 2:
             return
+        kept = autobatch.kept(self.log_dir, self.state.iteration, candidates)
+        if kept is not None:  # a resumed run keeps its micro-batch: another one would change the bits mid-run
+            self._use_micro_batch(kept)
+            say(f"micro_batch_size auto: {kept}, as this run's earlier segment measured (logs/run_status.json)")
+            return
         best, seconds = autobatch.pick(self, candidates)
         self._use_micro_batch(best)
         self.device = replace(self.device, micro_batch_timings={str(m): round(s, 4) for m, s in seconds.items()})
@@ -296,8 +301,10 @@ class Trainer:
         return path
 
     def _status_extra(self) -> dict:
-        """What the live ``run_status.json`` adds to walltime.Progress's fields: speed per GPU, MFU, ETA."""
-        return {k: None if v is None else round(v, 6) for k, v in self.throughput().items()}
+        """What the live ``run_status.json`` adds to walltime.Progress's fields: speed per GPU, MFU, ETA, and
+        the micro-batch in use (a resumed ``auto`` run keeps it)."""
+        speed = {k: None if v is None else round(v, 6) for k, v in self.throughput().items()}
+        return {**speed, "micro_batch_size": self.device.micro_batch_size}
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> RunResult:

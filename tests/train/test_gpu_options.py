@@ -119,3 +119,13 @@ def test_auto_on_cpu_runs_at_one_and_the_lock_records_it(corpus, tmp_path):
     assert lock.launch.micro_batch_size == 1 and lock.launch.fp8 is None
     assert lock.config.experiment["training"]["micro_batch_size"] == "auto"
     assert locked_overrides(lock) == ("training.micro_batch_size=1",)
+
+
+def test_a_resumed_auto_run_keeps_its_micro_batch(tmp_path):
+    from experiment import runlog
+    from experiment.train import autobatch
+
+    runlog.write_status(tmp_path, {"state": "running", "iteration": 40, "micro_batch_size": 4})
+    assert autobatch.kept(tmp_path, 40, (8, 4, 2)) == 4
+    assert autobatch.kept(tmp_path, 0, (8, 4, 2)) is None  # a new run measures
+    assert autobatch.kept(tmp_path, 40, (16, 8)) is None  # not a candidate on this GPU: measure again
