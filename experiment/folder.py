@@ -119,7 +119,8 @@ class TrainingSection(_Section):
     pipeline_parallel: int = Field(default=1, ge=1, description="pipeline-parallel size (divides the layers)")
     micro_batch_size: int | Literal["auto"] = Field(
         default=1, description="samples per forward/backward on one rank; \"auto\": on a GPU, each micro-batch "
-        "that fits the memory estimate and divides the per-rank batch is timed over a few steps and the fastest "
+        "that fits the memory estimate and divides the per-rank batch is timed over a few forward/backward passes and "
+        "the fastest "
         "kept (run_status.json and run.lock.json record the number, which `experiment reproduce` passes again); "
         "on a CPU 1")
     global_batch_size: int = Field(default=8, ge=1, description="samples per optimizer step, over all data-parallel ranks")
