@@ -24,6 +24,7 @@ def test_gpu_check_dry_run_prepares_both_parts(tmp_path):
     folders = sorted(p.name for p in (work / "training").iterdir())
     assert folders == sorted(f"gpu-{k}" for k in ("k8", "f8", "k4", "k3", "f3", "n0", "d8", "nc", "nr", "np", "na"))
     assert "f8: kit FP8 (local, tensorwise) 1B, mbs 8 (100 steps): spec local-sdpa-fp8" in r.stdout
+    assert "p8: FP8 linear on this GPU: kernel vs emulation and bf16, timed: on CPU: kernel checks OK" in r.stdout
     assert "k3: kit BF16 3B, mbs auto: spec local-sdpa, recompute none, micro-batch auto" in r.stdout
     md = (work / "dry_run_table.md").read_text()
     for ratio in ("kit / bare, same window (k8/b8)", "FP8 / BF16 tokens/s at 3B (f3/k3)",
