@@ -150,10 +150,12 @@ class TrainingSection(_Section):
                       "own FP8 linear (torch._scaled_mm, dynamic per-tensor scales, E4M3 forward, E5M2 gradients; "
                       "the output layer stays bf16); needs precision = \"bf16\" and a GPU with FP8 (compute "
                       "capability 8.9 or later: L4/L40S, H100/H200, B200), refused elsewhere")
-    fusions: list[Literal["rmsnorm", "rope", "cross-entropy"]] = Field(
+    fusions: list[Literal["rmsnorm", "rope", "cross-entropy", "linear-cross-entropy"]] = Field(
         default_factory=list, description="fused or compiled kernels without Transformer Engine or Apex, GPU only: "
         "rmsnorm (torch.compile'd RMSNorm), rope (torch.compile'd rotary embedding), cross-entropy (megatron's "
-        "native fused vocab-parallel cross-entropy); off by default until bench/gpu/check.py part 2 measures them")
+        "native fused vocab-parallel cross-entropy), linear-cross-entropy (the output layer and the loss in one "
+        "pass chunked over tokens: the logits are never held whole; tensor_parallel = 1 only); off by default "
+        "until bench/gpu/check.py part 2 measures them")
     recompute: Literal["auto", "none", "selective", "full"] = Field(
         default="auto", description="activation recompute; auto: chosen per preset and GPU memory "
         "(experiment.train.gpu.choose)")
@@ -180,6 +182,8 @@ class TrainingSection(_Section):
             raise ValueError("set exactly one of train_iters or train_tokens")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        if "linear-cross-entropy" in self.fusions and self.tensor_parallel != 1:
+            raise ValueError("fusions linear-cross-entropy needs tensor_parallel = 1 (the vocabulary is not split)")
         if self.fp8 and self.precision != "bf16":
             raise ValueError("fp8 = true needs precision = \"bf16\" (FP8 matmuls keep bf16 weights and outputs)")
         return self

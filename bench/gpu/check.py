@@ -89,6 +89,7 @@ PARTS = {
         Row("f3", "kit FP8 (local) 3B, mbs as k3", "kit", preset=THREE_B, mbs="from:k3", steps=16, fp8=True),
         Row("n0", "kit BF16 1B, mbs 8, fusions off", "kit", steps=13),
         Row("d8", "kit BF16 1B, mbs 8, deterministic", "kit", steps=13, deterministic=True),
+        Row("nl", "linear + cross-entropy fused (chunked)", "kit", steps=13, fusions=("linear-cross-entropy",)),
         Row("nc", "cross-entropy fused", "kit", steps=13, fusions=("cross-entropy",)),
         Row("nr", "RMSNorm compiled", "kit", steps=13, fusions=("rmsnorm",)),
         Row("np", "RoPE compiled", "kit", steps=13, fusions=("rope",)),  # past the budget unless rows run fast:
@@ -228,6 +229,7 @@ def dry_run(rows: list[Row], folders: dict[str, Path], work: Path) -> None:
         cfg = load_schema(folders[row.folder or row.key]).config
         if row.kind == "kit":
             c = gpu.choose(cfg.model.shape, cfg.model.seq_length, 80, te_available=False, fp8=cfg.training.fp8,
+                           fusions=tuple(cfg.training.fusions),
                            micro_batch_size=cfg.training.micro_batch_size, global_batch_size=GBS)
             gpu.layer_spec_for(c.spec, tuple(cfg.training.fusions))
             print(f"  {row.key}: {row.label}: spec {c.spec}, recompute {c.recompute}, micro-batch "

@@ -176,7 +176,7 @@ def goals_table(rows: list[dict], card: str) -> list[str]:
     if "d8" in by:
         lines.append(ratio("deterministic / default step time (d8/n0)", ("d8 s", step("d8")), ("n0 s", step("n0")),
                             "<= 1.10", lambda r: r <= 1 + GOALS["deterministic"]))
-    for key in ("nr", "np", "nc", "na"):
+    for key in ("nl", "nc", "nr", "np", "na"):
         if key in by:
             lines.append(ratio(f"fusion {by[key]['label']} / off ({key}/n0)", (key, tps(key)), ("n0", tps("n0")),
                                 "> 1.00 to become a default", lambda r: r > 1.0))

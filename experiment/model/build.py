@@ -78,11 +78,14 @@ def build_gpt_model(
     post_process: bool | None = None,
     padded_vocab_size: int | None = None,
     layer_spec=None,
+    linear_cross_entropy: bool = False,
     **config_kwargs,
 ):
     """The GPTModel for this rank's pipeline stage. Needs megatron's parallel state initialised
     (``experiment.model.parallel.initialize``). ``layer_spec``: another TE-free spec with the same
-    parameters (the runner's SDPA attention, ``experiment.train.attention``); default: the local spec."""
+    parameters (the runner's SDPA attention, ``experiment.train.attention``); default: the local spec.
+    ``linear_cross_entropy``: the output layer and the loss in one chunked pass (``experiment.model.fused_loss``),
+    same parameters."""
     megatron_import.install()
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -93,6 +96,12 @@ def build_gpt_model(
         pre_process = ps.is_pipeline_first_stage()
     if post_process is None:
         post_process = ps.is_pipeline_last_stage()
+    if linear_cross_entropy:
+        from experiment.model.fused_loss import model_class
+
+        if layout.tensor_parallel != 1:
+            raise ValueError("the fused linear + cross-entropy needs tensor_parallel = 1")
+        GPTModel = model_class()  # noqa: N806 - megatron's class, or its subclass with the fused loss
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec or get_gpt_layer_local_spec(normalization="RMSNorm"),

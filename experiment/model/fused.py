@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-FUSIONS = ("rmsnorm", "rope", "cross-entropy")
+FUSIONS = ("rmsnorm", "rope", "cross-entropy", "linear-cross-entropy")  # the last: experiment.model.fused_loss
 
 
 def config_fields(fusions) -> dict:

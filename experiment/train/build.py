@@ -75,7 +75,8 @@ def gpu_choice(t, shape, seq: int, world: int):
     dp = max(1, world // (t.tensor_parallel * t.pipeline_parallel))
     return gpu.choose(shape, seq, mem, te_available=gpu.te_available(), fp8=t.fp8, attention=t.attention,
                       recompute=t.recompute, micro_batch_size=t.micro_batch_size,
-                      global_batch_size=t.global_batch_size, tp=t.tensor_parallel, pp=t.pipeline_parallel, dp=dp)
+                      global_batch_size=t.global_batch_size, tp=t.tensor_parallel, pp=t.pipeline_parallel, dp=dp,
+                      fusions=tuple(t.fusions))
 
 
 def device_setup(t, shape, seq: int, env) -> DeviceSetup:

@@ -6,7 +6,8 @@ Memory per GPU (bytes), Megatron's distributed optimizer, bf16 params:
   weights 2 + fp32 grad buffer 4 + (fp32 main params + Adam moments) 12 / DP, per parameter;
   activations per layer and token with flash/SDPA attention ~34 x hidden (Korthikanti et al. 2022, no
   score matrix), ~2 x hidden with full recompute (only each layer's input is kept);
-  logits 6 x vocab per token (bf16 logits and their fp32 copy in the loss).
+  logits 6 x vocab per token (bf16 logits and their fp32 copy in the loss); with the fused linear + cross-entropy
+  (``training.fusions``) only one chunk of 4096 tokens' fp32 logits and softmax, 8 x vocab each.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def parameters(shape) -> int:
     return shape.num_layers * per_layer + emb + h
 
 
-def estimate_bytes(shape, seq: int, mbs: int, recompute: str, *, tp: int = 1, pp: int = 1, dp: int = 1) -> float:
+def estimate_bytes(shape, seq: int, mbs: int, recompute: str, *, tp: int = 1, pp: int = 1, dp: int = 1,
+                   chunked_logits: bool = False) -> float:
     """Peak bytes on one GPU for this shape, micro-batch and recompute (see the module docstring)."""
     params = parameters(shape) / (tp * pp)
     state = params * (2 + 4 + 12 / dp)
@@ -45,13 +47,13 @@ def estimate_bytes(shape, seq: int, mbs: int, recompute: str, *, tp: int = 1, pp
     tokens = seq * mbs
     # with pipelining the first stage holds up to pp micro-batches in flight
     activations = tokens * layers * per_token_layer * (pp if pp > 1 else 1)
-    logits = tokens * shape.vocab_size * 6 / tp
+    logits = (min(tokens, 4096) * 8 if chunked_logits else tokens * 6) * shape.vocab_size / tp
     return state + activations + logits
 
 
 def choose(shape, seq: int, gpu_memory_gib: float, *, te_available: bool, fp8: bool = False,
            attention: str = "sdpa", recompute: str = "auto", micro_batch_size: int | None = None,
-           global_batch_size: int | None = None, tp: int = 1, pp: int = 1, dp: int = 1) -> Choice:
+           global_batch_size: int | None = None, tp: int = 1, pp: int = 1, dp: int = 1, fusions=()) -> Choice:
     """The spec, recompute and micro-batch for a preset on a GPU of ``gpu_memory_gib``.
 
     ``micro_batch_size``/``recompute`` given: kept (recompute "auto" is still chosen). The largest micro-batch of
@@ -65,19 +67,20 @@ def choose(shape, seq: int, gpu_memory_gib: float, *, te_available: bool, fp8: b
     budget = gpu_memory_gib * 2**30 * HEADROOM
     per_rank = (global_batch_size // dp) if global_batch_size else None
     auto = micro_batch_size == "auto"
+    mem = {"tp": tp, "pp": pp, "dp": dp, "chunked_logits": "linear-cross-entropy" in fusions}
     candidates = ([micro_batch_size] if micro_batch_size and not auto else
                   [m for m in MICRO_BATCHES if per_rank is None or per_rank % m == 0] or [1])
     modes = [recompute] if recompute != "auto" else ["none", "full"]
     for mode in modes:
         for mbs in candidates:
-            need = estimate_bytes(shape, seq, mbs, mode, tp=tp, pp=pp, dp=dp)
+            need = estimate_bytes(shape, seq, mbs, mode, **mem)
             if need <= budget:
                 timed = tuple(m for m in AUTO_MICRO_BATCHES if (per_rank is None or per_rank % m == 0)
-                              and estimate_bytes(shape, seq, m, mode, tp=tp, pp=pp, dp=dp) <= budget) if auto else ()
+                              and estimate_bytes(shape, seq, m, mode, **mem) <= budget) if auto else ()
                 return Choice(spec, mode, mbs, need / 2**30, f"fits in {HEADROOM:.0%} of {gpu_memory_gib:.0f} GiB",
                               timed[:AUTO_TIMED] or ((mbs,) if auto else ()))
     mode, mbs = modes[-1], candidates[-1]
-    need = estimate_bytes(shape, seq, mbs, mode, tp=tp, pp=pp, dp=dp)
+    need = estimate_bytes(shape, seq, mbs, mode, **mem)
     return Choice(spec, mode, mbs, need / 2**30,
                   f"does not fit: ~{need / 2**30:.0f} GiB > {budget / 2**30:.0f} GiB; raise data parallelism "
                   "(the optimizer state shards over it) or tensor_parallel", (mbs,) if auto else ())

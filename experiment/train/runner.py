@@ -118,6 +118,7 @@ class Trainer:
         self.padded_vocab, self.base_dir = model_vocab(self.folder, self.shape, self.layout)
         self.gpt = build_gpt_model(self.shape, self.seq, self.layout, padded_vocab_size=self.padded_vocab,
                                    layer_spec=gpu.layer_spec_for(self.device.layer_spec, self.device.fusions),
+                                   linear_cross_entropy="linear-cross-entropy" in self.device.fusions,
                                    params_dtype=torch.bfloat16 if self.bf16 else torch.float32, bf16=self.bf16,
                                    deterministic=t.deterministic, **self.device.extra)
         if torch.cuda.is_available():

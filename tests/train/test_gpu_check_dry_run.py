@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_prepares_both_parts(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "stopping before the first CUDA call" in r.stdout
     folders = sorted(p.name for p in (work / "training").iterdir())
-    assert folders == sorted(f"gpu-{k}" for k in ("k8", "f8", "k4", "k3", "f3", "n0", "d8", "nc", "nr", "np", "na"))
+    assert folders == sorted(f"gpu-{k}" for k in ("k8", "f8", "k4", "k3", "f3", "n0", "d8", "nl", "nc", "nr", "np", "na"))
     assert "f8: kit FP8 (local, tensorwise) 1B, mbs 8 (100 steps): spec local-sdpa-fp8" in r.stdout
     assert "p8: FP8 linear on this GPU: kernel vs emulation and bf16, timed: on CPU: kernel checks OK" in r.stdout
     assert "k3: kit BF16 3B, mbs auto: spec local-sdpa, recompute none, micro-batch auto" in r.stdout

@@ -75,7 +75,7 @@ def test_fusion_switches_change_the_spec_and_the_config():
     assert gpu.config_extra(choice, ("cross-entropy",)) == {"cross_entropy_loss_fusion": True,
                                                              "cross_entropy_fusion_impl": "native"}
     assert gpu.config_extra(choice, ("rope", "rmsnorm")) == {}  # not config fields: spec and a compiled function
-    assert set(fused.FUSIONS) == {"rmsnorm", "rope", "cross-entropy"}
+    assert set(fused.FUSIONS) == {"rmsnorm", "rope", "cross-entropy", "linear-cross-entropy"}
     norm = fused.compiled_rms_norm_class()(None, 64, eps=1e-5)
     assert list(norm.state_dict()) == ["weight"]  # the same checkpoint as torch's RMSNorm
 
@@ -129,3 +129,11 @@ def test_a_resumed_auto_run_keeps_its_micro_batch(tmp_path):
     assert autobatch.kept(tmp_path, 40, (8, 4, 2)) == 4
     assert autobatch.kept(tmp_path, 0, (8, 4, 2)) is None  # a new run measures
     assert autobatch.kept(tmp_path, 40, (16, 8)) is None  # not a candidate on this GPU: measure again
+
+
+def test_the_fused_loss_leaves_room_for_a_larger_micro_batch():
+    plain = gpu.choose(ONE_B, 2048, 80, te_available=False, micro_batch_size="auto", global_batch_size=32)
+    fused = gpu.choose(ONE_B, 2048, 80, te_available=False, micro_batch_size="auto", global_batch_size=32,
+                       fusions=("linear-cross-entropy",))
+    assert plain.candidates == (8, 4, 2) and fused.candidates == (16, 8, 4)  # no 16k x 128k logits held
+    assert gpu.estimate_bytes(ONE_B, 2048, 8, "none", chunked_logits=True) < gpu.estimate_bytes(ONE_B, 2048, 8, "none")
