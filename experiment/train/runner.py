@@ -332,7 +332,9 @@ class Trainer:
                 self.watchdog.step(state.iteration)
                 result.final_loss = step.loss
                 stopping = options.max_iterations is not None and state.iteration >= options.max_iterations
-                out_of_time = (self.segment.after_step(state.iteration, step.seconds, self._status_extra())
+                # the last whole step (this one's bookkeeping is not over yet): the budget's and live status's window
+                last = self._whole_seconds[-1] if self._whole_seconds else step.seconds
+                out_of_time = (self.segment.after_step(state.iteration, last, self._status_extra())
                                and state.iteration < self.iters)
                 eval_seconds = 0.0
                 if (self.valid_sets and not stopping and state.iteration % t.eval_interval == 0
