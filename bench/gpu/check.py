@@ -297,7 +297,8 @@ def run_rows(args, rows: list[Row], folders: dict[str, Path], train: Path) -> in
     name = f"gpu_check_part{args.part.replace(',', '+')}"
     for row in rows:
         base = {"key": row.key, "label": row.label, "kind": row.kind, "preset": row.preset, "seq_length": args.seq,
-                "global_batch_size": GBS, "steps": row.steps, "row": asdict(row)}
+                "global_batch_size": GBS, "steps": row.steps, "row": asdict(row),
+                **{k: record.get(k) for k in ("commit", "gpu", "card", "driver", "torch", "megatron_core")}}
         elapsed = time.time() - t_start
         if elapsed + row.estimate_s() > args.budget_s:
             done.append({**base, "result": f"skipped: {elapsed:.0f} s + ~{row.estimate_s():.0f} s > budget "
