@@ -319,7 +319,8 @@ def run_rows(args, rows: list[Row], folders: dict[str, Path], train: Path) -> in
         except Exception as err:  # noqa: BLE001 - one failing row must not stop the others
             rec = {"result": f"FAILED: {err}"}
         done.append({**base, **rec, "seconds": round(time.time() - t0, 1)})
-        short = {k: v for k, v in done[-1].items() if k not in ("step_seconds", "losses", "windows", "row")}
+        short = {k: v for k, v in done[-1].items() if k not in ("step_seconds", "losses", "windows", "row", "commit", "gpu",
+                                                                "driver", "torch", "megatron_core")}
         print(f"[{time.time() - t_start:5.0f}s] {json.dumps(short)}", flush=True)
         (args.out / f"{name}.json").write_text(json.dumps({"machine": record, "rows": done}, indent=1))
     shutil.make_archive(str(args.out / f"logs_part{args.part}"), "gztar", logs)
