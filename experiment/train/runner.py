@@ -192,10 +192,10 @@ class Trainer:
         self.train_ds, self.valid_sets, self.plan, self.count_domains = build_data(
             self.folder, self.iters, self.seq, log_dir=self.log_dir, resuming=bool(state.consumed_samples),
             rank=self.env.rank, evaluate=self.options.evaluate)
+        self.fwd_bwd = get_forward_backward_func()
+        self._pick_micro_batch()  # before the logger: the trackers record the folder with the number in use
         self.logger = (metrics.MetricsLogger(self.log_dir, state.iteration, folder=self.folder)
                        if self.env.rank == 0 else metrics.NullLogger())
-        self.fwd_bwd = get_forward_backward_func()
-        self._pick_micro_batch()
         self.domain_samples = self.count_domains(0, state.consumed_samples) if state.consumed_samples else {}
         self._compute_seconds: list[float] = []  # forward..optimizer: the current step's log line
         self._whole_seconds: list[float] = []  # whole iterations with every per-step bookkeeping: speed and MFU
