@@ -141,7 +141,8 @@ def main() -> None:
     speed = f"reads capped at {args.read_mbps} MB/s" if args.read_mbps else "the disk uncapped"
     table = Table(title=f"whole `experiment ckpt` commands, {size / 1e9:.2f} GB, inputs {args.cache}, {speed}; "
                         f"medians of {args.rounds} alternating rounds (range); base = {base_rev}")
-    for col in ("command", "without read-ahead s", "with read-ahead s", "new / base", "reads alone s"):
+    for col in ("command", "without read-ahead s", "with read-ahead s", "new / base per round: median (range)",
+                "medians: new / base", "reads alone s"):
         table.add_column(col, justify="left" if col == "command" else "right")
     result = {}
     for mode in modes:
@@ -149,7 +150,8 @@ def main() -> None:
         ratios = [y / x for x, y in zip(b, n)]
         floor = f"{size / (args.read_mbps * 1e6):.1f}" if args.read_mbps else "-"
         table.add_row(mode, f"{median(b):.2f} ({min(b):.2f}-{max(b):.2f})", f"{median(n):.2f} ({min(n):.2f}-{max(n):.2f})",
-                      f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", floor)
+                      f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                      f"{median(n) / median(b):.2f} (= {median(n):.2f} / {median(b):.2f})", floor)
         result[mode] = {"base": b, "new": n}
     Console(width=160).print(table)
     print(json.dumps({"base": base_rev, "cache": args.cache, "read_mbps": args.read_mbps, "walls": result}))
