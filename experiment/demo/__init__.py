@@ -80,7 +80,7 @@ def stages(root: Path, corpus_mb: float, container: bool) -> list[Stage]:
         Stage("reproduce the run from its lockfile",
               ("reproduce", str(folder / runlog.LOCK)) + (("--container",) if container else ())),
         Stage("evaluate: lm-eval on the base and the last checkpoint (held-out perplexity, multiple choice)",
-              ("eval", str(folder), "--checkpoints", "last", "--max-docs", "4", "--limit", "40"),
+              ("eval", str(folder), "--checkpoints", "last", "--max-tokens", "512", "--limit", "2"),
               done=folder / "logs" / "eval" / "eval.json"),
         Stage("run report: one self-contained report.html", ("report", str(folder))),
     ]

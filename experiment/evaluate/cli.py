@@ -59,8 +59,13 @@ def eval_cmd(
     target: list[str] = typer.Option([], "--target", help="a target domain (repeatable; default: the mix's rule, "
                                      "docs/tracking.md)"),
     max_docs: int = typer.Option(16, min=1, help="held-out documents per domain"),
+    max_tokens: int | None = typer.Option(None, min=1, help="held-out tokens per domain (the last document cut "
+                                          "there; default: all of --max-docs): the eval's cost is its tokens"),
     limit: int | None = typer.Option(None, min=1, help="items per task (default: all)"),
-    batch_size: int = typer.Option(16, min=1, help="lm-eval's batch size (requests per forward pass)"),
+    batch_size: int = typer.Option(4, min=1, help="lm-eval's batch size (requests per forward pass)"),
+    processes: int | None = typer.Option(None, min=1, help="CPU only: checkpoints evaluated side by side, the cores "
+                                         "shared out (default: one per checkpoint up to the cores; 1: one after "
+                                         "the other with all cores)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value over experiment.toml (default: the "
                                         "overrides the run recorded in run.lock.json)"),
     tasks: list[str] = typer.Option([], "--task", help="also run this lm-eval task (repeatable): a standard one "
@@ -73,7 +78,21 @@ def eval_cmd(
     language, and the gain on the target domains against the loss on the replay domains (PNG)."""
     # a KitError (lm-eval missing, no checkpoint, no tokenizer, a bad folder) reaches the CLI's one handler
     _eval(folder, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides, tasks,
-          task_dir)
+          task_dir, max_tokens, processes)
+
+
+def run_tasks(pool, processes, exports, tok_dir, docs, cache, batch_size, limit, max_length, tasks, task_dir) -> list:
+    """lm-eval on every export (side by side in ``pool``: ``harness.evaluate_all``), one row each, in order."""
+    from experiment.evaluate import harness, results
+
+    workers, threads = harness.cpu_workers(len(exports), processes)
+    labels = [label for label, _, _ in exports]
+    console.print(f"lm-eval {', '.join(labels)}: {len(docs) + len(harness.LANGUAGES) + len(tasks)} task(s) each"
+                  + (f", {workers} processes x {threads} thread(s)" if pool is not None else ""))
+    metrics = harness.evaluate_all(pool, [hf for _, _, hf in exports], tok_dir, docs, cache, batch_size, limit,
+                                   max_length, tasks, task_dir,
+                                   done=lambda i, s: console.print(f"  {labels[i]} done ({s:.0f} s)"))
+    return [results.from_metrics(label, step, m) for (label, step, _), m in zip(exports, metrics)]
 
 
 def recorded_overrides(folder_path: Path) -> list[str]:
@@ -91,7 +110,7 @@ def recorded_overrides(folder_path: Path) -> list[str]:
 
 
 def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, batch_size, as_json, overrides,
-          tasks=(), task_dir=None) -> None:
+          tasks=(), task_dir=None, max_tokens=None, processes=None) -> None:
     import warnings
 
     from experiment.evaluate import harness, heldout, results
@@ -110,27 +129,23 @@ def _eval(folder_path, checkpoints, base, tokenizer, target, max_docs, limit, ba
     if base and not cfg.checkpoint.from_scratch and cfg.checkpoint.base:
         chosen.append(("base", 0, folder.resolve(cfg.checkpoint.base), None))
     chosen += [(f"iter_{i:07d}", i, save_dir, i) for i in choose(save_dir, checkpoints)]
-    exports = []
-    for label, step, ckpt, it in chosen:
-        console.print(f"export {label} -> {out_dir / 'export' / label}")
-        exports.append((label, step, export(ckpt, it, out_dir / "export" / label)))
-    tok_dir = tokenizer or exports[-1][2]
-    if not any((tok_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        raise EvalError(f"{tok_dir}: no tokenizer files; fix: pass --tokenizer FOLDER (a Hugging Face tokenizer "
-                        "folder of the tokenizer the data was tokenized with)", field="--tokenizer")
-    from transformers import AutoTokenizer
+    with harness.workers(len(chosen), processes) as pool:  # started now: their imports overlap the exports
+        exports = []
+        for label, step, ckpt, it in chosen:
+            console.print(f"export {label} -> {out_dir / 'export' / label}")
+            exports.append((label, step, export(ckpt, it, out_dir / "export" / label)))
+        tok_dir = tokenizer or exports[-1][2]
+        if not any((tok_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise EvalError(f"{tok_dir}: no tokenizer files; fix: pass --tokenizer FOLDER (a Hugging Face tokenizer "
+                            "folder of the tokenizer the data was tokenized with)", field="--tokenizer")
+        from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    docs = heldout.write_documents(folder, tok, out_dir / "tasks", max_docs)
-    if not docs:
-        console.print("[yellow]no held-out documents (data.valid_fraction = 0): perplexity tasks skipped[/yellow]")
-    configs = harness.task_configs(docs, out_dir / "hf-datasets")
-    rows = []
-    for label, step, hf_dir in exports:
-        console.print(f"lm-eval {label}: {len(configs) + len(tasks)} task(s)")
-        rows.append(results.from_metrics(label, step, harness.evaluate(hf_dir, tok_dir, configs, batch_size, limit,
-                                                                  max(cfg.model.seq_length, 512), list(tasks),
-                                                                  task_dir)))
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        docs = heldout.write_documents(folder, tok, out_dir / "tasks", max_docs, max_tokens)
+        if not docs:
+            console.print("[yellow]no held-out documents (data.valid_fraction = 0): perplexity tasks skipped[/yellow]")
+        rows = run_tasks(pool, processes, exports, tok_dir, docs, out_dir / "hf-datasets", batch_size, limit,
+                         max(cfg.model.seq_length, 512), list(tasks), task_dir)
     targets = heldout.targets(plan_folder(folder), target) & set(docs) if docs else set(target)
     results.add_gains(rows, targets)
     png = results.plot(rows, out_dir, f"{cfg.name}: target gain vs replay loss")

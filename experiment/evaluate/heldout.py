@@ -61,9 +61,11 @@ def valid_documents(prefix: str, valid_fraction: float) -> range:
     return range(int(round(lo * n)), int(round(hi * n)))
 
 
-def write_documents(folder, tokenizer, out_dir: Path, max_docs: int) -> dict[str, Path]:
+def write_documents(folder, tokenizer, out_dir: Path, max_docs: int, max_tokens: int | None = None) -> dict[str, Path]:
     """``out_dir/heldout_<domain>.jsonl`` per domain that has held-out documents: {"text", "tokens"}, at most
-    ``max_docs`` per domain (the first of each shard's valid split, shards in turn)."""
+    ``max_docs`` per domain (the first of each shard's valid split, shards in turn) and, with ``max_tokens``,
+    at most that many of the shards' tokens per domain (the last document cut there): the eval's cost is
+    its tokens (forward passes over them), not its documents, whose lengths differ by 10x or more."""
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -76,17 +78,19 @@ def write_documents(folder, tokenizer, out_dir: Path, max_docs: int) -> dict[str
     out: dict[str, Path] = {}
     for key, prefixes in sorted(plan.sources().items()):
         docs: list[dict] = []
+        budget = max_tokens if max_tokens else None
         picks = [(str(p), list(valid_documents(str(p), vf))) for p in prefixes] if vf > 0 else []
         opened = {prefix: IndexedDataset(prefix) for prefix, ids in picks if ids}
-        while len(docs) < max_docs and any(ids for _, ids in picks):
+        while len(docs) < max_docs and (budget is None or budget > 0) and any(ids for _, ids in picks):
             for prefix, ids in picks:
-                if ids and len(docs) < max_docs:
+                if ids and len(docs) < max_docs and (budget is None or budget > 0):
                     tokens = np.asarray(opened[prefix][ids.pop(0)]).tolist()
-                    tokens = [t for t in tokens if t != eod]
+                    tokens = [t for t in tokens if t != eod][:budget]
                     text = tokenizer.decode(tokens)
                     if text.strip():
                         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
                         docs.append({"text": text, "tokens": n})
+                        budget = budget - len(tokens) if budget is not None else None
         if docs:
             path = out_dir / f"heldout_{safe(key)}.jsonl"
             write_atomic(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,51 @@ def test_eval_table_png_and_trackers_on_a_real_run(three_runs, sp_model_path, tm
             assert logged[row["iteration"]][f"eval/ppl/{domain}"] == pytest.approx(row["ppl"][domain])
         assert logged[row["iteration"]]["eval/mc_acc/ja"] == pytest.approx(row["mc"]["ja"])
 
+    # the two exports ran side by side (one process each on this CPU); one after the other in this process
+    # gives the same figures, bit for bit
+    from experiment.evaluate import harness
+
+    assert harness.cpu_workers(2)[0] == min(2, len(os.sched_getaffinity(0)))
+    eval_dir = folder / "logs" / "eval"
+    docs = {p.stem.removeprefix("heldout_"): p for p in sorted((eval_dir / "tasks").glob("heldout_*.jsonl"))}
+    (alone,) = harness.evaluate_all(None, [eval_dir / "export" / "iter_0000004"], tok, docs, eval_dir / "hf-datasets",
+                                    4, 16, 512, ["my_continuation"], task_dir)
+    assert {d: alone[f"ppl/{d}"]["token_perplexity"] for d in ("code", "docs")} == last["ppl"]
+    assert {lang: alone[f"mc/{lang}"]["acc"] for lang in ("en", "ja")} == last["mc"]
+
     # the run report shows the same table and the gain plot
     rep = run_cli("report", str(folder))
     assert rep.returncode == 0, rep.stderr[-3000:]
     page = (folder / "report.html").read_text()
     assert "<h2>lm-eval on the checkpoints</h2>" in page and 'alt="target gain vs replay loss"' in page
     assert f"{rows['iter_0000004']['ppl']['code']:.3f}" in page and "my_continuation" in page
+
+
+@pytest.mark.slow
+def test_max_tokens_caps_each_domains_held_out_text(three_runs, sp_model_path, tmp_path):
+    """``--max-tokens N``: at most N of the shards' tokens per domain (the last document cut there), since the
+    eval's cost is its tokens; without it, all of ``--max-docs``."""
+    from transformers import AutoTokenizer
+
+    from experiment.evaluate import heldout
+    from experiment.mixture.checks import load_checked
+
+    root = tmp_path / "b"
+    shutil.copytree(three_runs["b"].parent.parent, root, symlinks=True)
+    folder = load_checked(root / "training" / "tiny")
+    tok = AutoTokenizer.from_pretrained(str(_hf_tokenizer(sp_model_path, tmp_path / "tokenizer")))
+
+    def tokens(max_tokens):
+        paths = heldout.write_documents(folder, tok, tmp_path / f"out-{max_tokens}", 8, max_tokens)
+        return {key: [json.loads(line)["tokens"] for line in path.read_text().splitlines()]
+                for key, path in paths.items()}
+
+    whole, capped = tokens(None), tokens(40)
+    assert set(whole) == set(capped) == {"code", "docs"}
+    for key in whole:
+        assert sum(whole[key]) > 60  # the fixture's documents are longer than the cap
+        assert 30 <= sum(capped[key]) <= 44, capped  # re-tokenizing the cut text may move the count a little
+        assert len(capped[key]) <= len(whole[key])
 
 
 def _own_task(folder: Path) -> Path:
