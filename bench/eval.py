@@ -42,9 +42,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="a training folder whose run has checkpoints (e.g. the demo's)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds, each row once per round, alternately")
-    ap.add_argument("eval_args", nargs="*", help="arguments for experiment eval (after --)")
-    opts = ap.parse_args()
-    eval_args = opts.eval_args or DEFAULT_ARGS
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # what follows -- goes to experiment eval
+    opts = ap.parse_args(argv[:cut])
+    eval_args = argv[cut + 1:] or DEFAULT_ARGS
     shutil.rmtree(opts.folder / "logs" / "eval" / "tasks", ignore_errors=True)
     print(f"exports (once): {' '.join(eval_args)}", flush=True)
     run(opts.folder, eval_args + ["--processes", "1", "--limit", "1", "--max-tokens", "16"])
