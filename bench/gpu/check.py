@@ -96,33 +96,6 @@ PARTS = {
         Row("na", "all three fusions", "kit", steps=13, fusions=("rmsnorm", "rope", "cross-entropy")),  # --only
     ],
 }
-FOLDER_TOML = """name = "{name}"
-[data]
-signatures = ["{signature}"]
-data_ratio = "data_ratio.json"
-valid_fraction = 0.0
-[model]
-preset = "{preset}"
-seq_length = {seq}
-[training]
-micro_batch_size = {mbs}
-global_batch_size = {gbs}
-train_iters = {iters}
-lr = 3e-4
-min_lr = 3e-5
-lr_warmup_iters = 2
-precision = "{precision}"
-fp8 = {fp8}
-fusions = {fusions}
-save_interval = 100000
-eval_interval = 100000
-eval_iters = 0
-log_interval = 10
-seed = 1234
-deterministic = {deterministic}
-[checkpoint]
-from_scratch = true
-"""
 
 
 def make_folder(path: Path, signature: Path, row: Row, mbs: int | str, seq: int = SEQ, smoke: bool = False) -> Path:
@@ -130,11 +103,9 @@ def make_folder(path: Path, signature: Path, row: Row, mbs: int | str, seq: int 
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    (path / "experiment.toml").write_text(FOLDER_TOML.format(
-        name=path.name, signature=signature, preset=row.preset, seq=seq, gbs=GBS, iters=1000,
-        precision="fp32" if smoke else "bf16",
-        mbs=json.dumps(mbs), fp8=str(row.fp8).lower(), fusions=json.dumps(list(row.fusions)),
-        deterministic=str(row.deterministic).lower()))
+    (path / "experiment.toml").write_text(repeat.folder_toml(
+        path.name, signature, row.preset, seq, mbs=mbs, gbs=GBS, iters=1000, precision="fp32" if smoke else "bf16",
+        fp8=row.fp8, fusions=row.fusions, save_interval=100000, log_interval=10, deterministic=row.deterministic))
     (path / "data_ratio.json").write_text(json.dumps({"web": 1.0, "code": 1.0}))
     return path
 

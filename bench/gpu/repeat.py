@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 128256
 EOD = 2  # ids below 32000, so the same shards also feed the CPU smoke run's tiny preset
-FOLDER_TOML = """name = "gpu-bench-repeat"
+FOLDER_TOML = """name = "{name}"
 [data]
 signatures = ["{signature}"]
 data_ratio = "data_ratio.json"
@@ -29,22 +29,34 @@ valid_fraction = 0.0
 preset = "{preset}"
 seq_length = {seq}
 [training]
-micro_batch_size = 4
-global_batch_size = 8
-train_iters = 6
+micro_batch_size = {mbs}
+global_batch_size = {gbs}
+train_iters = {iters}
 lr = 3e-4
 min_lr = 3e-5
 lr_warmup_iters = 2
-precision = "bf16"
-save_interval = 3
+precision = "{precision}"
+fp8 = {fp8}
+fusions = {fusions}
+save_interval = {save_interval}
 eval_interval = 100000
 eval_iters = 0
-log_interval = 1
+log_interval = {log_interval}
 seed = 1234
-deterministic = true
+deterministic = {deterministic}
 [checkpoint]
 from_scratch = true
-"""
+"""  # every GPU check folder (this file's and check.py's rows) is this template
+
+
+def folder_toml(name: str, signature, preset: str, seq: int, mbs=4, gbs: int = 8, iters: int = 6,
+                precision: str = "bf16", fp8: bool = False, fusions=(), save_interval: int = 3,
+                log_interval: int = 1, deterministic: bool = True) -> str:
+    """A check folder's experiment.toml; the defaults are the repeat pair's (6 steps, 2 saves, deterministic)."""
+    return FOLDER_TOML.format(name=name, signature=signature, preset=preset, seq=seq, mbs=json.dumps(mbs),
+                              gbs=gbs, iters=iters, precision=precision, fp8=str(fp8).lower(),
+                              fusions=json.dumps(list(fusions)), save_interval=save_interval,
+                              log_interval=log_interval, deterministic=str(deterministic).lower())
 
 
 def write_shards(root: Path, tokens_per_domain: int = 3_000_000) -> Path:
@@ -135,7 +147,7 @@ def main(args) -> int:
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        (path / "experiment.toml").write_text(FOLDER_TOML.format(signature=sig, preset="smollm2-135m", seq=args.seq))
+        (path / "experiment.toml").write_text(folder_toml("gpu-bench-repeat", sig, "smollm2-135m", args.seq))
         (path / "data_ratio.json").write_text(json.dumps({"web": 1.0, "code": 1.0}))
         folders[key] = path
     from experiment.folder import load_schema
