@@ -114,8 +114,10 @@ def build_image(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
-def slurm(session: nox.Session) -> None:
-    """A real single-node Slurm on this machine (root; slurm-wlm + munge): `nox -s slurm -- start|stop|status`.
-    Prints the `export SLURM_CONF=...` line the Slurm commands and `experiment run --launcher slurm` need."""
+def cluster(session: nox.Session) -> None:
+    """A real Slurm on this machine (root; slurm-wlm, munge, iproute2): this host as partition `debug` and N
+    virtual nodes, each its own network namespace, hostname and /etc/hosts, as partition `nodes`.
+    `nox -s cluster -- start [--nodes N]|stop|status` (N: 2 by default, 0 for this host only). Prints the
+    `export SLURM_CONF=...` line the Slurm commands and `experiment run --launcher slurm` need."""
     session.run("python3", "-m", "experiment.launch.slurm_local", *(session.posargs or ["start"]),
                 env={"PYTHONPATH": str(Path(__file__).parent)})

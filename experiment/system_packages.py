@@ -18,7 +18,7 @@ class SystemPackage:
     """The Debian package name (`apt-get install NAME`)."""
     group: str
     """What it belongs to: `corpus` (the demo's real text), `container` (image build and run),
-    `slurm` (a real single-node Slurm for tests), `browser` (headless checks of HTML reports)."""
+    `slurm` (a real Slurm of several virtual nodes for tests), `browser` (headless checks of HTML reports)."""
     needed_by: str
     """Which part of the kit needs it, in words."""
 
@@ -34,8 +34,10 @@ PACKAGES: tuple[SystemPackage, ...] = (
     SystemPackage("runc", "container", "the OCI runtime podman uses here (crun fails on hybrid cgroups)"),
     SystemPackage("catatonit", "container", "podman's `--init` (Python as PID 1 ignores SIGTERM)"),
     SystemPackage("mmdebstrap", "container", "the local Debian base image (no registry is reachable)"),
-    SystemPackage("slurm-wlm", "slurm", "a real single-node Slurm for the cluster tests (`nox -s slurm`)"),
+    SystemPackage("slurm-wlm", "slurm", "a real Slurm of several virtual nodes for the cluster tests (`nox -s cluster`)"),
     SystemPackage("munge", "slurm", "Slurm's authentication daemon"),
+    SystemPackage("iproute2", "slurm", "the virtual nodes' network namespaces, veth pairs and bridge (`ip`)"),
+    SystemPackage("util-linux", "slurm", "entering a virtual node: `nsenter`, `unshare`, `mount --bind`"),
     SystemPackage("chromium", "browser", "headless check that report.html renders"),
 )
 

@@ -1,11 +1,15 @@
-"""A real single-node Slurm on this machine, for the tests and for trying the cluster path.
+"""A real Slurm on this machine, for the tests and for trying the cluster path: this host as one node, and
+optionally a virtual cluster of N more nodes (``experiment/launch/virtual_nodes.py``).
 
-Writes ``slurm.conf`` for this host under a state folder (nothing under /etc changes), starts munged
-(its own socket), slurmctld and slurmd, waits until ``sinfo`` shows the node idle, and stops them by the
-PIDs it started. Commands reach it through ``SLURM_CONF`` (``environ()``). Needs root and the declared
-``slurm`` system packages (slurm-wlm, munge); measured start-up: about 3 s.
+Writes ``slurm.conf`` under a state folder (nothing under /etc changes), starts munged (its own socket),
+slurmctld and one slurmd per node, waits until ``sinfo`` shows every node idle, and stops them by the PIDs
+it started. This host is partition ``debug`` (the default); the virtual nodes node1..nodeN, each its own
+network namespace, hostname and ``/etc/hosts`` with this machine's cores split between them, are partition
+``nodes``. Commands reach it through ``SLURM_CONF`` (``environ()``). Needs root and the declared ``slurm``
+system packages (slurm-wlm, munge, iproute2); measured start-up: about 3 s.
 
-    python -m experiment.launch.slurm_local start [--dir DIR]   # prints `export SLURM_CONF=...`
+    python -m experiment.launch.slurm_local start [--dir DIR] [--nodes N]   # prints `export SLURM_CONF=...`
+    python -m experiment.launch.slurm_local status [--dir DIR]              # one line per node
     python -m experiment.launch.slurm_local stop  [--dir DIR]
 """
 
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import KitError
+from experiment.launch import virtual_nodes
 
 DEFAULT_DIR = Path(os.environ.get("MIDTRAIN_SLURM_DIR", "/tmp/midtrain-kit-slurm"))
-PARTITION = "debug"
+PARTITION = "debug"  # this host
+NODES_PARTITION = "nodes"  # the virtual nodes
 MAX_TIME = "1-00:00:00"  # the partition's limit; the default launch.walltime (24:00:00) fits
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
@@ -40,6 +46,7 @@ class LocalSlurm:
     """The state folder of one local Slurm: config, state, spool, logs and the daemons' PID files."""
 
     root: Path = DEFAULT_DIR
+    nodes: int = 0  # virtual nodes besides this host (0: this host only)
 
     @property
     def conf(self) -> Path:
@@ -57,10 +64,22 @@ class LocalSlurm:
     def munge_socket(self) -> Path:
         return self.munge_dir / "munge.socket"
 
-    def pid_file(self, daemon: str) -> Path:
+    @property
+    def hosts_file(self) -> Path:
+        """The ``/etc/hosts`` each virtual node sees."""
+        return self.root / "hosts"
+
+    def node_names(self) -> list[str]:
+        return [_host(), *(n.name for n in virtual_nodes.nodes(self.nodes))]
+
+    def pid_file(self, daemon: str, node: str | None = None) -> Path:
+        if daemon == "slurmd":
+            return self.root / f"slurmd-{node or _host()}.pid"
         return (self.munge_dir if daemon == "munged" else self.root) / f"{daemon}.pid"
 
-    def log_file(self, daemon: str) -> Path:
+    def log_file(self, daemon: str, node: str | None = None) -> Path:
+        if daemon == "slurmd":
+            return self.root / "log" / f"slurmd-{node or _host()}.log"
         return (self.munge_dir if daemon == "munged" else self.root / "log") / f"{daemon}.log"
 
     def environ(self, base: dict | None = None) -> dict[str, str]:
@@ -71,20 +90,23 @@ class LocalSlurm:
 
     def config_text(self, host: str, cpus: int, memory_mb: int) -> str:
         r = self.root
+        each_cpus, each_mb = max(1, cpus // max(1, self.nodes)), max(1, memory_mb // max(1, self.nodes))
+        virtual = virtual_nodes.nodes(self.nodes)
         return "\n".join([
             "ClusterName=kitlocal",
-            f"SlurmctldHost={host}",
+            # the virtual nodes reach the controller over the bridge
+            f"SlurmctldHost={host}({virtual_nodes.HOST_ADDRESS})" if self.nodes else f"SlurmctldHost={host}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_socket}",
             "SlurmUser=root",
             "SlurmdUser=root",
             f"StateSaveLocation={r}/state",
-            f"SlurmdSpoolDir={r}/spool",
+            f"SlurmdSpoolDir={r}/spool-%n",
             f"SlurmctldPidFile={self.pid_file('slurmctld')}",
-            f"SlurmdPidFile={self.pid_file('slurmd')}",
+            f"SlurmdPidFile={self.root}/slurmd-%n.pid",
             f"SlurmctldLogFile={self.log_file('slurmctld')}",
-            f"SlurmdLogFile={self.log_file('slurmd')}",
+            f"SlurmdLogFile={self.root}/log/slurmd-%n.log",
             "SlurmctldPort=6817",
             "SlurmdPort=6818",
             "ProctrackType=proctrack/linuxproc",
@@ -100,41 +122,55 @@ class LocalSlurm:
             f"NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
             # a finite MaxTime, as on real clusters: `experiment run` refuses a longer launch.walltime
             f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime={MAX_TIME} State=UP",
+            *(f"NodeName={n.name} NodeAddr={n.address} CPUs={each_cpus} RealMemory={each_mb} State=UNKNOWN"
+              for n in virtual),
+            *([f"PartitionName={NODES_PARTITION} Nodes={','.join(n.name for n in virtual)} MaxTime={MAX_TIME} "
+               "State=UP"] if virtual else []),
             "",
         ])
 
     # ------------------------------------------------------------------ start / stop
 
     def running(self) -> bool:
-        return all(_alive(self.pid_file(d)) for d in DAEMONS)
+        return all(_alive(self.pid_file(d)) for d in DAEMONS[:2]) and all(
+            _alive(self.pid_file("slurmd", n)) for n in self.node_names())
 
     def start(self, timeout: float = 60.0) -> "LocalSlurm":
         """Start the three daemons (a no-op when this folder's are already up); returns when the node is idle."""
         if os.geteuid() != 0:
             raise LocalSlurmError("a local Slurm runs its daemons as root; run as root (CI and the tests do)")
-        for tool in ("munged", "slurmctld", "slurmd", "sinfo"):
+        for tool in ("munged", "slurmctld", "slurmd", "sinfo", *(("ip", "nsenter", "unshare") if self.nodes else ())):
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-                raise LocalSlurmError(f"{tool} is not installed; fix: apt-get install slurm-wlm munge "
+                raise LocalSlurmError(f"{tool} is not installed; fix: apt-get install slurm-wlm munge iproute2 "
                                       "(the `slurm` group of experiment/system_packages.py)")
+        if not 0 <= self.nodes <= virtual_nodes.MAX_NODES:
+            raise LocalSlurmError(f"--nodes {self.nodes}: use 0 to {virtual_nodes.MAX_NODES}")
         if self.running():
             self.wait_idle(timeout)
             return self
         self.stop()
-        for sub in ("state", "spool", "log"):
+        for sub in ("state", "log", *(f"spool-{n}" for n in self.node_names())):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.munge_dir.mkdir(exist_ok=True)
         self.munge_dir.chmod(0o755)  # munged wants its socket folder searchable by all
-        host = socket.gethostname().split(".")[0]
+        host = _host()
         cpus = os.cpu_count() or 1
         memory_mb = max(1, _memory_mb() - 1024)
         self.conf.write_text(self.config_text(host, cpus, memory_mb))
+        try:
+            virtual = virtual_nodes.create(self.nodes, self.hosts_file, host) if self.nodes else []
+        except OSError as err:
+            raise LocalSlurmError(f"the virtual nodes could not be made: {err}") from err
         self._start_munged()
         env = self.environ()
-        for daemon in ("slurmctld", "slurmd"):
-            res = subprocess.run([_sbin(daemon)], env=env, capture_output=True, text=True)
+        starts = [("slurmctld", None, [_sbin("slurmctld")]), ("slurmd", host, [_sbin("slurmd")])]
+        starts += [("slurmd", n.name, virtual_nodes.node_argv(n, self.hosts_file, [_sbin("slurmd"), "-N", n.name]))
+                   for n in virtual]
+        for daemon, node, argv in starts:
+            res = subprocess.run(argv, env=env, capture_output=True, text=True)
             if res.returncode:
-                raise LocalSlurmError(f"{daemon} did not start: {res.stderr.strip() or res.stdout.strip()}; "
-                                      f"see {self.log_file(daemon)}")
+                raise LocalSlurmError(f"{daemon}{f' of {node}' if node else ''} did not start: "
+                                      f"{res.stderr.strip() or res.stdout.strip()}; see {self.log_file(daemon, node)}")
         self.wait_idle(timeout)
         return self
 
@@ -151,23 +187,34 @@ class LocalSlurm:
         if res.returncode:
             raise LocalSlurmError(f"munged did not start: {res.stderr.strip()}; see {self.log_file('munged')}")
 
+    def node_states(self) -> dict[str, str]:
+        """{node: sinfo's state} (``idle``, ``alloc``, ``down*``, ...); {} when the controller does not answer."""
+        res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.environ(), capture_output=True,
+                             text=True)
+        if res.returncode:
+            return {}
+        return dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split()) == 2)
+
     def wait_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        last = ""
+        states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            res = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.environ(), capture_output=True, text=True)
-            last = (res.stdout + res.stderr).strip()
-            if res.returncode == 0 and last in ("idle", "mix", "alloc"):
+            states = self.node_states()
+            if set(states) >= set(self.node_names()) and all(
+                    s in ("idle", "mix", "alloc") for s in states.values()):
                 return
             time.sleep(0.5)
-        raise LocalSlurmError(f"the node did not become idle within {timeout:.0f} s (sinfo: {last!r}); "
+        raise LocalSlurmError(f"the nodes did not become idle within {timeout:.0f} s (sinfo: {states or 'no answer'}); "
                               f"see {self.root / 'log'}")
 
     def stop(self) -> list[str]:
-        """Stop the daemons this folder's PID files name (SIGTERM, then SIGKILL); returns what was stopped."""
+        """Stop the daemons this folder's PID files name (SIGTERM, then SIGKILL), then every process left in the
+        virtual nodes and their namespaces and bridge; returns what was stopped."""
         stopped = []
-        for daemon in reversed(DAEMONS):
-            pid = _read_pid(self.pid_file(daemon))
+        slurmds = sorted(self.root.glob("slurmd-*.pid"))
+        for daemon, pid_file in [*(("slurmd", p) for p in slurmds), ("slurmctld", self.pid_file("slurmctld")),
+                                 ("munged", self.pid_file("munged"))]:
+            pid = _read_pid(pid_file)
             if pid is None or not _pid_alive(pid):
                 continue
             os.kill(pid, signal.SIGTERM)
@@ -178,7 +225,11 @@ class LocalSlurm:
             else:
                 os.kill(pid, signal.SIGKILL)
             stopped.append(f"{daemon} ({pid})")
-        return stopped
+        return stopped + virtual_nodes.remove()
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
 
 
 def _sbin(name: str) -> str:
@@ -217,20 +268,38 @@ def _alive(pid_file: Path) -> bool:
     return pid is not None and _pid_alive(pid)
 
 
+def configured_nodes(root: Path) -> int:
+    """How many virtual nodes the state folder's ``slurm.conf`` declares (0 when none or no config)."""
+    try:
+        return sum(1 for line in (root / "slurm.conf").read_text().splitlines()
+                   if line.startswith("NodeName=node"))
+    except OSError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiment.launch.slurm_local")
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state folder (default %(default)s)")
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="virtual nodes besides this host, partition `nodes` (start: default 2; 0: this host only)")
     args = parser.parse_args(argv)
-    slurm = LocalSlurm(args.dir.resolve())
+    root = args.dir.resolve()
+    nodes = args.nodes if args.nodes is not None else (configured_nodes(root) if args.action != "start" else 2)
+    slurm = LocalSlurm(root, nodes)
     try:
         if args.action == "start":
             slurm.start()
-            print(f"local Slurm up (partition {PARTITION}); to use it:\n  export SLURM_CONF={slurm.conf}")
+            print(f"local Slurm up: partition {PARTITION} (this host)"
+                  + (f", partition {NODES_PARTITION} ({', '.join(slurm.node_names()[1:])})" if nodes else "")
+                  + f"; to use it:\n  export SLURM_CONF={slurm.conf}")
         elif args.action == "stop":
             print("stopped: " + (", ".join(slurm.stop()) or "nothing was running"))
         else:
+            states = slurm.node_states() if slurm.running() else {}
             print("running" if slurm.running() else "stopped")
+            for node in slurm.node_names():
+                print(f"  {node:<12} {states.get(node, '-')}")
             return 0 if slurm.running() else 1
     except LocalSlurmError as err:
         print(f"error: {err}", file=sys.stderr)
