@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment.errors import KitError
@@ -47,6 +47,8 @@ class LocalSlurm:
 
     root: Path = DEFAULT_DIR
     nodes: int = 0  # virtual nodes besides this host (0: this host only)
+    # several Slurms side by side (a developer's and the tests'): each its own ports, subnet and namespaces
+    instance: int = field(default_factory=lambda: int(os.environ.get("MIDTRAIN_SLURM_INSTANCE", "0")))
 
     @property
     def conf(self) -> Path:
@@ -70,7 +72,7 @@ class LocalSlurm:
         return self.root / "hosts"
 
     def node_names(self) -> list[str]:
-        return [_host(), *(n.name for n in virtual_nodes.nodes(self.nodes))]
+        return [_host(), *(n.name for n in virtual_nodes.nodes(self.nodes, self.instance))]
 
     def pid_file(self, daemon: str, node: str | None = None) -> Path:
         if daemon == "slurmd":
@@ -91,11 +93,11 @@ class LocalSlurm:
     def config_text(self, host: str, cpus: int, memory_mb: int) -> str:
         r = self.root
         each_cpus, each_mb = max(1, cpus // max(1, self.nodes)), max(1, memory_mb // max(1, self.nodes))
-        virtual = virtual_nodes.nodes(self.nodes)
+        virtual = virtual_nodes.nodes(self.nodes, self.instance)
         return "\n".join([
             "ClusterName=kitlocal",
             # the virtual nodes reach the controller over the bridge
-            f"SlurmctldHost={host}({virtual_nodes.HOST_ADDRESS})" if self.nodes else f"SlurmctldHost={host}",
+            f"SlurmctldHost={host}({virtual_nodes.host_address(self.instance)})" if self.nodes else f"SlurmctldHost={host}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_socket}",
@@ -107,8 +109,8 @@ class LocalSlurm:
             f"SlurmdPidFile={self.root}/slurmd-%n.pid",
             f"SlurmctldLogFile={self.log_file('slurmctld')}",
             f"SlurmdLogFile={self.root}/log/slurmd-%n.log",
-            "SlurmctldPort=6817",
-            "SlurmdPort=6818",
+            f"SlurmctldPort={6817 + 10 * self.instance}",
+            f"SlurmdPort={6818 + 10 * self.instance}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -143,6 +145,8 @@ class LocalSlurm:
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
                 raise LocalSlurmError(f"{tool} is not installed; fix: apt-get install slurm-wlm munge iproute2 "
                                       "(the `slurm` group of experiment/system_packages.py)")
+        if not 0 <= self.instance < virtual_nodes.MAX_INSTANCES:
+            raise LocalSlurmError(f"MIDTRAIN_SLURM_INSTANCE={self.instance}: use 0 to {virtual_nodes.MAX_INSTANCES - 1}")
         if not 0 <= self.nodes <= virtual_nodes.MAX_NODES:
             raise LocalSlurmError(f"--nodes {self.nodes}: use 0 to {virtual_nodes.MAX_NODES}")
         if self.running():
@@ -158,7 +162,7 @@ class LocalSlurm:
         memory_mb = max(1, _memory_mb() - 1024)
         self.conf.write_text(self.config_text(host, cpus, memory_mb))
         try:
-            virtual = virtual_nodes.create(self.nodes, self.hosts_file, host) if self.nodes else []
+            virtual = virtual_nodes.create(self.nodes, self.hosts_file, host, self.instance) if self.nodes else []
         except OSError as err:
             raise LocalSlurmError(f"the virtual nodes could not be made: {err}") from err
         self._start_munged()
@@ -225,7 +229,7 @@ class LocalSlurm:
             else:
                 os.kill(pid, signal.SIGKILL)
             stopped.append(f"{daemon} ({pid})")
-        return stopped + virtual_nodes.remove()
+        return stopped + virtual_nodes.remove(instance=self.instance)
 
 
 def _host() -> str:
@@ -268,13 +272,15 @@ def _alive(pid_file: Path) -> bool:
     return pid is not None and _pid_alive(pid)
 
 
-def configured_nodes(root: Path) -> int:
-    """How many virtual nodes the state folder's ``slurm.conf`` declares (0 when none or no config)."""
+def configured(root: Path) -> LocalSlurm:
+    """The Slurm a state folder's ``slurm.conf`` declares (its virtual nodes and instance), to reuse or stop it;
+    the defaults when there is no config."""
     try:
-        return sum(1 for line in (root / "slurm.conf").read_text().splitlines()
-                   if line.startswith("NodeName=node"))
+        lines = (root / "slurm.conf").read_text().splitlines()
     except OSError:
-        return 0
+        return LocalSlurm(root)
+    port = next((int(line.split("=", 1)[1]) for line in lines if line.startswith("SlurmctldPort=")), 6817)
+    return LocalSlurm(root, sum(1 for line in lines if line.startswith("NodeName=node")), (port - 6817) // 10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="virtual nodes besides this host, partition `nodes` (start: default 2; 0: this host only)")
     args = parser.parse_args(argv)
     root = args.dir.resolve()
-    nodes = args.nodes if args.nodes is not None else (configured_nodes(root) if args.action != "start" else 2)
-    slurm = LocalSlurm(root, nodes)
+    slurm = configured(root) if args.action != "start" else LocalSlurm(root, 2 if args.nodes is None else args.nodes)
+    nodes = slurm.nodes
     try:
         if args.action == "start":
             slurm.start()

@@ -7,9 +7,10 @@ and the shared file system at the same path (the mount namespace is a private co
 mounts with only ``/etc/hosts`` replaced). Processes started in a node (``run_in``) see all of that; they
 share this machine's PID namespace, so the tests can kill one node's processes by PID.
 
-Everything is named with one prefix (``mtk``) and lives in 10.231.0.0/24, addresses the tests made
-themselves; ``remove`` kills every process left in the namespaces, then deletes them and the bridge. Needs
-root and iproute2 (``ip``), util-linux (``nsenter``, ``unshare``).
+Everything of instance K (0 by default; several clusters can run side by side) is named with the prefix
+``mtkK`` and lives in 10.231.K.0/24, addresses the tests made themselves; ``remove`` kills every process
+left in the namespaces, then deletes them and the bridge. Needs root and iproute2 (``ip``), util-linux
+(``nsenter``, ``unshare``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PREFIX = "mtk"
-BRIDGE = f"{PREFIX}br0"
-SUBNET = "10.231.0"
-HOST_ADDRESS = f"{SUBNET}.1"  # this machine's side of the bridge: the controller's address
 NETNS_DIR = Path("/run/netns")
 MAX_NODES = 8
+MAX_INSTANCES = 50
+
+
+def prefix(instance: int) -> str:
+    return f"mtk{instance}"
+
+
+def bridge(instance: int) -> str:
+    return f"{prefix(instance)}br"
+
+
+def host_address(instance: int) -> str:
+    """This machine's side of the bridge: the controller's address as the nodes see it."""
+    return f"10.231.{instance}.1"
 
 
 @dataclass(frozen=True)
 class Node:
     index: int  # 1-based
+    instance: int = 0
 
     @property
     def name(self) -> str:
@@ -39,26 +51,27 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"{SUBNET}.{10 + self.index}"
+        return f"10.231.{self.instance}.{10 + self.index}"
 
     @property
     def netns(self) -> str:
-        return f"{PREFIX}-{self.name}"
+        return f"{prefix(self.instance)}-{self.name}"
 
     @property
     def veth(self) -> str:  # this machine's end; the node's end is renamed eth0 inside its namespace
-        return f"{PREFIX}v{self.index}"
+        return f"{prefix(self.instance)}v{self.index}"
 
 
-def nodes(count: int) -> list[Node]:
-    return [Node(i) for i in range(1, count + 1)]
+def nodes(count: int, instance: int = 0) -> list[Node]:
+    return [Node(i, instance) for i in range(1, count + 1)]
 
 
-def hosts_text(count: int, controller: str) -> str:
+def hosts_text(count: int, controller: str, instance: int = 0) -> str:
     """The ``/etc/hosts`` every node sees: localhost, the controller, and each node's name and address, also
     as the IPv4-mapped IPv6 address a dual-stack socket reports for its peer (torch's c10d store looks the
     peer's name up that way; a cluster's DNS answers both, here there is no DNS to ask)."""
-    named = [("127.0.0.1", "localhost"), (HOST_ADDRESS, controller), *((n.address, n.name) for n in nodes(count))]
+    named = [("127.0.0.1", "localhost"), (host_address(instance), controller),
+             *((n.address, n.name) for n in nodes(count, instance))]
     lines = [f"{address}\t{name}" for address, name in named] + ["::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"::ffff:{address}\t{name}" for address, name in named]
     return "\n".join(lines) + "\n"
@@ -72,27 +85,30 @@ def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.
     return res
 
 
-def create(count: int, hosts_file: Path, controller: str) -> list[Node]:
+def create(count: int, hosts_file: Path, controller: str, instance: int = 0) -> list[Node]:
     """The bridge, one namespace per node with its veth (eth0) address, and the shared hosts file."""
     if not 1 <= count <= MAX_NODES:
         raise ValueError(f"{count} nodes: use 1 to {MAX_NODES}")
-    remove(MAX_NODES)  # leftovers of a run that was killed before it could clean up
+    if not 0 <= instance < MAX_INSTANCES:
+        raise ValueError(f"instance {instance}: use 0 to {MAX_INSTANCES - 1}")
+    remove(MAX_NODES, instance)  # leftovers of a run that was killed before it could clean up
     hosts_file.parent.mkdir(parents=True, exist_ok=True)
-    hosts_file.write_text(hosts_text(count, controller))
-    _ip("link", "add", BRIDGE, "type", "bridge")
-    _ip("addr", "add", f"{HOST_ADDRESS}/24", "dev", BRIDGE)
-    _ip("link", "set", BRIDGE, "up")
-    for n in nodes(count):
+    hosts_file.write_text(hosts_text(count, controller, instance))
+    br = bridge(instance)
+    _ip("link", "add", br, "type", "bridge")
+    _ip("addr", "add", f"{host_address(instance)}/24", "dev", br)
+    _ip("link", "set", br, "up")
+    for n in nodes(count, instance):
         _ip("netns", "add", n.netns)
         _ip("link", "add", n.veth, "type", "veth", "peer", "name", f"{n.veth}p")
         _ip("link", "set", f"{n.veth}p", "netns", n.netns)
-        _ip("link", "set", n.veth, "master", BRIDGE)
+        _ip("link", "set", n.veth, "master", br)
         _ip("link", "set", n.veth, "up")
         _ip("link", "set", f"{n.veth}p", "name", "eth0", netns=n.netns)
         _ip("addr", "add", f"{n.address}/24", "dev", "eth0", netns=n.netns)
         _ip("link", "set", "eth0", "up", netns=n.netns)
         _ip("link", "set", "lo", "up", netns=n.netns)
-    return nodes(count)
+    return nodes(count, instance)
 
 
 def node_argv(node: Node, hosts_file: Path, argv: list[str]) -> list[str]:
@@ -113,12 +129,12 @@ def pids_in(node_or_netns: Node | str) -> list[int]:
     return [int(p) for p in res.stdout.split() if p.isdigit()]
 
 
-def remove(count: int = MAX_NODES) -> list[str]:
+def remove(count: int = MAX_NODES, instance: int = 0) -> list[str]:
     """Kill what still runs in the namespaces (TERM, then KILL), delete them and the bridge; returns what was
     removed. Safe to call when nothing is there."""
     removed = []
     present = set(_ip("netns", "list", check=False).stdout.split())
-    for n in nodes(count):
+    for n in nodes(count, instance):
         if n.netns not in present:
             continue
         pids = pids_in(n)
@@ -137,7 +153,8 @@ def remove(count: int = MAX_NODES) -> list[str]:
         _ip("netns", "del", n.netns, check=False)
         _ip("link", "del", n.veth, check=False)
         removed.append(n.netns)
-    if _ip("link", "show", BRIDGE, check=False).returncode == 0:
-        _ip("link", "del", BRIDGE, check=False)
-        removed.append(BRIDGE)
+    br = bridge(instance)
+    if _ip("link", "show", br, check=False).returncode == 0:
+        _ip("link", "del", br, check=False)
+        removed.append(br)
     return removed

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.launch.slurm_local import LocalSlurm, LocalSlurmError, configured_nodes
+from experiment.launch.slurm_local import LocalSlurm, LocalSlurmError, configured
 from tests.conftest import require_system_packages
 
 NODES = int(os.environ.get("MIDTRAIN_SLURM_NODES", "2"))
@@ -22,13 +22,14 @@ def slurm(tmp_path_factory):
     """A started Slurm; SLURM_CONF points every command (and the jobs, which inherit it) at it. Every process
     it started is stopped by PID and its namespaces and bridge removed at the end, also when a test failed.
 
-    An instance already running in $MIDTRAIN_SLURM_DIR (``nox -s cluster -- start``) is used and left up."""
+    An instance already running in $MIDTRAIN_SLURM_DIR (``nox -s cluster -- start``) is used and left up;
+    $MIDTRAIN_SLURM_INSTANCE (0-49) starts one beside another (its own ports, subnet and namespaces)."""
     if os.geteuid() != 0:
         pytest.skip("a local Slurm runs its daemons as root (CI runs as root)")
     require_system_packages("slurm")  # declared: a missing package fails, as on a fresh machine without them
     existing = os.environ.get("MIDTRAIN_SLURM_DIR")
     root = Path(existing) if existing else tmp_path_factory.mktemp("slurm")
-    cluster = LocalSlurm(root, configured_nodes(root) if existing else NODES)
+    cluster = configured(root) if existing else LocalSlurm(root, NODES)
     owned = not cluster.running()
     try:
         cluster.start()
