@@ -25,11 +25,12 @@ class SchedulerEnv:
     node_counts: tuple[str, ...] = ()  # variables holding the number of nodes, first set wins
     nodefile: str | None = None  # else: a file listing the job's hosts (one line per slot)
     restart_count: str | None = None  # how often the scheduler requeued this job
+    nodelist: str | None = None  # a compressed host list (``node[1-2]``), expanded with ``scontrol show hostnames``
 
 
 SCHEDULERS: dict[str, SchedulerEnv] = {
     "slurm": SchedulerEnv("SLURM_JOB_ID", ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"),
-                          restart_count="SLURM_RESTART_COUNT"),
+                          restart_count="SLURM_RESTART_COUNT", nodelist="SLURM_JOB_NODELIST"),
     "pbs": SchedulerEnv("PBS_JOBID", nodefile="PBS_NODEFILE"),
 }
 CLUSTER_LAUNCHERS = tuple(SCHEDULERS)
@@ -56,6 +57,31 @@ def job_nodes(env: Mapping[str, str] = os.environ) -> int:
     if nodefile and Path(nodefile).is_file():
         return len(set(Path(nodefile).read_text().split()))
     return 1
+
+
+def job_hosts(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The host names of the current job's nodes, in the scheduler's order ([] outside a job): Slurm's node
+    list expanded by ``scontrol show hostnames`` (as the job script does for MASTER_ADDR), PBS's node file."""
+    import subprocess
+
+    job = current_job(env)
+    if job is None:
+        return []
+    scheduler = SCHEDULERS[job[0]]
+    compressed = env.get(scheduler.nodelist or "", "")
+    if compressed:
+        try:
+            res = subprocess.run(["scontrol", "show", "hostnames", compressed], capture_output=True, text=True,
+                                 timeout=30)
+            if res.returncode == 0 and res.stdout.split():
+                return res.stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        return [compressed]
+    nodefile = env.get(scheduler.nodefile) if scheduler.nodefile else None
+    if nodefile and Path(nodefile).is_file():
+        return list(dict.fromkeys(Path(nodefile).read_text().split()))
+    return []
 
 
 def job_restarts(env: Mapping[str, str] = os.environ) -> int:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from experiment import runlog
-from experiment.launcher_names import current_job, job_nodes, job_restarts
+from experiment.launcher_names import current_job, job_hosts, job_nodes, job_restarts
 from experiment.train.walltime import WALLTIME_STATE
 from experiment.train.watchdog import HUNG_STATE  # the runner's watchdog ended the segment
 
@@ -68,7 +68,8 @@ def segments(folder_path: Path, pending: list[dict] = ()) -> list[dict]:
     rows: list[dict] = []
     for e in [*runlog.read_chain(Path(folder_path) / runlog.LOGS), *pending]:
         if e.get("event") == "begin":
-            rows.append({"job_id": e["job_id"], "nodes": e.get("nodes", 1), "start_iteration": e["start_iteration"],
+            rows.append({"job_id": e["job_id"], "nodes": e.get("nodes", 1), **({"hosts": e["hosts"]} if e.get("hosts") else {}),
+                         "start_iteration": e["start_iteration"],
                          "end_iteration": None, "image_digest": e.get("image_digest"),
                          "lost_iterations": e.get("lost_iterations", 0), "state": "running"})
         elif e.get("event") == "end" and rows and rows[-1]["job_id"] == e["job_id"]:
@@ -98,10 +99,12 @@ def begin(folder) -> int:
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
     runlog.append_chain(logs, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
-                               "restart": job_restarts(), "start_iteration": start, "image_digest": _image_digest(),
+                               "hosts": job_hosts(),                               "restart": job_restarts(), "start_iteration": start, "image_digest": _image_digest(),
                                "lost_iterations": lost, "segment": len(done) + 1})
     note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""
-    print(f"[chain] segment {len(done) + 1} (job {job}) starts at iteration {start}{note}", flush=True)
+    hosts = job_hosts()
+    on = f" on {', '.join(hosts)}" if hosts else ""
+    print(f"[chain] segment {len(done) + 1} (job {job}) starts at iteration {start}{on}{note}", flush=True)
     return 0
 
 

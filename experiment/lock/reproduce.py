@@ -132,7 +132,37 @@ def mirror_folder(folder: TrainingFolder, work: Path, base: Path | None = None,
     return dest
 
 
-def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
+def local_world_size(lock: RunLock) -> int | None:
+    """The processes a re-run on this one machine starts: the lock's whole world (nodes x ranks per node), so
+    a run of 2 nodes x 1 rank re-runs as 2 local processes, with the same layout and data order (the
+    folder's ``launch.nproc_per_node`` alone is one node's share)."""
+    return lock.launch.world_size or None
+
+
+def world_size_problem(lock: RunLock, lockfile_path: Path) -> str | None:
+    """Why this machine cannot run the lock's world as local processes, with the numbers and the fix; None
+    when it can. GPU runs need one visible GPU per rank; CPU runs one core per rank (gloo ranks on fewer
+    cores than ranks run, but each step takes the sum of their compute and a run of days becomes weeks)."""
+    world = lock.launch.world_size
+    nodes = lock.launch.launcher.get("nnodes", 1)
+    where = (f"{lockfile_path}: launch.world_size {world} ({nodes} node(s) x "
+             f"{lock.launch.launcher.get('nproc_per_node', world // max(1, nodes))} rank(s))")
+    fix = ("re-run it where that many fit: `experiment reproduce LOCK --launcher slurm` on a cluster, or a "
+           "machine with more")
+    if lock.environment.gpu:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < world:
+            return f"{where} ran on GPUs ({', '.join(lock.environment.gpu)}); this machine has {have} visible; fix: {fix}"
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < world:
+        return f"{where} needs {world} CPU cores here, one per rank; this machine gives this process {cores}; fix: {fix}"
+    return None
+
+
+def rerun_command(folder_path: Path, options: ReproduceOptions, nproc: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "experiment.cli", "run", os.fspath(folder_path)]
     if options.container:
         cmd += ["--container"] + (["--image", options.image] if options.image else [])
@@ -142,6 +172,8 @@ def rerun_command(folder_path: Path, options: ReproduceOptions) -> list[str]:
     cmd += ["--launcher", options.launcher]
     if options.launcher != "local":
         cmd += ["--wait"]  # returns when the chain of jobs has ended
+    if nproc and options.launcher == "local":
+        cmd += ["--nproc", str(nproc)]
     if options.steps:
         cmd += ["--max-iterations", str(options.steps)]
     cmd += [a for o in options.overrides for a in ("--set", o)]
@@ -231,9 +263,21 @@ def reproduce_run(options: ReproduceOptions, console) -> int:
         return 1
     if options.verify_only:
         return 0
+    nproc = None
+    if options.launcher == "local":
+        problem = world_size_problem(lock, Path(options.lockfile))
+        if problem:
+            console.print(f"[red]refusing to re-run[/red]: {problem}", soft_wrap=True, highlight=False)
+            return 1
+        nproc = local_world_size(lock)
+        nodes = lock.launch.launcher.get("nnodes", 1)
+        if nodes > 1:
+            hosts = dict.fromkeys(h for seg in lock.launch.launcher.get("segments", []) for h in seg.get("hosts", []))
+            console.print(f"the lock ran on {nodes} nodes{f' ({chr(44).join(hosts)})' if hosts else ''}: re-running "
+                          f"its world size {nproc} as {nproc} local processes on this machine", highlight=False)
     work = options.out or (folder.path / ".reproduce")
     mirror = mirror_folder(folder, work, options.base, options.data_root)
-    cmd = rerun_command(mirror, options)
+    cmd = rerun_command(mirror, options, nproc)
     console.print(f"re-running: {' '.join(cmd)}")
     res = subprocess.run(cmd)
     if res.returncode != 0:
