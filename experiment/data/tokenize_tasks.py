@@ -67,10 +67,16 @@ class TokenizeShards(PipelineStep):
         self.threads = threads
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import socket
+
+        from datatrove.utils.logging import logger
+
         inputs, _ = input_names(self.cfg)
         share = assign(inputs, [p.stat().st_size for p in inputs], world_size)[rank]
+        host = socket.gethostname()
+        logger.info(f"task {rank}/{world_size} on host {host}: {len(share)} input file(s)")  # the task's log
         report = tokenize.run(replace(self.cfg, share=tuple(share), progress=False, threads=self.threads))
-        _write_report(self.cfg.output, rank, report)
+        _write_report(self.cfg.output, rank, report, host)
         yield from ()
 
 
@@ -78,8 +84,8 @@ def _reports_dir(output: Path) -> Path:
     return output / LOGS / "reports"
 
 
-def _write_report(output: Path, rank: int, report: TokenizeReport) -> None:
-    data = {"backend_note": report.backend_note, "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
+def _write_report(output: Path, rank: int, report: TokenizeReport, host: str = "") -> None:
+    data = {"host": host, "backend_note": report.backend_note, "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
             "shards": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()} for s in report.shards]}
     write_atomic(_reports_dir(output) / f"{rank:05d}.json", json.dumps(data, indent=1) + "\n")
 
