@@ -19,6 +19,7 @@ BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
 FAULTS = (
     "kill -9 of one rank mid-step",
     "kill -9 during a save",
+    "kill -9 of one node's step mid-step",
     "SIGTERM during a save",
     "disk full during a save",
     "every checkpoint unloadable",
@@ -33,7 +34,8 @@ CELLS = {
     ("local", "disk full during a save"), ("local", "every checkpoint unloadable"),
     ("local", "bit flip in the latest checkpoint"), ("local", "hung rank (SIGSTOP)"), ("local", "--set override"),
     ("local", "shard changed between segments"),
-    ("slurm", "kill -9 during a save"), ("slurm", "SIGTERM during a save"), ("slurm", "--set override"),
+    ("slurm", "kill -9 during a save"), ("slurm", "kill -9 of one node's step mid-step"),
+    ("slurm", "SIGTERM during a save"), ("slurm", "--set override"),
     ("container", "--set override"),
 }
 LAUNCHERS = ("local", "slurm", "container")
@@ -43,7 +45,10 @@ NOT_RUN = {
                                        "locally (tests/train/test_training.py), during a save on Slurm",
     ("local", "kill -9 during a save"): "a tiny checkpoint's save takes milliseconds on this machine, too short to "
                                        "hit from outside reliably; the Slurm cell kills a 120-iteration run's save",
-    ("slurm", "kill -9 of one rank mid-step"): "the same runner and torchrun as local; the Slurm cell kills mid-save",
+    ("slurm", "kill -9 of one rank mid-step"): "the same runner and torchrun as local; the Slurm cells kill mid-save "
+                                              "and one node's whole step",
+    ("local", "kill -9 of one node's step mid-step"): "one machine is one node; the local cell kills one rank, the "
+                                                      "Slurm cell one of two nodes",
     ("slurm", "disk full during a save"): "needs a tmpfs mounted under the job's folder; run locally",
     ("slurm", "every checkpoint unloadable"): "the refusal is the runner's, identical under every launcher; run locally",
     ("slurm", "bit flip in the latest checkpoint"): "the check is the runner's, identical under every launcher; run "

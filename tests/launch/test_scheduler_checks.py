@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiment.launch import partition
-from experiment.launch.slurm_local import MAX_TIME, PARTITION
+from experiment.launch.slurm_local import MAX_TIME, NODES_PARTITION, PARTITION
 
 # ------------------------------------------------------------------ parsing scontrol -o (no scheduler)
 
@@ -183,3 +183,17 @@ def test_a_request_that_fits_is_submitted(slurm, project):
         subprocess.run(["scancel", job], check=True, timeout=60)
     finally:
         subprocess.run(["scancel", blocker], check=False, timeout=60)
+
+
+def test_more_nodes_or_cpus_than_the_virtual_cluster_has_are_refused(cluster, project):
+    """The virtual cluster's partition `nodes` (node1..nodeN, the machine's cores split between them), as
+    `scontrol` reports it: more nodes than it has, and more CPUs per node than a node has, are refused before
+    submission with both numbers."""
+    folder = project / "training" / "tiny"
+    per_node = max(1, (os.cpu_count() or 1) // cluster.nodes)
+    _configure(folder, f'walltime = "5"\nexit_margin_seconds = 30\npartition = "{NODES_PARTITION}"\n'
+                       f'nnodes = {cluster.nodes + 1}\ncpus_per_task = {per_node + 1}')
+    _refused(folder, f"launch.nnodes asks {cluster.nodes + 1} nodes, but partition {NODES_PARTITION} has "
+                     f"{cluster.nodes} node(s)", f"set launch.nnodes = {cluster.nodes} or less",
+             f"launch.cpus_per_task asks {per_node + 1} CPUs per node, but the nodes of partition {NODES_PARTITION} "
+             f"have at most {per_node}")
