@@ -22,6 +22,11 @@ from experiment.launcher_names import SCHEDULERS
 
 TEMPLATES = Path(__file__).parent / "templates"
 RDZV_PORT = 29500
+# srun --wait: how long the other nodes' tasks may run on once one node's task has ended. Long enough for rank
+# 0's own work after the others leave (the summary, loss.png: seconds); short against a walltime, so a node
+# whose whole step died (measured on the virtual cluster: srun otherwise waits for it until the walltime) ends
+# the step in about this plus Slurm's KillWait
+NODE_EXIT_WAIT_S = 60
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def render(launch: Launch, settings: ClusterSettings) -> str:
         gpus=settings.gpus, log_dir=shlex.quote(os.fspath(launch.folder / "logs")),
         folder=shlex.quote(os.fspath(launch.folder)),
         exports=[f"export {k}={shlex.quote(v)}" for k, v in launch.env], env_names=[k for k, _ in launch.env],
-        rdzv_port=RDZV_PORT, command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
+        rdzv_port=RDZV_PORT, node_exit_wait=NODE_EXIT_WAIT_S, command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
         signal_seconds=settings.signal_seconds, walltime_seconds=parse_duration(settings.walltime),
         # the run's --set overrides reach every step that loads the folder, not torchrun only
         chain_sets="".join(f" --set {shlex.quote(o)}" for o in overrides_of(launch.runner_args)),

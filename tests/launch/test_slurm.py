@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from experiment.launch.slurm_local import NODES_PARTITION
 from experiment.lock import environment, lockfile
 from tests import fault_matrix
 
@@ -107,16 +108,17 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
                         test="tests/launch/test_slurm.py::test_tiny_folder_trains_as_a_slurm_job")
 
 
-def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slurm, project):
-    """Walltime 2 minutes, exit margin 105 s (more than Slurm's up to 60 s early --signal): after its 4-10 s
-    start a segment has ~10 s to train before it saves on its time budget. Measured idle: 0.5 s steps at seq
-    128 and batch 8 let one segment finish all 24 iterations, so the steps here cost 4x that (seq 256, batch
-    16): ~1.4 s idle, 7 per segment, 4 segments in all; 1-2 per segment and up to ~22 segments loaded. A
-    segment gets `scancel -s TERM` while a save is being written. The chain continues by itself, and `experiment
-    reproduce` of its lockfile re-runs it locally, uninterrupted, to the byte."""
+def test_two_node_chain_of_two_minute_jobs_with_sigterm_mid_save_matches_a_local_run(cluster, project):
+    """Two nodes of the virtual cluster, one rank each. Walltime 2 minutes, exit margin 105 s (more than
+    Slurm's up to 60 s early --signal): after its start a segment has ~10 s to train before it saves on its
+    time budget. The steps (seq 256, batch 16) take about a second, so a segment holds a few, and the 24
+    iterations take several segments. A segment gets `scancel -s TERM` (every step of the job, on both nodes)
+    while a save is being written. The chain continues by itself, every segment on both nodes, and
+    `experiment reproduce` of its lockfile re-runs it on one machine (2 local processes), uninterrupted, to
+    the byte."""
     folder = project / "training" / "tiny"
-    _configure(folder, 'walltime = "2"\nexit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 30',
-               iters=24, save_interval=3)
+    _configure(folder, f'nnodes = 2\npartition = "{NODES_PARTITION}"\ncpus_per_task = 1\nwalltime = "2"\n'
+               'exit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 30', iters=24, save_interval=3)
     toml = folder / "experiment.toml"  # ~1.4 s steps idle: a segment's ~10 s of training hold a few of them
     toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 256")
                     .replace("global_batch_size = 4", "global_batch_size = 16"))
@@ -148,6 +150,7 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
     segs = lock.launch.launcher["segments"]
     assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 24
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
+    assert all(seg["hosts"] == ["node1", "node2"] for seg in segs), segs  # every segment on both nodes
 
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
                *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
@@ -160,8 +163,8 @@ def test_chain_of_one_minute_jobs_with_sigterm_mid_save_matches_a_local_run(slur
                         "in progress finished); logs", resumed=f"the next job, from iteration {hit['complete_iteration']}"
                         f" ({len(ends)} jobs in all)", reproduced="yes: `experiment reproduce` (local, uninterrupted) "
                         "exit 0, outputs equal", message=f"[chain] segment {running[0]} ended ({hit['state']}) at iteration "
-                        f"{hit['complete_iteration']}/24; next segment: job ...", test="tests/launch/test_slurm.py::test_chain_of_one_minute_jobs_with_sigterm_mid_"
-                        "save_matches_a_local_run")
+                        f"{hit['complete_iteration']}/24; next segment: job ...", test="tests/launch/test_slurm.py::test_two_node_chain_of_two_minute_jobs_with_"
+                        "sigterm_mid_save_matches_a_local_run")
 
 
 def test_refusals_and_a_job_that_dies_at_start(slurm, project):
@@ -200,6 +203,68 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
         time.sleep(1)
     assert "failed" in status.stdout and "exit code 2:0" in status.stdout, status.stdout
     assert "refusing to start" in status.stdout and "no_such_field" in status.stdout  # the job's log tail
+
+
+def test_one_node_killed_mid_step_ends_the_step_and_the_next_job_resumes_from_its_last_checkpoint(cluster, project):
+    """kill -9 of node2's whole step (its slurmstepd and everything under it: torchrun and its rank; the nodes
+    share this machine's PID namespace) in the middle of training, past the checkpoint of iteration 40: the
+    rank on node1 loses its peer and ends, and srun (`--kill-on-bad-exit=1 --wait=60`: node2 never reports its
+    task's end) ends the step about 60 + 32 s (KillWait) later, not at the 10-minute walltime; the segment ends
+    failed, the chain resubmits (it had saved a checkpoint),
+    the next segment resumes from iteration 40 on both nodes, the lock records the iterations lost, and the
+    run re-runs on one machine to the byte."""
+    from experiment.launch import virtual_nodes
+
+    folder = project / "training" / "tiny"
+    _configure(folder, f'nnodes = 2\npartition = "{NODES_PARTITION}"\ncpus_per_task = 1\nwalltime = "10"\n'
+               'exit_margin_seconds = 30', iters=120, save_interval=40)
+    job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
+    checkpoints, losses = folder / "checkpoints", folder / "logs" / "losses.jsonl"
+    deadline = time.monotonic() + 300
+    reached = 0
+    while time.monotonic() < deadline and not ((checkpoints / "iter_0000040").is_dir() and reached >= 45):
+        if losses.is_file():
+            reached = max([0, *(json.loads(line)["iteration"] for line in losses.read_text().splitlines()
+                                if line.strip().endswith("}"))])
+        time.sleep(0.05)
+    assert reached >= 45, (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
+    node2 = virtual_nodes.Node(2, cluster.instance)
+    slurmd = int(cluster.pid_file("slurmd", node2.name).read_text().split()[0])
+    step = [pid for pid in virtual_nodes.pids_in(node2) if pid != slurmd]  # node2's slurmstepd tree: the step
+    assert step, "no process of the step found on node2"
+    for pid in step:
+        os.kill(pid, 9)
+    killed = time.monotonic()
+    events = _wait_chain_end(folder, 600)
+    ends = [e for e in events if e["event"] == "end"]
+    first_end = next(e for e in events if e["event"] == "end" and e["job_id"] == job)
+    log = (folder / "logs" / f"slurm-{job}.out").read_text()
+    assert first_end["state"] == "failed" and first_end["complete_iteration"] == 40, (first_end, log[-3000:])
+    # the step ended soon after the kill, not at the walltime (chain.jsonl's time of the segment's end)
+    after = first_end["time"] - (time.time() - (time.monotonic() - killed))
+    assert after < 180, (after, log[-3000:])
+    assert "First task exited 60s ago" in log and "task 1: running" in log, log[-3000:]
+    assert ends[-1]["state"] == "finished", log[-3000:]
+    second = [e for e in events if e["event"] == "begin"][1]
+    assert second["start_iteration"] == 40 and second["hosts"] == ["node1", "node2"]
+    assert second["lost_iterations"] == first_end["reached_iteration"] - 40 > 0
+    segs = lockfile.read_lock(folder / "run.lock.json").launch.launcher["segments"]
+    assert segs[1]["lost_iterations"] == second["lost_iterations"] and segs[-1]["end_iteration"] == 120
+    steps = [json.loads(line)["iteration"] for line in losses.read_text().splitlines()]
+    assert steps == list(range(1, 121))  # the lost steps' records were cut back and trained again
+    assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000040", "iter_0000080", "iter_0000120"]
+    lock = lockfile.read_lock(folder / "run.lock.json")
+    rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(project / "rerun"),
+               *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
+    out = rep.stdout + rep.stderr
+    assert rep.returncode == 0 and "120 step(s) of losses" in out and "identical" in out, out[-4000:]
+    fault_matrix.record("slurm", "kill -9 of one node's step mid-step", survived="iteration 40's checkpoint; the "
+                        "cut log lines under logs/aside/", resumed=f"iteration 40, by the next job on both nodes "
+                        f"({second['lost_iterations']} iterations trained again)",
+                        reproduced="yes: `experiment reproduce` (2 local processes, uninterrupted) exit 0",
+                        message=f"[chain] segment {job} ended (failed) at iteration 40/120; next segment: job ...",
+                        test="tests/launch/test_slurm.py::test_one_node_killed_mid_step_ends_the_step_and_the_next_"
+                        "job_resumes_from_its_last_checkpoint")
 
 
 def test_a_segment_killed_with_sigkill_mid_save_resumes_from_its_last_complete_checkpoint(slurm, project):

@@ -1,5 +1,7 @@
-"""The README's demo folder (training/demo: SmolLM2-135M, real Debian text, 2 ranks) trained as a job of the
-real Slurm, in a root of its own built by the demo's own stages; its lockfile re-run locally to the byte."""
+"""The README's demo folder (training/demo: SmolLM2-135M, real Debian text, 2 ranks) trained as one job across
+two nodes of the virtual cluster (1 rank per node, gloo over the nodes' network), in a root of its own built by
+the demo's own stages; its lockfile re-run on one machine as 2 local processes (the same world, layout and data
+order), to the byte: a 2-node run is byte-identical to a 1-node run."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import experiment.demo as demo
+from experiment.launch.slurm_local import NODES_PARTITION
 from experiment.lock import environment, lockfile
 from tests.conftest import require_system_packages
 from tests.launch.test_slurm import _cli, _job_id, _wait_chain_end
@@ -35,23 +38,28 @@ def _demo_inputs(root: Path) -> Path:
     raise AssertionError("the demo has no training stage")
 
 
-def test_demo_folder_trains_as_a_slurm_job_and_reproduces_locally(slurm, tmp_path):
+def test_demo_folder_trains_across_two_nodes_and_reproduces_on_one_machine(cluster, tmp_path):
     require_system_packages("corpus")
     folder = _demo_inputs(tmp_path)
     toml = folder / "experiment.toml"
     text = toml.read_text()
     assert 'launcher = "local"\nnproc_per_node = 2\n' in text
-    # the folder as a user points it at a cluster: launcher, walltime, the node's CPUs for its 2 ranks
+    # the folder as a user points it at a cluster: launcher, 2 nodes of 1 rank each, their partition and CPUs
     toml.write_text(text.replace('launcher = "local"\nnproc_per_node = 2\n',
-                                 'launcher = "slurm"\nnproc_per_node = 2\nwalltime = "15"\ncpus_per_task = 2\n'))
+                                 f'launcher = "slurm"\nnnodes = 2\nnproc_per_node = 1\npartition = "{NODES_PARTITION}"\n'
+                                 'walltime = "15"\ncpus_per_task = 1\n'))
     job = _job_id(_cli("run", str(folder)))
     ends = [e for e in _wait_chain_end(folder, 900) if e["event"] == "end"]
     assert ends[-1]["state"] == "finished", (folder / "logs" / f"slurm-{job}.out").read_text()[-3000:]
 
     lock = lockfile.read_lock(folder / "run.lock.json")  # written by the job
     assert lock.launch.world_size == 2 and lock.launch.launcher["launcher"] == "slurm"
-    assert [(s["job_id"], s["start_iteration"], s["end_iteration"]) for s in lock.launch.launcher["segments"]] \
-        == [(job, 0, 8)]
+    assert (lock.launch.launcher["nnodes"], lock.launch.launcher["nproc_per_node"]) == (2, 1)
+    assert [(s["job_id"], s["start_iteration"], s["end_iteration"], s["hosts"])
+            for s in lock.launch.launcher["segments"]] == [(job, 0, 8, ["node1", "node2"])]
+    log = (folder / "logs" / f"slurm-{job}.out").read_text()
+    for rank, node in enumerate(("node1", "node2")):  # every rank on its node, with its node rank
+        assert f"rank {rank}/2 on {node} (node rank {rank}" in log, log[-3000:]
     assert list(lock.outputs.checkpoints) == ["iter_0000008"]
     losses = (folder / "logs" / "losses.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in losses] == list(range(1, 9))
@@ -59,10 +67,11 @@ def test_demo_folder_trains_as_a_slurm_job_and_reproduces_locally(slurm, tmp_pat
     loss = {(e["domain"], e["iteration"]): float.fromhex(e["loss"]) for e in evals}
     assert loss[("ja/manual", 8)] < loss[("ja/manual", 0)]  # the new language improves, as in the local demo
 
-    # the Slurm run's lock re-run by the local launcher: the same losses and checkpoint, to the byte
+    # the 2-node lock re-run by the local launcher as 2 processes: the same losses and checkpoint, to the byte
     rep = _cli("reproduce", str(folder / "run.lock.json"), "--out", str(tmp_path / "rerun-local"),
                *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
+    assert "the lock ran on 2 nodes (node1, node2): re-running its world size 2 as 2 local processes" in out, out[-4000:]
     assert rep.returncode == 0 and "8 step(s) of losses" in out and "identical" in out, out[-4000:]
     relock = lockfile.read_lock(tmp_path / "rerun-local" / demo.DEMO_FOLDER / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]
