@@ -232,6 +232,9 @@ class LaunchSection(_Section):
                                      "step plus a save would end less than this before the job's time limit")
     signal_seconds: int = Field(default=120, ge=0, description="SIGTERM this long before the limit (last resort)")
     max_segments: int = Field(default=50, ge=1, description="a chain of jobs stops after this many segments")
+    container_runtime: Literal["apptainer", "podman"] = Field(
+        default="apptainer", description="what runs the image on the nodes of a Slurm/PBS job under --container: "
+        "apptainer (image.ref or --image: a .sif file or a URI) or podman (an image in the nodes' podman store)")
 
     @field_validator("walltime")
     @classmethod

@@ -3,8 +3,9 @@
 Locally with podman (or docker): the folder (read-write), its data signatures, their shard roots and
 the base checkpoint (read-only) are mounted at the same absolute paths inside the container, so every
 relative path of the folder resolves the same way and nothing is rewritten. On clusters the same
-mounts become an ``apptainer exec --bind`` line or an ``srun --container-image --container-mounts``
-line (pyxis/enroot) for the Slurm/PBS scripts.
+mounts become an ``apptainer exec --bind`` line, a ``podman run -v`` line (``launch.container_runtime =
+"podman"``: each node's podman runs the image from its store, on the node's own network and host name) or an
+``srun --container-image --container-mounts`` line (pyxis/enroot) for the Slurm/PBS scripts.
 
 The image's ref and digest (looked up with the engine when not given) travel in a small read-only file
 mounted at /run/midtrain-kit/image-ref.json (and as MIDTRAIN_IMAGE_REF / MIDTRAIN_IMAGE_DIGEST for job
@@ -15,6 +16,7 @@ recorded at build (``experiment.lock.environment.detect_image``), and the lockfi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -29,6 +31,11 @@ from experiment.lock.environment import IMAGE_DIGEST_VAR, IMAGE_REF_VAR, RUN_IMA
 
 ENGINES = ("podman", "docker")
 DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
+CLUSTER_RUNTIMES = ("apptainer", "podman")  # launch.container_runtime
+# passed into a job's container by name, from each node's environment: the scheduler's job variables (the chain's
+# job id, node count, restarts) and the rendezvous address the job script sets
+JOB_ENV = ("SLURM_*", "PBS_*", "MASTER_ADDR", "MASTER_PORT")
+ENGINE_VARS = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")  # the kit's engine settings (experiment.engine)
 
 
 class ContainerError(KitError):
@@ -153,9 +160,9 @@ def _ref_file(folder: TrainingFolder, image: str, digest: str) -> Path:
     return path
 
 
-def engine_argv(run: ContainerRun) -> list[str]:
+def engine_argv(run: ContainerRun, options: tuple[str, ...] = ()) -> list[str]:
     """``podman run`` argv: --init (Python as PID 1 ignores SIGTERM), host network for torchrun."""
-    argv = [run.engine, "run", "--rm", "--init", "--network", "host", "--ipc", "host"]
+    argv = [run.engine, "run", "--rm", "--init", "--network", "host", "--ipc", "host", *options]
     for m in run.mounts:
         argv += ["-v", m.spec()]
     for k, v in sorted(run.env.items()):
@@ -163,6 +170,54 @@ def engine_argv(run: ContainerRun) -> list[str]:
     if run.workdir:
         argv += ["-w", os.fspath(run.workdir)]
     return argv + [run.image, *run.command]
+
+
+def podman_line(run: ContainerRun, engine_vars: dict[str, str] | None = None) -> str:
+    """The same run with podman on each node of a job (``launch.container_runtime = "podman"``).
+
+    ``podman run --rm --init --network host --uts host``: the node's own addresses, ``/etc/hosts`` and host name,
+    so torchrun's rendezvous across nodes works as on the host; the scheduler's job variables and the rendezvous
+    address pass by name (``-e 'SLURM_*'``, ``-e MASTER_ADDR``: each node's own values). The kit's engine
+    settings (``CONTAINERS_CONF``/``CONTAINERS_STORAGE_CONF``, as ``experiment.engine`` gives them to the local
+    launcher) go in front, so every node's podman reads the same configuration and store."""
+    conf = {k: v for k, v in (engine_env() if engine_vars is None else engine_vars).items() if k in ENGINE_VARS}
+    options = ("--uts", "host", *(a for name in JOB_ENV for a in ("-e", name)))
+    prefix = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(conf.items())) + " " if conf else ""
+    return prefix + shlex.join(engine_argv(dataclasses.replace(run, engine="podman"), options))
+
+
+def local_digest(ref: str) -> str | None:
+    """The image id (what the lock records as its digest) of ``ref`` in this machine's podman store, or None
+    (no podman here, or the image is not in its store)."""
+    if not shutil.which("podman"):
+        return None
+    ident = image_id("podman", ref)
+    return ident["id"] if ident else None
+
+
+def cluster_prefix(folder: TrainingFolder, runtime: str, image: str, digest: str | None,
+                   env: dict[str, str]) -> str:
+    """What a Slurm/PBS job puts in front of its ``torchrun`` and ``chain begin/end`` lines under --container.
+
+    apptainer: ``apptainer exec ... SIF`` (``image``: a .sif path or a URI). podman: ``podman run ... REF`` with a
+    small file naming the image and its digest (``image.digest``, else the id in this machine's store) mounted
+    where ``detect_image`` reads it, written into the folder's ``launch/`` (the shared filesystem, next to the
+    job script), so the lock ``chain end`` writes records the image's digest."""
+    if runtime not in CLUSTER_RUNTIMES:
+        raise ContainerError(f"launch.container_runtime {runtime!r}: use one of {', '.join(CLUSTER_RUNTIMES)}")
+    ids = {IMAGE_REF_VAR: image, **({IMAGE_DIGEST_VAR: digest} if digest else {})}
+    if runtime == "apptainer":
+        plan = ContainerRun("apptainer", image, folder_mounts(folder), (), {**ids, **env}, folder.path)
+        return apptainer_line(plan, image).rstrip()
+    import json
+
+    ref_file = folder.path / "launch" / "image-ref.json"
+    ref_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref_file.with_name(f".{ref_file.name}.tmp")
+    tmp.write_text(json.dumps({"ref": image, "digest": digest}, sort_keys=True) + "\n")
+    tmp.replace(ref_file)
+    mounts = folder_mounts(folder) + (Mount(ref_file, True, RUN_IMAGE_PATH),)
+    return podman_line(ContainerRun("podman", image, mounts, (), {**ids, **env}, folder.path))
 
 
 def apptainer_line(run: ContainerRun, sif: str) -> str:

@@ -142,14 +142,13 @@ class ClusterLauncher(Launcher):
         cfg = request.folder.config
         lc = cfg.launch
         prefix = None
-        if request.container:
+        if request.container:  # launch.container_runtime: apptainer (a .sif or URI) or podman (the nodes' store)
             from experiment.launch import container as ctr
 
             image_ref = cluster_image(request)
-            env = {ctr.IMAGE_REF_VAR: image_ref, **({ctr.IMAGE_DIGEST_VAR: cfg.image.digest} if cfg.image.digest else {})}
-            plan = ctr.ContainerRun("apptainer", image_ref, ctr.folder_mounts(request.folder), (),
-                                    {**env, **dict(request.launch.env)}, request.folder.path)
-            prefix = ctr.apptainer_line(plan, image_ref).rstrip()
+            digest = cfg.image.digest or (ctr.local_digest(image_ref) if lc.container_runtime == "podman" else None)
+            prefix = ctr.cluster_prefix(request.folder, lc.container_runtime, image_ref, digest,
+                                        dict(request.launch.env))
         gpus = lc.gpus_per_node if lc.gpus_per_node is not None else (
             request.launch.nproc_per_node if cfg.image.flavor == "gpu" else 0)
         return jobscript.ClusterSettings(
@@ -250,8 +249,11 @@ def get(name: str) -> Launcher:
 
 def cluster_image(request: Request) -> str:
     """The image a job runs under Apptainer: a URI (``docker://``, ``oras://``, ...) as given, otherwise a
-    ``.sif`` file, made absolute so the job finds it whatever its working directory."""
+    ``.sif`` file, made absolute so the job finds it whatever its working directory. Under podman
+    (``launch.container_runtime``): the image reference as given."""
     ref = request.image or request.folder.config.image.ref
+    if request.folder.config.launch.container_runtime == "podman":
+        return ref
     return ref if "://" in ref else os.path.abspath(ref)
 
 
@@ -261,12 +263,29 @@ def image_problems(request: Request) -> list[str]:
     if not request.container:
         return []
     ref = cluster_image(request)
+    if request.folder.config.launch.container_runtime == "podman":
+        return podman_image_problems(request, ref)
     if "://" in ref or os.path.isfile(ref):
         return []
     given = "--image" if request.image else "image.ref in experiment.toml"
     return [f"{given}: {ref} is not a file here, and a job under --container runs it with `apptainer exec`; "
             "build the .sif (docs/cluster.md) and pass its path on the shared filesystem with --image, "
             "or give a URI such as docker://REGISTRY/midtrain-kit:gpu"]
+
+
+def podman_image_problems(request: Request, ref: str) -> list[str]:
+    """Under podman the lock records the image's digest: pinned (``image.digest``) or found in this machine's
+    podman store (the nodes run the same store, or pull the same reference)."""
+    from experiment.launch.container import local_digest
+
+    if request.folder.config.image.digest or local_digest(ref):
+        return []
+    given = "--image" if request.image else "image.ref in experiment.toml"
+    where = f"not in podman's store here (`podman image inspect {ref}`)" if shutil.which("podman") else \
+        "not looked up: podman is not on this machine"
+    return [f"{given}: {ref} is {where}, and a job under --container with launch.container_runtime = \"podman\" "
+            "records the image's digest in the lock; build it (`nox -s build_image -- --flavor cpu`) or pull it into "
+            "the store the nodes' podman reads, or pin image.digest in experiment.toml"]
 
 
 def walltime_problems(folder) -> list[str]:

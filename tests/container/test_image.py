@@ -2,7 +2,8 @@
 and `experiment reproduce` of the host run's lockfile re-run inside the image, compared to the byte.
 
 Needs podman + buildah + mmdebstrap (fails naming the missing package; `.ci/run` installs them) and
-root (skipped without). The first build makes the Debian base with mmdebstrap when build/base-bookworm.tar is
+root (skipped without). The builds are tests/container/conftest.py's session fixture `builds` (shared with
+test_container_slurm.py). The first build makes the Debian base with mmdebstrap when build/base-bookworm.tar is
 missing (always on CI); the second imports the same tarball into a fresh store.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from experiment.lock import lockfile
+from tests.container.conftest import TAG, storage_conf
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 
@@ -32,23 +34,7 @@ def _engine_installed():
 
     require_system_packages("container")
 
-TAG = "localhost/midtrain-kit:cpu-test"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    from experiment.lock import image
-
-    roots = [tmp_path_factory.mktemp(f"store{i}") for i in (1, 2)]
-    first = image.build("cpu", "buildah", root=str(roots[0]), lock_path=None, tag=TAG)
-    # the same inputs (wheelhouse, kit wheel, commit) in a fresh store: only the build itself can differ
-    second = image.build("cpu", "buildah", root=str(roots[1]), lock_path=None, tag=TAG, inputs=first["kit_state"])
-    entries = [first, second]
-    yield roots, entries
-    for r in roots:  # the stores hold root-owned overlay layers: remove them with the engine's own command
-        subprocess.run(["buildah", "--root", f"{r}/storage", "--runroot", f"{r}/run", "rmi", "--all", "--force"],
-                       capture_output=True, env=image.engine_env(), timeout=300)
 
 
 def test_two_builds_in_fresh_stores_give_the_same_digest(builds):
@@ -61,9 +47,7 @@ def test_two_builds_in_fresh_stores_give_the_same_digest(builds):
 
 def test_host_run_reproduced_inside_the_image(builds, project, tmp_path, monkeypatch):
     roots, (entry, _) = builds
-    storage = tmp_path / "storage.conf"
-    storage.write_text(f'[storage]\ndriver = "{entry["storage_driver"]}"\n'
-                       f'graphroot = "{roots[0]}/storage"\nrunroot = "{roots[0]}/run"\n')
+    storage = storage_conf(roots[0], entry["storage_driver"], tmp_path / "storage.conf")
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(storage))
     folder = project / "training" / "tiny"
     cli = [sys.executable, "-m", "experiment.cli"]

@@ -1,0 +1,65 @@
+"""A training folder run in the kit's image on several nodes: `experiment run --launcher slurm --container` with
+``launch.container_runtime = "podman"`` on the virtual cluster (tests/conftest.py's `cluster`: node1 and node2,
+each its own network namespace, host name and /etc/hosts, one shared filesystem).
+
+The image is the one tests/container/conftest.py's session fixture `builds` made (no build of its own); every node's
+podman reads that build's store through ``CONTAINERS_STORAGE_CONF``, which the job script's podman line carries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiment.lock import lockfile
+from tests.container.conftest import TAG, storage_conf
+
+pytestmark = [pytest.mark.slow, pytest.mark.container]
+
+LAUNCH = """[launch]
+nnodes = 2
+partition = "nodes"
+cpus_per_task = 1
+walltime = "10"
+exit_margin_seconds = 30
+container_runtime = "podman"
+"""
+
+
+def test_two_node_slurm_job_runs_in_the_image_with_podman(builds, cluster, project, tmp_path):
+    roots, (entry, _) = builds
+    env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(storage_conf(roots[0], entry["storage_driver"],
+                                                                        tmp_path / "storage.conf"))}
+    folder = project / "training" / "tiny"
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[launch]\n", LAUNCH))
+    res = subprocess.run([sys.executable, "-m", "experiment.cli", "run", str(folder), "--launcher", "slurm",
+                          "--container", "--image", TAG, "--wait"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted((folder / "logs").glob("slurm-*.out")))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs
+
+    # the job script: every step (chain begin, torchrun on each node, chain end) is a podman run of the image,
+    # on the node's own network and host name, with the store the image was built into
+    script = (folder / "launch" / "slurm.sh").read_text()
+    podman = [line for line in script.splitlines() if "podman run --rm --init --network host" in line]
+    assert len(podman) == 3 and all(TAG in line and "CONTAINERS_STORAGE_CONF=" in line for line in podman)
+    assert any("torchrun --nnodes=2" in line for line in podman)
+
+    # both ranks ran, on node1 and node2, inside a container (PID namespace of its own: catatonit is PID 1)
+    beats = [json.loads((folder / "logs" / "heartbeat" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(b["host"] for b in beats) == ["node1", "node2"], beats
+    assert all(b["pid"] < 1000 and b["phase"] == "done" for b in beats), beats
+
+    # the lock, written by `chain end` inside the image, records the image and its digest (the build's image id)
+    lock = lockfile.read_lock(folder / "run.lock.json").dump()
+    image = lock["environment"]["image"]
+    assert lock["environment"]["containerized"] is True, lock["environment"]
+    assert image["ref"] == TAG and image["digest"] == entry["image_id"]
+    segments = lock["launch"]["launcher"]["segments"]
+    assert [(s["nodes"], s["image_digest"], s["state"]) for s in segments] == [(2, entry["image_id"], "finished")]
+    assert lock["launch"]["world_size"] == 2
+    assert lock["config"]["experiment"]["launch"]["container_runtime"] == "podman"
