@@ -26,7 +26,7 @@ RDZV_PORT = 29500
 # 0's own work after the others leave (the summary, loss.png: seconds); short against a walltime, so a node
 # whose whole step died (measured on the virtual cluster: srun otherwise waits for it until the walltime) ends
 # the step in about this plus Slurm's KillWait
-NODE_EXIT_WAIT_S = 60
+NODE_EXIT_WAIT_S = 30
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from experiment.launch.jobscript import NODE_EXIT_WAIT_S
 from experiment.launch.slurm_local import NODES_PARTITION
 from experiment.lock import environment, lockfile
 from tests import fault_matrix
@@ -109,17 +110,17 @@ def test_tiny_folder_trains_as_a_slurm_job(slurm, project):
 
 
 def test_two_node_chain_of_two_minute_jobs_with_sigterm_mid_save_matches_a_local_run(cluster, project):
-    """Two nodes of the virtual cluster, one rank each. Walltime 2 minutes, exit margin 105 s (more than
-    Slurm's up to 60 s early --signal): after its start a segment has ~10 s to train before it saves on its
-    time budget. The steps (seq 256, batch 16) take about a second, so a segment holds a few, and the 24
-    iterations take several segments. A segment gets `scancel -s TERM` (every step of the job, on both nodes)
-    while a save is being written. The chain continues by itself, every segment on both nodes, and
-    `experiment reproduce` of its lockfile re-runs it on one machine (2 local processes), uninterrupted, to
-    the byte."""
+    """Two nodes of the virtual cluster, one rank each. Walltime 2 minutes, exit margin 80 s (more than Slurm's
+    up to 60 s early --signal, which then only ends a segment sooner): a segment saves and stops 40 s after its
+    start, so after start-up (about 15 s idle) it trains for some 25 s, about a third of the 72 iterations
+    (seq 256, batch 16: under a second a step on 2 ranks); loaded, fewer per segment and more segments (up to
+    launch.max_segments). A segment gets `scancel -s TERM` (every step of the job, on both nodes) while a save
+    is being written. The chain continues by itself, every segment on both nodes, and `experiment reproduce`
+    of its lockfile re-runs it on one machine (2 local processes), uninterrupted, to the byte."""
     folder = project / "training" / "tiny"
     _configure(folder, f'nnodes = 2\npartition = "{NODES_PARTITION}"\ncpus_per_task = 1\nwalltime = "2"\n'
-               'exit_margin_seconds = 105\nsignal_seconds = 5\nmax_segments = 30', iters=24, save_interval=3)
-    toml = folder / "experiment.toml"  # ~1.4 s steps idle: a segment's ~10 s of training hold a few of them
+               'exit_margin_seconds = 80\nsignal_seconds = 5\nmax_segments = 30', iters=72, save_interval=3)
+    toml = folder / "experiment.toml"  # under a second a step on 2 ranks: a segment's ~25 s of training hold many
     toml.write_text(toml.read_text().replace("seq_length = 32", "seq_length = 256")
                     .replace("global_batch_size = 4", "global_batch_size = 16"))
     job = _job_id(_cli("run", str(folder), "--launcher", "slurm"))
@@ -148,7 +149,7 @@ def test_two_node_chain_of_two_minute_jobs_with_sigterm_mid_save_matches_a_local
     assert len(saves) == len(set(saves)), f"an iteration was saved twice: {saves}"
     lock = lockfile.read_lock(folder / "run.lock.json")
     segs = lock.launch.launcher["segments"]
-    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 24
+    assert len(segs) == len(ends) and segs[-1]["end_iteration"] == 72
     assert all(a["end_iteration"] == b["start_iteration"] for a, b in zip(segs, segs[1:])), segs
     assert all(seg["hosts"] == ["node1", "node2"] for seg in segs), segs  # every segment on both nodes
 
@@ -156,14 +157,14 @@ def test_two_node_chain_of_two_minute_jobs_with_sigterm_mid_save_matches_a_local
                *(["--ignore"] if environment.source_hash() != lock.kit.source_hash else []))
     out = rep.stdout + rep.stderr
     assert rep.returncode == 0, out[-4000:]
-    assert "24 step(s) of losses" in out and "identical" in out
+    assert "72 step(s) of losses" in out and "identical" in out
     relock = lockfile.read_lock(project / "rerun" / "training" / "tiny" / "run.lock.json")
     assert relock.dump()["outputs"] == lock.dump()["outputs"]  # per-step losses and the last checkpoint's files and tensors
     fault_matrix.record("slurm", "SIGTERM during a save", survived=f"every checkpoint (the save of iteration {signalled} "
                         "in progress finished); logs", resumed=f"the next job, from iteration {hit['complete_iteration']}"
                         f" ({len(ends)} jobs in all)", reproduced="yes: `experiment reproduce` (local, uninterrupted) "
                         "exit 0, outputs equal", message=f"[chain] segment {running[0]} ended ({hit['state']}) at iteration "
-                        f"{hit['complete_iteration']}/24; next segment: job ...", test="tests/launch/test_slurm.py::test_two_node_chain_of_two_minute_jobs_with_"
+                        f"{hit['complete_iteration']}/72; next segment: job ...", test="tests/launch/test_slurm.py::test_two_node_chain_of_two_minute_jobs_with_"
                         "sigterm_mid_save_matches_a_local_run")
 
 
@@ -208,8 +209,8 @@ def test_refusals_and_a_job_that_dies_at_start(slurm, project):
 def test_one_node_killed_mid_step_ends_the_step_and_the_next_job_resumes_from_its_last_checkpoint(cluster, project):
     """kill -9 of node2's whole step (its slurmstepd and everything under it: torchrun and its rank; the nodes
     share this machine's PID namespace) in the middle of training, past the checkpoint of iteration 40: the
-    rank on node1 loses its peer and ends, and srun (`--kill-on-bad-exit=1 --wait=60`: node2 never reports its
-    task's end) ends the step about 60 + 32 s (KillWait) later, not at the 10-minute walltime; the segment ends
+    rank on node1 loses its peer and ends, and srun (`--kill-on-bad-exit=1 --wait=30`: node2 never reports its
+    task's end) ends the step about 30 + 32 s (KillWait) later, not at the 10-minute walltime; the segment ends
     failed, the chain resubmits (it had saved a checkpoint),
     the next segment resumes from iteration 40 on both nodes, the lock records the iterations lost, and the
     run re-runs on one machine to the byte."""
@@ -243,7 +244,7 @@ def test_one_node_killed_mid_step_ends_the_step_and_the_next_job_resumes_from_it
     # the step ended soon after the kill, not at the walltime (chain.jsonl's time of the segment's end)
     after = first_end["time"] - (time.time() - (time.monotonic() - killed))
     assert after < 180, (after, log[-3000:])
-    assert "First task exited 60s ago" in log and "task 1: running" in log, log[-3000:]
+    assert f"First task exited {NODE_EXIT_WAIT_S}s ago" in log and "task 1: running" in log, log[-3000:]
     assert ends[-1]["state"] == "finished", log[-3000:]
     second = [e for e in events if e["event"] == "begin"][1]
     assert second["start_iteration"] == 40 and second["hosts"] == ["node1", "node2"]
