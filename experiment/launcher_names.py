@@ -59,6 +59,25 @@ def job_nodes(env: Mapping[str, str] = os.environ) -> int:
     return 1
 
 
+def expand_hostlist(text: str) -> list[str]:
+    """Slurm's compressed host list (``node[1-3,7],gpu[01-02],login``) as names, zero padding kept; the
+    forms ``scontrol show hostnames`` expands, with one bracket per name."""
+    import re
+
+    hosts: list[str] = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,\[]*)", text):
+        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
+        if ranges is None:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            width = len(lo)
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{i:0{width}d}{suffix}")
+    return hosts
+
+
 def job_hosts(env: Mapping[str, str] = os.environ) -> list[str]:
     """The host names of the current job's nodes, in the scheduler's order ([] outside a job): Slurm's node
     list expanded by ``scontrol show hostnames`` (as the job script does for MASTER_ADDR), PBS's node file."""
@@ -75,9 +94,9 @@ def job_hosts(env: Mapping[str, str] = os.environ) -> list[str]:
                                  timeout=30)
             if res.returncode == 0 and res.stdout.split():
                 return res.stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired):  # no scontrol (inside a container): expand it here
             pass
-        return [compressed]
+        return expand_hostlist(compressed)
     nodefile = env.get(scheduler.nodefile) if scheduler.nodefile else None
     if nodefile and Path(nodefile).is_file():
         return list(dict.fromkeys(Path(nodefile).read_text().split()))

@@ -191,6 +191,9 @@ def test_more_nodes_or_cpus_than_the_virtual_cluster_has_are_refused(cluster, pr
     submission with both numbers."""
     folder = project / "training" / "tiny"
     per_node = max(1, (os.cpu_count() or 1) // cluster.nodes)
+    toml = folder / "experiment.toml"  # a batch that nodes+1 ranks divide, so only the partition refuses
+    toml.write_text(toml.read_text().replace("micro_batch_size = 2", "micro_batch_size = 1")
+                    .replace("global_batch_size = 4", f"global_batch_size = {4 * (cluster.nodes + 1)}"))
     _configure(folder, f'walltime = "5"\nexit_margin_seconds = 30\npartition = "{NODES_PARTITION}"\n'
                        f'nnodes = {cluster.nodes + 1}\ncpus_per_task = {per_node + 1}')
     _refused(folder, f"launch.nnodes asks {cluster.nodes + 1} nodes, but partition {NODES_PARTITION} has "
