@@ -80,7 +80,7 @@ def render(launch: Launch, settings: ClusterSettings) -> str:
         gpus=settings.gpus, log_dir=shlex.quote(os.fspath(launch.folder / "logs")),
         folder=shlex.quote(os.fspath(launch.folder)),
         exports=[f"export {k}={shlex.quote(v)}" for k, v in launch.env], env_names=[k for k, _ in launch.env],
-        rdzv_port=RDZV_PORT, node_exit_wait=NODE_EXIT_WAIT_S, command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
+        rdzv_port=RDZV_PORT, node_exit_wait=NODE_EXIT_WAIT_S, in_image=bool(settings.container_prefix), command=command, chain=chain, cpus_per_task=settings.cpus_per_task,
         signal_seconds=settings.signal_seconds, walltime_seconds=parse_duration(settings.walltime),
         # the run's --set overrides reach every step that loads the folder, not torchrun only
         chain_sets="".join(f" --set {shlex.quote(o)}" for o in overrides_of(launch.runner_args)),

@@ -86,8 +86,11 @@ def test_slurm_dry_run_with_podman(project, monkeypatch):
     assert res.exit_code == 0, res.output
     script = (folder / "launch" / "slurm.sh").read_text()
     steps = [line for line in script.splitlines() if "podman run --rm --init --network host" in line]
-    assert len(steps) == 3 and all("localhost/kit:x" in s for s in steps)
+    # chain begin, torchrun, chain end and (a next segment due) chain submitted, each in the image
+    assert len(steps) == 4 and all("localhost/kit:x" in s for s in steps)
     assert "localhost/kit:x torchrun --nnodes=2" in script and "localhost/kit:x python -m experiment.launch.chain end" in script
+    # the image has no sbatch: the next segment is submitted by the script on the node, then recorded
+    assert "--submit-on-host" in script and 'sbatch --parsable --dependency=afterany:"$SLURM_JOB_ID"' in script
 
 
 def test_podman_job_without_the_image_or_a_digest_is_refused(project, monkeypatch):

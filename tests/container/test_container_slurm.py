@@ -19,12 +19,15 @@ from tests.container.conftest import TAG, storage_conf
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 
+# a 2-minute walltime of which 110 s are margin: each segment trains one step after its start-up, saves and stops
+# on its time budget, so the 2 iterations take 2 jobs and the chain has to go on from inside the image
 LAUNCH = """[launch]
 nnodes = 2
 partition = "nodes"
 cpus_per_task = 1
-walltime = "10"
-exit_margin_seconds = 30
+walltime = "2"
+exit_margin_seconds = 110
+signal_seconds = 5
 container_runtime = "podman"
 """
 
@@ -35,18 +38,19 @@ def test_two_node_slurm_job_runs_in_the_image_with_podman(builds, cluster, proje
                                                                         tmp_path / "storage.conf"))}
     folder = project / "training" / "tiny"
     toml = folder / "experiment.toml"
-    toml.write_text(toml.read_text().replace("[launch]\n", LAUNCH))
+    toml.write_text(toml.read_text().replace("[launch]\n", LAUNCH).replace("train_iters = 4", "train_iters = 2"))
     res = subprocess.run([sys.executable, "-m", "experiment.cli", "run", str(folder), "--launcher", "slurm",
                           "--container", "--image", TAG, "--wait"], capture_output=True, text=True, env=env,
                          timeout=600)
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted((folder / "logs").glob("slurm-*.out")))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs
 
-    # the job script: every step (chain begin, torchrun on each node, chain end) is a podman run of the image,
-    # on the node's own network and host name, with the store the image was built into
+    # the job script: every step (chain begin, torchrun on each node, chain end, chain submitted) is a podman run
+    # of the image, on the node's own network and host name, with the store the image was built into; sbatch runs
+    # on the node itself (the image has none)
     script = (folder / "launch" / "slurm.sh").read_text()
     podman = [line for line in script.splitlines() if "podman run --rm --init --network host" in line]
-    assert len(podman) == 3 and all(TAG in line and "CONTAINERS_STORAGE_CONF=" in line for line in podman)
+    assert len(podman) == 4 and all(TAG in line and "CONTAINERS_STORAGE_CONF=" in line for line in podman)
     assert any("torchrun --nnodes=2" in line for line in podman)
 
     # both ranks ran, on node1 and node2, inside a container (PID namespace of its own: catatonit is PID 1)
@@ -60,6 +64,9 @@ def test_two_node_slurm_job_runs_in_the_image_with_podman(builds, cluster, proje
     assert lock["environment"]["containerized"] is True, lock["environment"]
     assert image["ref"] == TAG and image["digest"] == entry["image_id"]
     segments = lock["launch"]["launcher"]["segments"]
-    assert [(s["nodes"], s["image_digest"], s["state"]) for s in segments] == [(2, entry["image_id"], "finished")]
+    assert [(s["nodes"], s["hosts"], s["image_digest"], s["state"]) for s in segments] == [
+        (2, ["node1", "node2"], entry["image_id"], "walltime"), (2, ["node1", "node2"], entry["image_id"], "finished")]
+    chain = [json.loads(line) for line in (folder / "logs" / "chain.jsonl").read_text().splitlines()]
+    assert [e["by"] for e in chain if e["event"] == "submitted"] == ["cli", "chain"]  # the second: from the job
     assert lock["launch"]["world_size"] == 2
     assert lock["config"]["experiment"]["launch"]["container_runtime"] == "podman"
