@@ -135,6 +135,8 @@ def end(folder, rc: int, script: Path | None) -> int:
         print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
         return 0
     runlog.append_chain(logs, event)
+    if state in ("failed", HUNG_STATE):
+        _say_failed_nodes(folder, job, begins[-1].get("hosts", []) if begins else [])
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
     if not progress and (state in CLEAN_STOPS or stalled_before):
@@ -153,6 +155,18 @@ def end(folder, rc: int, script: Path | None) -> int:
     print(f"[chain] segment {job} ended ({state}) at iteration {complete}/{iters}; next segment: job {submitted}",
           flush=True)
     return 0
+
+
+def _say_failed_nodes(folder, job: str, hosts: list[str]) -> None:
+    """One line naming the node that ended a failed step (srun's lines in this job's log, read by
+    ``status.step_failures``): the node whose processes died or could not start, not the survivor that then
+    lost its peer."""
+    from experiment.launch.status import step_failures
+
+    log = folder.path / runlog.LOGS / f"slurm-{job}.out"
+    notes = step_failures(log.read_text(errors="replace"), hosts) if log.is_file() else []
+    if notes:
+        print(f"[chain] segment {job} failed: " + "; ".join(notes), file=sys.stderr, flush=True)
 
 
 def submit_next(folder, scheduler: str, job: str, script: Path | None) -> str:

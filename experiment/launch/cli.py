@@ -137,9 +137,10 @@ def run(
 
 def status(folder: Path = typer.Argument(..., help="training folder run with --launcher slurm|pbs"),
            ) -> None:
-    """Per job segment: queued, running, finished, or failed with the scheduler's reason and log tail;
-    then iteration, tokens/s, MFU where known, and an ETA."""
-    from experiment.launch.status import job_rows, run_line
+    """Per job segment: queued, running, finished, or failed with the scheduler's reason and log tail, and the
+    nodes it ran on (a node not up named with the scheduler's State and Reason); for a running job the last
+    iteration each node reported; then iteration, tokens/s, MFU where known, and an ETA."""
+    from experiment.launch.status import job_rows, node_progress, run_line
 
     folder = folder.resolve()
     if not (folder / "experiment.toml").is_file():
@@ -152,11 +153,17 @@ def status(folder: Path = typer.Argument(..., help="training folder run with --l
                   f"`experiment run {folder} --launcher slurm`")
     else:
         table = Table(title=f"jobs of {folder.name}")
-        for col in ("job", "state", "iterations", "reason"):
+        for col in ("job", "state", "nodes", "iterations", "reason"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            table.add_row(r.job_id, r.state, r.iterations, r.reason)
+            table.add_row(r.job_id, r.state, r.nodes, r.iterations, r.reason)
         out.print(table)
+        for r in rows:
+            for note in r.node_notes:  # a node not up (State, Reason), the node that ended a failed step
+                out.print(f"job {r.job_id}: {note}", markup=False, highlight=False, soft_wrap=True)
+        if any(r.state == "running" for r in rows):  # the last step each node reported (the ranks' heartbeats)
+            for line in node_progress(folder / runlog.LOGS):
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
         for r in rows:
             if r.log_tail:
                 out.print(f"[bold]log of job {r.job_id}[/bold] (last lines):", highlight=False)

@@ -4,14 +4,23 @@ State per job: queued / running (the scheduler's queue), finished / stopped on t
 segment's own record in ``logs/chain.jsonl``), or what the scheduler says about a job that ended without
 one (``scontrol show job``: state, reason, exit code) with the tail of its log. Then the run: iteration,
 tokens/s, ETA and, where the runner measured it, MFU (``logs/run_status.json``).
+
+Per node: the hosts each segment ran on (the chain's ``begin`` record, else the scheduler's node list, else
+the ranks' start lines in the job's log); for a running job the last iteration each node reported (the ranks'
+heartbeats, ``logs/heartbeat/rank-<r>.json``, grouped by host); a node of a queued or running job that is not
+up (DOWN, DRAIN, NOT_RESPONDING: its slurmd stopped or the node is lost) with the scheduler's ``State`` and
+``Reason`` (``scontrol show node -o``); and for a failed segment the node that ended it (``step_failures``:
+srun's lines in the job's log, a node whose task never ended or could not start).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment import runlog
@@ -29,6 +38,8 @@ class JobRow:
     iterations: str = ""
     reason: str = ""
     log_tail: str = ""
+    nodes: str = ""  # the hosts the segment ran on, "node1, node2"
+    node_notes: list[str] = field(default_factory=list)  # nodes not up, the node that ended a failed step
 
 
 def scontrol_job(job: str) -> dict[str, str]:
@@ -57,6 +68,7 @@ def job_rows(folder: Path) -> list[JobRow]:
     events = runlog.read_chain(Path(folder) / runlog.LOGS)
     queue = queue_states()
     rows: list[JobRow] = []
+    nodes_info: list[dict[str, str]] | None = None  # scontrol show node, asked once when a job is queued/running
     for e in events:
         if e.get("event") != "submitted":
             continue
@@ -64,6 +76,7 @@ def job_rows(folder: Path) -> list[JobRow]:
         begin = next((x for x in reversed(events) if x.get("event") == "begin" and x["job_id"] == job), None)
         end = next((x for x in reversed(events) if x.get("event") == "end" and x["job_id"] == job), None)
         row = JobRow(job, "unknown")
+        hosts = list((begin or {}).get("hosts") or [])
         if begin:
             row.iterations = f"{begin['start_iteration']} ->"
         if end:
@@ -73,7 +86,11 @@ def job_rows(folder: Path) -> list[JobRow]:
             if row.state == "failed":
                 row.reason = f"runner state {end['state']}, exit {end['rc']}"
                 row.log_tail = log_tail(folder, job)
-        if job in queue and queue[job][0] in _QUEUE_WORDS:
+                row.node_notes = step_failures(_log_text(folder, job), hosts or _log_hosts(folder, job))
+        # the segment's own end record wins over a job still RUNNING/COMPLETING its last lines (`chain end`)
+        step_over = end is not None and (begin is None or events.index(end) > events.index(begin))
+        if job in queue and queue[job][0] in _QUEUE_WORDS and not (step_over and queue[job][0] in (
+                "RUNNING", "COMPLETING", "CONFIGURING")):
             row.state = _QUEUE_WORDS[queue[job][0]]
             reason = queue[job][1]
             row.reason = "" if reason in ("None", "") else reason
@@ -91,8 +108,161 @@ def job_rows(folder: Path) -> list[JobRow]:
                 row.reason = "the scheduler no longer knows the job and the job wrote no segment record"
             if row.state == "failed" or not js:
                 row.log_tail = log_tail(folder, job)
+                row.node_notes = step_failures(_log_text(folder, job), hosts or _log_hosts(folder, job))
+        if job in queue and queue[job][0] == "COMPLETING" and not end:  # a step that failed, a node that lags
+            row.node_notes = step_failures(_log_text(folder, job), hosts or _log_hosts(folder, job))
+        if row.state in ("queued", "running"):
+            info = scontrol_job(job)
+            if not hosts and info.get("NodeList") not in (None, "", "(null)"):
+                hosts = expand_hosts(info["NodeList"])
+            if nodes_info is None:
+                nodes_info = scontrol_nodes()
+            down = nodes_not_up(nodes_info, hosts if row.state == "running" and hosts else None,
+                                info.get("Partition"))
+            row.node_notes += [f"node {n} is not up: {why}" for n, why in down]
+            if down and row.state == "queued":
+                row.reason = ", ".join(filter(None, [row.reason, "waits for " + ", ".join(n for n, _ in down)]))
+        row.nodes = ", ".join(hosts or _log_hosts(folder, job))
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ nodes
+
+_RANK_LINE = re.compile(r"^\[experiment\.train\] rank (\d+)/(\d+) on (\S+) \(node rank (\d+), local rank (\d+)\)")
+_SRUN_EXIT = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")
+_SRUN_RUNNING = re.compile(r"^srun: StepId=\S+ tasks? ([\d,-]+): running$")
+_SRUN_LAUNCH = re.compile(r"Task launch for StepId=\S+ failed on node (\S+): (.+)$")
+NOT_UP = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "NO_RESPOND",
+          "POWERED_DOWN", "POWER_DOWN", "UNKNOWN"}
+
+
+def _log_text(folder: Path, job: str) -> str:
+    path = Path(folder) / "logs" / f"slurm-{job}.out"
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def rank_hosts(log: str) -> dict[int, tuple[str, int]]:
+    """{rank: (host, node rank)} from the ranks' start lines (``console.rank_line``) in a job's log."""
+    out = {}
+    for line in log.splitlines():
+        m = _RANK_LINE.match(line.strip())
+        if m:
+            out[int(m.group(1))] = (m.group(3), int(m.group(4)))
+    return out
+
+
+def _log_hosts(folder: Path, job: str) -> list[str]:
+    """The hosts of a job in node-rank order, as its ranks' start lines name them."""
+    ranks = rank_hosts(_log_text(folder, job))
+    return list(dict.fromkeys(h for _, h in sorted((g, h) for h, g in ranks.values())))
+
+
+def _tasks(spec: str) -> list[int]:
+    """srun's task list ("1", "1-3", "0,2")."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out += list(range(int(lo), int(hi if hi.isdigit() else lo) + 1))
+    return out
+
+
+def step_failures(log: str, hosts: list[str]) -> list[str]:
+    """The node(s) that ended a multi-node step, from srun's lines in the job's log (one task per node, task i
+    on ``hosts[i]``): a node where the step could not start, a node whose task never ended (its processes
+    killed or the node lost: srun gave up on it after ``--wait``), else the nodes whose task exited with an
+    error (the first one is where it began)."""
+    launch, running, exited = {}, [], []
+    for line in log.splitlines():
+        line = line.strip()
+        m = _SRUN_LAUNCH.search(line)
+        if m:
+            launch.setdefault(m.group(1), m.group(2))
+            continue
+        m = _SRUN_RUNNING.match(line)
+        if m:
+            running += [t for t in _tasks(m.group(1)) if t not in running]
+            continue
+        m = _SRUN_EXIT.match(line)
+        if m and (m.group(1), m.group(3)) not in exited:
+            exited.append((m.group(1), m.group(3)))
+    notes = [f"node {n}: the step could not start there ({why})" for n, why in launch.items()]
+    for t in running:
+        node = hosts[t] if t < len(hosts) else f"task {t}"
+        notes.append(f"node {node}: its processes stopped answering (srun's task {t} never ended: killed, or the "
+                     "node lost); the other ranks lost their peer and the step ended")
+    if not notes and ("Timed out waiting for job step" in log or "forcing job termination" in log):
+        silent = [h for h in hosts if h not in {n for n, _ in exited}] if exited else []
+        notes = [f"node {h}: its task never reported an exit (its processes killed, or the node lost); the other "
+                 "ranks lost their peer and the step ended" for h in silent]
+    if not notes:
+        notes = [f"node {n}: {what.rstrip('.')}" for n, what in exited]
+    return notes
+
+
+def expand_hosts(nodelist: str) -> list[str]:
+    """``node[1-2]`` -> ["node1", "node2"] (``scontrol show hostnames``; the text itself without scontrol)."""
+    if shutil.which("scontrol") is None:
+        return [nodelist]
+    res = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+    return res.stdout.split() if res.returncode == 0 and res.stdout.split() else [nodelist]
+
+
+def scontrol_nodes() -> list[dict[str, str]]:
+    """``scontrol show node -o``: one dict of fields per node ([] without a scheduler)."""
+    from experiment.launch.partition import fields
+
+    if shutil.which("scontrol") is None:
+        return []
+    res = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True)
+    return [fields(line) for line in res.stdout.splitlines() if line.startswith("NodeName=")] if not res.returncode \
+        else []
+
+
+def nodes_not_up(nodes: list[dict[str, str]], hosts: list[str] | None = None,
+                 partition: str | None = None) -> list[tuple[str, str]]:
+    """(node, "State=...; Reason=...") for each node of ``hosts`` (else of ``partition``, else every node)
+    that is not up: DOWN, DRAIN, NOT_RESPONDING (``*`` in sinfo), FAIL ..."""
+    out = []
+    for n in nodes:
+        name = n.get("NodeName", "?")
+        if hosts is not None and name not in hosts:
+            continue
+        if hosts is None and partition and partition not in n.get("Partitions", "").split(","):
+            continue
+        state = n.get("State", "")
+        if not set(state.split("+")) & NOT_UP:
+            continue
+        reason = n.get("Reason", "")
+        out.append((name, f"State={state}; " + (f"Reason={reason}" if reason and reason != "(null)" else
+                                                 "no Reason yet (its slurmd does not answer; Slurm sets DOWN, "
+                                                 "Reason=Not responding after SlurmdTimeout)")))
+    return out
+
+
+def node_progress(log_dir: Path, now: float | None = None) -> list[str]:
+    """Per host, from the ranks' heartbeats: the last iteration it reported, its ranks and phase, and how long
+    ago its newest heartbeat was written."""
+    from experiment.train.watchdog import HEARTBEAT_DIR
+
+    now = time.time() if now is None else now
+    hosts: dict[str, list[dict]] = {}
+    for path in sorted((Path(log_dir) / HEARTBEAT_DIR).glob("rank-*.json")):
+        try:
+            beat = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        hosts.setdefault(beat.get("host") or "?", []).append(beat)
+    lines = []
+    for host, beats in sorted(hosts.items()):
+        its = [b["iteration"] for b in beats if b.get("iteration") is not None]
+        ranks = ", ".join(str(b.get("rank")) for b in sorted(beats, key=lambda b: b.get("rank", 0)))
+        phases = "/".join(sorted({str(b.get("phase")) for b in beats}))
+        age = now - max(float(b.get("time", 0)) for b in beats)
+        lines.append(f"node {host}: iteration {max(its) if its else '-'} (rank{'s' if len(beats) > 1 else ''} "
+                     f"{ranks}, {phases}), heartbeat {_duration(age)} ago")
+    return lines
 
 
 def run_line(folder: Path) -> str:

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from experiment import determinism
-from experiment.train.console import rank0, say
+from experiment.train.console import rank0, rank_line, say
 from experiment.train.loss import forward_step, mean_loss
 
 log = logging.getLogger("experiment.train")
@@ -98,6 +98,8 @@ class Trainer:
 
         t = self.t
         det_env = determinism.apply(t.deterministic)  # before any CUDA/NCCL work
+        names = [*determinism.environment(t.deterministic), "OMP_NUM_THREADS"]
+        print(rank_line(os.environ, names), flush=True)  # every rank: its host, node rank and environment
         self.layout = ParallelLayout(t.tensor_parallel, t.pipeline_parallel)
         self.env = distributed.initialize(self.layout, seed=t.seed)
         seed_host_rngs(t.seed)

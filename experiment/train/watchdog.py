@@ -5,7 +5,7 @@ next collective until the process-group timeout, and the job burns its walltime.
 daemon thread that
 
 - rewrites ``logs/heartbeat/rank-<r>.json`` (iteration, phase, when it last made progress, ``time``: when
-  the thread last wrote it) after every step, on every phase change and every ``tick`` seconds; a rank
+  the thread last wrote it, ``host``: the node it runs on; ``experiment status`` shows them per node) after every step, on every phase change and every ``tick`` seconds; a rank
   whose ``time`` stops moving is stopped as a whole (SIGSTOP, a frozen node, the GIL held forever);
 - knows the median time between finished steps (the first step, saves and evaluations left out: while a
   save or an evaluation runs the watchdog is paused and the process-group timeout is the bound);
@@ -143,7 +143,8 @@ def describe(verdict: Verdict, beats: dict[int, dict | None], now: float) -> str
                          f"{now - float(b.get('time', 0)):.0f} s ago, pid {b.get('pid')} on {b.get('host')})")
     for r in verdict.behind:
         b = beats[r] or {}
-        parts.append(f"rank {r} is alive but behind at iteration {b.get('iteration')} ({b.get('phase')})")
+        parts.append(f"rank {r} is alive but behind at iteration {b.get('iteration')} ({b.get('phase')}, on "
+                     f"{b.get('host')})")
     if not parts:
         its = sorted({b.get("iteration") for b in beats.values() if b} - {None})
         parts.append(f"every rank is alive at iteration {', '.join(map(str, its)) or '?'} and waits "
@@ -289,6 +290,7 @@ class Watchdog:
         status.update(state=HUNG_STATE, updated=round(time.time(), 3), hang={
             "seconds": round(waited, 1), "step_seconds": round(step, 3), "factor": self.rule.factor,
             "stopped_ranks": verdict.stopped, "behind_ranks": verdict.behind, "reported_by": self.rank,
+            "stopped_hosts": sorted({(beats.get(r) or {}).get("host") or "?" for r in verdict.stopped}),
             "iterations": {str(r): (b or {}).get("iteration") for r, b in beats.items()}})
         try:
             runlog.write_status(self.log_dir, status)

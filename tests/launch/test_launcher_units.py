@@ -65,3 +65,77 @@ def test_one_scheduler_table_gives_job_id_nodes_and_restarts(tmp_path):
     nodefile.write_text("n1\nn1\nn2\nn2\n")  # one line per slot, as PBS writes it
     pbs = {"PBS_JOBID": "7.server", "PBS_NODEFILE": str(nodefile)}
     assert (current_job(pbs), job_nodes(pbs), job_restarts(pbs)) == (("pbs", "7.server"), 2, 0)
+
+
+# ------------------------------------------------------------------------------------------ per-node status
+
+SRUN_NODE_LOST = """\
+[experiment.train] iter 44/400 loss 7.4598
+srun: error: node1: task 0: Exited with exit code 1
+srun: launch/slurm: _step_signal: Terminating StepId=3.0
+srun: First task exited 30s ago
+srun: StepId=3.0 task 1: running
+srun: StepId=3.0 task 0: exited abnormally
+srun: Job step aborted: Waiting up to 32 seconds for job step to finish.
+srun: error: Timed out waiting for job step to complete
+"""
+
+
+def test_the_node_whose_task_never_ended_is_named_not_the_survivor():
+    from experiment.launch.status import step_failures
+
+    notes = step_failures(SRUN_NODE_LOST, ["node1", "node2"])
+    assert len(notes) == 1 and notes[0].startswith("node node2: its processes stopped answering"), notes
+    launch = "srun: error: Task launch for StepId=4.0 failed on node node2: Communication connection failure\n"
+    assert step_failures(launch, ["node1", "node2"]) == [
+        "node node2: the step could not start there (Communication connection failure)"]
+    # a rank that failed by itself: the node whose task exited with the error
+    plain = "srun: error: node2: task 1: Exited with exit code 2\nsrun: error: node1: task 0: Killed\n"
+    assert step_failures(plain, ["node1", "node2"]) == ["node node2: Exited with exit code 2", "node node1: Killed"]
+
+
+def test_rank_lines_name_host_node_rank_and_environment(monkeypatch):
+    import socket
+
+    from experiment.launch.status import rank_hosts
+    from experiment.train.console import rank_line
+
+    env = {"RANK": "1", "WORLD_SIZE": "2", "GROUP_RANK": "1", "LOCAL_RANK": "0", "PYTHONHASHSEED": "0"}
+    line = rank_line(env, ["PYTHONHASHSEED", "OMP_NUM_THREADS"])
+    assert line == (f"[experiment.train] rank 1/2 on {socket.gethostname()} (node rank 1, local rank 0): "
+                    "OMP_NUM_THREADS unset PYTHONHASHSEED=0")
+    assert rank_hosts(line + "\nother\n") == {1: (socket.gethostname(), 1)}
+    assert rank_line({}, []).endswith("rank 0/1 on " + socket.gethostname() +
+                                      " (node rank 0, local rank 0): no environment set by the folder")
+
+
+def test_nodes_not_up_name_state_and_reason():
+    from experiment.launch.partition import fields
+    from experiment.launch.status import nodes_not_up
+
+    nodes = [fields(line) for line in (
+        "NodeName=node1 Arch=x86_64 State=IDLE Partitions=nodes Reason=(null)",
+        "NodeName=node2 Arch=x86_64 State=DOWN+NOT_RESPONDING Partitions=nodes "
+        "Reason=Not responding [slurm@2026-12-08T01:30:00]",
+        "NodeName=node3 State=IDLE+COMPLETING+NOT_RESPONDING Partitions=nodes",
+        "NodeName=vm State=DRAIN Partitions=debug Reason=maintenance [root@2026-12-08T01:00:00]")]
+    down = dict(nodes_not_up(nodes, partition="nodes"))
+    assert set(down) == {"node2", "node3"}
+    assert down["node2"] == "State=DOWN+NOT_RESPONDING; Reason=Not responding [slurm@2026-12-08T01:30:00]"
+    assert down["node3"].startswith("State=IDLE+COMPLETING+NOT_RESPONDING; no Reason yet")
+    assert [n for n, _ in nodes_not_up(nodes, hosts=["node1", "vm"])] == ["vm"]
+
+
+def test_node_progress_groups_heartbeats_by_host(tmp_path):
+    import json
+
+    from experiment.launch.status import node_progress
+
+    beats = tmp_path / "heartbeat"
+    beats.mkdir()
+    for rank, host, it, t in ((0, "node1", 44, 100.0), (1, "node1", 44, 101.0), (2, "node2", 41, 80.0)):
+        (beats / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "host": host, "iteration": it,
+                                                             "phase": "train", "time": t}))
+    assert node_progress(tmp_path, now=103.0) == [
+        "node node1: iteration 44 (ranks 0, 1, train), heartbeat 0m02s ago",
+        "node node2: iteration 41 (rank 2, train), heartbeat 0m23s ago"]
