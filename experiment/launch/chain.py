@@ -108,7 +108,10 @@ def begin(folder) -> int:
     return 0
 
 
-def end(folder, rc: int, script: Path | None) -> int:
+NEXT_ON_HOST = 3  # `chain end --submit-on-host`: a next segment is due; the job script submits it (inside an image)
+
+
+def end(folder, rc: int, script: Path | None, submit_on_host: bool = False) -> int:
     from experiment.train.runner import train_iterations
 
     scheduler, job = _job()
@@ -134,27 +137,41 @@ def end(folder, rc: int, script: Path | None) -> int:
         runlog.append_chain(logs, event)
         print(f"[chain] run complete at iteration {complete}/{iters}; lockfile: {path}", flush=True)
         return 0
-    runlog.append_chain(logs, event)
     if state in ("failed", HUNG_STATE):
         _say_failed_nodes(folder, job, begins[-1].get("hosts", []) if begins else [])
     previous = [e for e in events if e.get("event") == "end"]
     stalled_before = bool(previous) and not previous[-1].get("progress", True)
-    if not progress and (state in CLEAN_STOPS or stalled_before):
+    no_progress = not progress and (state in CLEAN_STOPS or stalled_before)
+    if not no_progress and len([e for e in events if e.get("event") == "begin"]) < cfg.launch.max_segments:
+        # the next segment is submitted before this one's end is recorded, and the record names it: a reader
+        # (`wait`, `status`) never sees a failed end as the chain's last word while its successor is queued
+        if submit_on_host:  # inside the image there is no sbatch: the job script submits, then `chain submitted`
+            runlog.append_chain(logs, {**event, "next_job": "pending"})
+            print(f"[chain] segment {job} ended ({state}) at iteration {complete}/{iters}; the job script submits "
+                  "the next segment", flush=True)
+            return NEXT_ON_HOST
+        try:
+            submitted = submit_next(folder, scheduler, job, script)
+        except Exception:
+            runlog.append_chain(logs, event)
+            runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "the next segment could not be "
+                                       "submitted"})
+            raise
+        runlog.append_chain(logs, {**event, "next_job": submitted})
+        print(f"[chain] segment {job} ended ({state}) at iteration {complete}/{iters}; next segment: job "
+              f"{submitted}", flush=True)
+        return 0
+    runlog.append_chain(logs, event)
+    if no_progress:
         runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "no progress"})
         print(f"[chain] segment {job} ended ({state}, exit {rc}) without completing a checkpoint past iteration "
               f"{start}; stopping the chain. See logs/slurm-{job}.out; fix the cause (or raise launch.walltime) and "
               f"run `experiment run {folder.path} --launcher {scheduler}` again", file=sys.stderr, flush=True)
         return 1
-    n = len([e for e in events if e.get("event") == "begin"])
-    if n >= cfg.launch.max_segments:
-        runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
-        print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
-              "stopping", file=sys.stderr)
-        return 1
-    submitted = submit_next(folder, scheduler, job, script)
-    print(f"[chain] segment {job} ended ({state}) at iteration {complete}/{iters}; next segment: job {submitted}",
-          flush=True)
-    return 0
+    runlog.append_chain(logs, {"event": "stopped", "job_id": job, "why": "launch.max_segments"})
+    print(f"[chain] launch.max_segments={cfg.launch.max_segments} reached at iteration {complete}/{iters}; "
+          "stopping", file=sys.stderr)
+    return 1
 
 
 def _say_failed_nodes(folder, job: str, hosts: list[str]) -> None:
@@ -183,8 +200,8 @@ def write_lock(folder, scheduler: str, last_end: dict) -> Path:
     """The lock of a finished chain: every segment, through the one way a run ends (``finish.finish_run``)."""
     from experiment.launch.finish import finish_run
 
-    segs = [{k: s[k] for k in ("job_id", "nodes", "start_iteration", "end_iteration", "image_digest",
-                               "lost_iterations", "state")} for s in segments(folder.path, [last_end])]
+    segs = [{k: s[k] for k in ("job_id", "nodes", "hosts", "start_iteration", "end_iteration", "image_digest",
+                               "lost_iterations", "state") if k in s} for s in segments(folder.path, [last_end])]
     path = finish_run(folder.path, launcher=scheduler, overrides=folder.overrides, launch={"segments": segs},
                       say=lambda m: print(f"[chain] {m}", flush=True))
     if path is None:
@@ -196,6 +213,21 @@ def write_lock(folder, scheduler: str, last_end: dict) -> Path:
     return path
 
 
+def submitted(folder, after: str, job: str) -> int:
+    """Record the next segment the job script submitted on the host (``job``; empty: the submission failed,
+    and the chain stops with the scheduler's message above it in the log)."""
+    logs = folder.path / runlog.LOGS
+    if not job:
+        runlog.append_chain(logs, {"event": "stopped", "job_id": after, "why": "the next segment could not be "
+                                   "submitted (the scheduler's message is in this job's log)"})
+        print(f"[chain] the next segment after job {after} could not be submitted; see the lines above",
+              file=sys.stderr, flush=True)
+        return 1
+    runlog.append_chain(logs, {"event": "submitted", "job_id": job, "by": "chain", "after": after})
+    print(f"[chain] next segment: job {job}", flush=True)
+    return 0
+
+
 def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> str:
     """Block until the chain's last segment ended with nothing after it; returns its state."""
     import time
@@ -204,7 +236,7 @@ def wait(folder_path: Path, poll: float = 2.0, timeout: float | None = None) -> 
     while deadline is None or time.monotonic() < deadline:
         events = runlog.read_chain(Path(folder_path) / runlog.LOGS)
         last = events[-1] if events else {}
-        if last.get("event") == "end" and last.get("state") in ("finished", "failed"):
+        if last.get("event") == "end" and last.get("state") in ("finished", "failed") and not last.get("next_job"):
             return last["state"]
         if last.get("event") == "stopped":
             return "failed"
@@ -216,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     from experiment.folder import FolderError, load_schema
 
     parser = argparse.ArgumentParser(prog="python -m experiment.launch.chain")
-    parser.add_argument("action", choices=("begin", "end"))
+    parser.add_argument("action", choices=("begin", "end", "submitted"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--rc", type=int, default=0)
     parser.add_argument("--script", type=Path, default=None)
+    parser.add_argument("--submit-on-host", action="store_true",
+                        help="end: leave the next submission to the job script (exit 3 when one is due)")
+    parser.add_argument("--after", default="", help="submitted: the job that ended")
+    parser.add_argument("--job", default="", help="submitted: the job id sbatch/qsub printed (empty: it failed)")
     parser.add_argument("--set", action="append", default=[], dest="overrides")  # the run's own, as torchrun gets them
     args = parser.parse_args(argv)
     try:
@@ -229,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.action == "begin":
         return begin(folder)
+    if args.action == "submitted":
+        return submitted(folder, args.after, args.job)
     from experiment.errors import KitError
 
     try:
-        return end(folder, args.rc, args.script)
+        return end(folder, args.rc, args.script, args.submit_on_host)
     except KitError as err:  # LaunchError, a lock that cannot be written (FinishError, LockError)
         print(f"[chain] {err}", file=sys.stderr)
         return 1
