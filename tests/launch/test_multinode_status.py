@@ -99,6 +99,9 @@ def test_a_node_whose_slurmd_stopped_is_named_with_the_schedulers_reason(cluster
         if not os.path.exists(f"/proc/{slurmd}") or not pid_file.is_file():
             subprocess.run(virtual_nodes.node_argv(node2, cluster.hosts_file, ["/usr/sbin/slurmd", "-N", node2.name]),
                            env=cluster.environ(), check=True, timeout=60)
-        subprocess.run(["scontrol", "update", f"nodename={node2.name}", "state=resume"], capture_output=True,
-                       timeout=60)  # not needed once slurmd registers again; shortens the wait when it is
+        # node2 still "completes" the first job for slurmctld (a minute or more after slurmd is back): DOWN then
+        # RESUME clears that at once (only this test's cancelled jobs were on it)
+        for state in ("state=down", "state=resume"):
+            subprocess.run(["scontrol", "update", f"nodename={node2.name}", state, "reason=test restarts slurmd"],
+                           capture_output=True, timeout=60)
         cluster.wait_idle(120)
