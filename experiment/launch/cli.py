@@ -59,7 +59,7 @@ def run(
     launcher: Optional[str] = typer.Option(None, "--launcher", help=f"{' | '.join(LAUNCHER_NAMES)} (default: the folder's launch.launcher)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the command or job script instead of running it"),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="processes per node (default: launch.nproc_per_node)"),
-    container: bool = typer.Option(False, "--container", help="run inside the kit's image (podman/docker; apptainer in job scripts)"),
+    container: bool = typer.Option(False, "--container", help="run inside the kit's image (podman/docker; in job scripts apptainer, or podman: launch.container_runtime)"),
     image: Optional[str] = typer.Option(None, "--image", help="image ref (or .sif for job scripts); default: the folder's image.ref"),
     host: bool = typer.Option(False, "--host", help="run on this host's Python environment (the default; overrides --container)"),
     max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="stop after N iterations (smoke tests)"),
