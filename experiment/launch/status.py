@@ -133,6 +133,9 @@ _RANK_LINE = re.compile(r"^\[experiment\.train\] rank (\d+)/(\d+) on (\S+) \(nod
 _SRUN_EXIT = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")
 _SRUN_RUNNING = re.compile(r"^srun: StepId=\S+ tasks? ([\d,-]+): running$")
 _SRUN_LAUNCH = re.compile(r"Task launch for StepId=\S+ failed on node (\S+): (.+)$")
+# torchrun's c10d rendezvous: a node whose agent could not reach the first node's store
+_RDZV_UNREACHED = re.compile(r"(?:TCP client failed to connect/validate to host|trying to connect to \()\s*"
+                             r"([\w.-]+)(?::|, )(\d+)")
 NOT_UP = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "NO_RESPOND",
           "POWERED_DOWN", "POWER_DOWN", "UNKNOWN"}
 
@@ -196,6 +199,15 @@ def step_failures(log: str, hosts: list[str]) -> list[str]:
         silent = [h for h in hosts if h not in {n for n, _ in exited}] if exited else []
         notes = [f"node {h}: its task never reported an exit (its processes killed, or the node lost); the other "
                  "ranks lost their peer and the step ended" for h in silent]
+    unreached = _RDZV_UNREACHED.search(log)
+    if not notes and unreached and exited:
+        # the node(s) whose torchrun gave up on their own; the others were then terminated by srun
+        endpoint = f"{unreached.group(1)}:{unreached.group(2)}"
+        gave_up = [n for n, what in exited if "Terminated" not in what] or [exited[0][0]]
+        notes = [f"node {n}: could not join the rendezvous at {endpoint} (its torchrun could not reach the c10d "
+                 "store there and gave up); check that the node names resolve on every node and that the port "
+                 "is open between the nodes" for n in gave_up]
+        notes += [f"node {n}: {what.rstrip('.')}" for n, what in exited if n not in gave_up]
     if not notes:
         notes = [f"node {n}: {what.rstrip('.')}" for n, what in exited]
     return notes

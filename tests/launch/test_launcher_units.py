@@ -139,3 +139,27 @@ def test_node_progress_groups_heartbeats_by_host(tmp_path):
     assert node_progress(tmp_path, now=103.0) == [
         "node node1: iteration 44 (ranks 0, 1, train), heartbeat 0m02s ago",
         "node node2: iteration 41 (rank 2, train), heartbeat 0m23s ago"]
+
+
+def test_a_node_that_cannot_reach_the_rendezvous_is_named():
+    """srun's and torchrun's lines of a 2-node job whose node2 could not reach node1's c10d store (measured on the
+    virtual cluster with port 29500 rejected in node2's namespace: the step ended 91-124 s after it began, at
+    torchrun's 60 s connect timeout and one retry, not at the walltime)."""
+    from experiment.launch.status import step_failures
+
+    log = "\n".join([
+        "[chain] segment 1 (job 4) starts at iteration 0 on node1, node2",
+        "[E1208 02:22:12.062522842 socket.cpp:1028] [c10d] The client socket has timed out after 60000ms while "
+        "trying to connect to (node1, 29500).",
+        "[W1208 02:22:12.069731031 TCPStore.cpp:340] [c10d] TCP client failed to connect/validate to host "
+        "node1:29500 - retrying (try=0, timeout=60000ms, delay=27420ms)",
+        "torch.distributed.elastic.rendezvous.api.RendezvousConnectionError: The connection to the C10d store has "
+        "failed. See inner exception for details.",
+        "srun: error: node2: task 1: Exited with exit code 1",
+        "srun: launch/slurm: _step_signal: Terminating StepId=4.0",
+        "slurmstepd-node1: error: *** STEP 4.0 ON node1 CANCELLED AT 2026-12-08T02:22:41 ***",
+        "srun: error: node1: task 0: Terminated",
+    ])
+    notes = step_failures(log, ["node1", "node2"])
+    assert notes[0].startswith("node node2: could not join the rendezvous at node1:29500"), notes
+    assert notes[1:] == ["node node1: Terminated"]
