@@ -157,7 +157,8 @@ def status(folder: Path = typer.Argument(..., help="training folder run with --l
             table.add_column(col, overflow="fold")
         for r in rows:
             table.add_row(r.job_id, r.state, r.nodes, r.iterations, r.reason)
-        out.print(table)
+        # piped (a log, a test, grep): as wide as the rows need, so a reason is never broken across lines
+        (out if out.is_terminal else Console(width=max(out.width, 200))).print(table)
         for r in rows:
             for note in r.node_notes:  # a node not up (State, Reason), the node that ended a failed step
                 out.print(f"job {r.job_id}: {note}", markup=False, highlight=False, soft_wrap=True)
