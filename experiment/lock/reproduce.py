@@ -272,9 +272,10 @@ def reproduce_run(options: ReproduceOptions, console) -> int:
         nproc = local_world_size(lock)
         nodes = lock.launch.launcher.get("nnodes", 1)
         if nodes > 1:
-            hosts = dict.fromkeys(h for seg in lock.launch.launcher.get("segments", []) for h in seg.get("hosts", []))
-            console.print(f"the lock ran on {nodes} nodes{f' ({chr(44).join(hosts)})' if hosts else ''}: re-running "
-                          f"its world size {nproc} as {nproc} local processes on this machine", highlight=False)
+            hosts = ", ".join(dict.fromkeys(h for seg in lock.launch.launcher.get("segments", [])
+                                            for h in seg.get("hosts", [])))
+            console.print(f"the lock ran on {nodes} nodes{f' ({hosts})' if hosts else ''}: re-running its world "
+                          f"size {nproc} as {nproc} local processes on this machine", highlight=False, soft_wrap=True)
     work = options.out or (folder.path / ".reproduce")
     mirror = mirror_folder(folder, work, options.base, options.data_root)
     cmd = rerun_command(mirror, options, nproc)
