@@ -34,7 +34,12 @@ DEFAULT_IMAGE = "localhost/midtrain-kit:cpu"
 CLUSTER_RUNTIMES = ("apptainer", "podman")  # launch.container_runtime
 # passed into a job's container by name, from each node's environment: the scheduler's job variables (the chain's
 # job id, node count, restarts) and the rendezvous address the job script sets
-JOB_ENV = ("SLURM_*", "PBS_*", "MASTER_ADDR", "MASTER_PORT")
+JOB_ENV = ("SLURM_*", "PBS_*", "MASTER_ADDR", "MASTER_PORT", "MIDTRAIN_JOB_END_TIME", "MIDTRAIN_JOB_START")
+# the same for Apptainer, whose --cleanenv takes names only with their values: the job variables the kit reads
+# (experiment.launcher_names, experiment.train.walltime), expanded by the job script on each node
+APPTAINER_JOB_ENV = ("SLURM_JOB_ID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NODELIST",
+                     "SLURM_RESTART_COUNT", "PBS_JOBID", "PBS_NODEFILE", "PBS_WALLTIME", "MASTER_ADDR",
+                     "MASTER_PORT", "MIDTRAIN_JOB_END_TIME", "MIDTRAIN_JOB_START")
 ENGINE_VARS = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")  # the kit's engine settings (experiment.engine)
 
 
@@ -224,7 +229,9 @@ def apptainer_line(run: ContainerRun, sif: str) -> str:
     """The same run with Apptainer (clusters without Docker): ``apptainer exec --nv --bind ... SIF cmd``."""
     binds = ",".join(m.spec() for m in run.mounts)
     env = " ".join(f"--env {shlex.quote(f'{k}={v}')}" for k, v in sorted(run.env.items()))
-    return f"apptainer exec --nv --cleanenv {env} --bind {shlex.quote(binds)} {shlex.quote(sif)} " + shlex.join(run.command)
+    job = " ".join(f'--env "{k}=${{{k}:-}}"' for k in APPTAINER_JOB_ENV)  # each node's own values, at run time
+    return (f"apptainer exec --nv --cleanenv {env} {job} --bind {shlex.quote(binds)} {shlex.quote(sif)} "
+            + shlex.join(run.command))
 
 
 def srun_line(run: ContainerRun, squashfs_or_ref: str) -> str:

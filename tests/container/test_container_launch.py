@@ -37,7 +37,9 @@ def test_engine_argv_podman_and_cluster_lines(project):
     assert f"{folder.path}:{folder.path}:rw" in argv and "/tmp/ref.json:/run/midtrain-kit/image-ref.json:ro" in argv
     assert argv[-6:] == ["localhost/midtrain-kit:cpu", "experiment", "run", str(folder.path), "--nproc", "2"]
     line = container.apptainer_line(run, "kit.sif")
-    assert line.startswith("apptainer exec --nv --cleanenv --env A=1 --bind ") and "kit.sif experiment run" in line
+    assert line.startswith("apptainer exec --nv --cleanenv --env A=1 ") and "kit.sif experiment run" in line
+    # --cleanenv: the job variables the kit reads pass by value, each node's own, expanded by the job script
+    assert '--env "SLURM_JOB_ID=${SLURM_JOB_ID:-}"' in line and '--env "MIDTRAIN_JOB_END_TIME=${MIDTRAIN_JOB_END_TIME:-}"' in line
     srun = container.srun_line(run, "kit.sqsh")
     assert "--container-image=kit.sqsh" in srun and f"--container-workdir={folder.path}" in srun
 
