@@ -78,25 +78,31 @@ def expand_hostlist(text: str) -> list[str]:
     return hosts
 
 
+def hostnames(compressed: str) -> list[str]:
+    """A Slurm node list as host names: ``scontrol show hostnames`` (what the job script uses for MASTER_ADDR),
+    else ``expand_hostlist`` (no scontrol: inside a container)."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["scontrol", "show", "hostnames", compressed], capture_output=True, text=True,
+                             timeout=30)
+        if res.returncode == 0 and res.stdout.split():
+            return res.stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return expand_hostlist(compressed)
+
+
 def job_hosts(env: Mapping[str, str] = os.environ) -> list[str]:
     """The host names of the current job's nodes, in the scheduler's order ([] outside a job): Slurm's node
     list expanded by ``scontrol show hostnames`` (as the job script does for MASTER_ADDR), PBS's node file."""
-    import subprocess
-
     job = current_job(env)
     if job is None:
         return []
     scheduler = SCHEDULERS[job[0]]
     compressed = env.get(scheduler.nodelist or "", "")
     if compressed:
-        try:
-            res = subprocess.run(["scontrol", "show", "hostnames", compressed], capture_output=True, text=True,
-                                 timeout=30)
-            if res.returncode == 0 and res.stdout.split():
-                return res.stdout.split()
-        except (OSError, subprocess.TimeoutExpired):  # no scontrol (inside a container): expand it here
-            pass
-        return expand_hostlist(compressed)
+        return hostnames(compressed)
     nodefile = env.get(scheduler.nodefile) if scheduler.nodefile else None
     if nodefile and Path(nodefile).is_file():
         return list(dict.fromkeys(Path(nodefile).read_text().split()))

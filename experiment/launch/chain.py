@@ -98,11 +98,11 @@ def begin(folder) -> int:
     start = _complete_iteration(folder)
     ends = [e for e in events if e.get("event") == "end"]
     lost = max(0, ends[-1]["reached_iteration"] - start) if ends else 0
-    runlog.append_chain(logs, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
-                               "hosts": job_hosts(),                               "restart": job_restarts(), "start_iteration": start, "image_digest": _image_digest(),
-                               "lost_iterations": lost, "segment": len(done) + 1})
-    note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""
     hosts = job_hosts()
+    runlog.append_chain(logs, {"event": "begin", "job_id": job, "scheduler": scheduler, "nodes": job_nodes(),
+                               "hosts": hosts, "restart": job_restarts(), "start_iteration": start,
+                               "image_digest": _image_digest(), "lost_iterations": lost, "segment": len(done) + 1})
+    note = f", {lost} iteration(s) of the previous segment lost (past its last complete checkpoint)" if lost else ""
     on = f" on {', '.join(hosts)}" if hosts else ""
     print(f"[chain] segment {len(done) + 1} (job {job}) starts at iteration {start}{on}{note}", flush=True)
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiment import runlog
 from experiment.launch.launchers import queue_states
+from experiment.launcher_names import hostnames
 
 LOG_TAIL_LINES = 12
 _QUEUE_WORDS = {"PENDING": "queued", "RUNNING": "running", "CONFIGURING": "running", "COMPLETING": "running",
@@ -114,7 +115,7 @@ def job_rows(folder: Path) -> list[JobRow]:
         if row.state in ("queued", "running"):
             info = scontrol_job(job)
             if not hosts and info.get("NodeList") not in (None, "", "(null)"):
-                hosts = expand_hosts(info["NodeList"])
+                hosts = hostnames(info["NodeList"])
             if nodes_info is None:
                 nodes_info = scontrol_nodes()
             down = nodes_not_up(nodes_info, hosts if row.state == "running" and hosts else None,
@@ -211,14 +212,6 @@ def step_failures(log: str, hosts: list[str]) -> list[str]:
     if not notes:
         notes = [f"node {n}: {what.rstrip('.')}" for n, what in exited]
     return notes
-
-
-def expand_hosts(nodelist: str) -> list[str]:
-    """``node[1-2]`` -> ["node1", "node2"] (``scontrol show hostnames``; the text itself without scontrol)."""
-    if shutil.which("scontrol") is None:
-        return [nodelist]
-    res = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
-    return res.stdout.split() if res.returncode == 0 and res.stdout.split() else [nodelist]
 
 
 def scontrol_nodes() -> list[dict[str, str]]:
