@@ -59,7 +59,13 @@ def test_a_node_whose_slurmd_stopped_is_named_with_the_schedulers_reason(cluster
     folder = project / "training" / "tiny"
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
-    cluster.wait_idle(120)  # a job of an earlier test may still be completing on node2
+    cluster.wait_idle(120)  # every node up (idle, or still allocated to an earlier test's job)
+    # and free: a job of an earlier test still ending on node2 would stay COMPLETING there once its slurmd is
+    # gone, and hold the next job queued instead of letting its step fail to start (seen: 2 runs in 5)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(cluster.node_states().get(n.name) != "idle"
+                                              for n in virtual_nodes.nodes(cluster.nodes, cluster.instance)):
+        time.sleep(0.5)
     node2 = virtual_nodes.Node(2, cluster.instance)
     pid_file = cluster.pid_file("slurmd", node2.name)
     slurmd = int(pid_file.read_text().split()[0])
